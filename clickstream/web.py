@@ -1,0 +1,93 @@
+"""Compose an ASGI app from components (collector, flusher, stitcher, SQL endpoint).
+
+A component may provide `routes()`, `start()`, `stop()` (sync or async), `readiness()` ->
+[(check, ok, detail)] and `update_gauges()`. Components start in order and stop in reverse;
+`stop` of the collector runs before the flusher's so that `serve` on SIGTERM stops accepting,
+seals the spool, then flushes everything spooled (issue 3, `clickstream serve`).
+Also serves `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+
+async def _call(fn: Any) -> None:
+    result = fn()
+    if inspect.isawaitable(result):
+        await result
+
+
+def create_app(
+    components: Sequence[Any],
+    registry: CollectorRegistry,
+    *,
+    cors_allow_origins: Sequence[str] = ("*",),
+) -> Starlette:
+    """An app serving every component's routes plus health, readiness and metrics."""
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(request: Request) -> Response:
+        checks = [c for comp in components if hasattr(comp, "readiness") for c in comp.readiness()]
+        ok = all(passed for _, passed, _ in checks)
+        body = {"ready": ok, "checks": {name: {"ok": passed, "detail": detail} for name, passed, detail in checks}}
+        return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
+
+    async def metrics(request: Request) -> Response:
+        for comp in components:
+            if hasattr(comp, "update_gauges"):
+                comp.update_gauges()
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    for comp in components:
+        if hasattr(comp, "routes"):
+            routes.extend(comp.routes())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started: list[Any] = []
+        try:
+            for comp in components:
+                if hasattr(comp, "start"):
+                    await _call(comp.start)
+                started.append(comp)
+            yield
+        finally:
+            for comp in reversed(started):
+                if hasattr(comp, "stop"):
+                    await _call(comp.stop)
+
+    any_origin = "*" in cors_allow_origins
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=[] if any_origin else list(cors_allow_origins),
+            # TRICKY: a regex matching everything makes Starlette echo the request's Origin
+            # instead of answering "*", which credentialed fetches require.
+            allow_origin_regex=".*" if any_origin else None,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["content-type", "authorization"],
+            max_age=86400,
+        )
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -1,0 +1,1 @@
+"""The thin collector: parse -> validate -> stamp -> append to the spool -> answer 202."""

@@ -1,0 +1,156 @@
+"""The request path as a pipeline of small functions: parse -> validate -> stamp -> (append) -> answer.
+
+Pure functions over bytes and dicts; the HTTP handler in `collector.app` strings them together
+and does the single I/O step (the spool append). Rules and their sources:
+- body shape and response shape: shared/ARCHITECTURE.md `POST /collect`;
+- clock policy (issue 2): `ts` older than `max_event_age_s` (72 h) or more than
+  `max_clock_skew_s` (5 min) ahead of `received_at` is rejected with its own reason;
+- privacy: the raw IP is never stored; at most a keyed BLAKE2b hash whose key changes every
+  UTC day (Plausible's daily-salt scheme), so visitors cannot be linked across days by IP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import re
+import uuid
+from typing import Any
+
+import orjson
+
+from collector.validation import EventError, EventValidator, RejectReason
+
+_FRACTION = re.compile(r"\.(\d{6})\d+")
+
+
+class RequestError(Exception):
+    """A whole request refused: mapped to an HTTP status in one place (`collector.app`)."""
+
+    def __init__(self, status: int, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def parse_body(body: bytes, max_batch_events: int) -> list[Any]:
+    """Decode a request body into a list of candidate events.
+
+    Accepts one JSON object or a JSON array of at most `max_batch_events` values.
+    Raises RequestError: 400 malformed JSON or empty array, 413 for too many events.
+    """
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, RejectReason.MALFORMED_JSON, f"malformed JSON: {exc}") from exc
+    if isinstance(value, list):
+        if not value:
+            raise RequestError(400, RejectReason.EMPTY_BATCH, "empty batch: send at least one event")
+        if len(value) > max_batch_events:
+            raise RequestError(
+                413, RejectReason.BATCH_TOO_LARGE,
+                f"batch of {len(value)} events exceeds the limit of {max_batch_events}; split it",
+            )
+        return value
+    return [value]
+
+
+def parse_ts(value: Any) -> int:
+    """Epoch milliseconds of a schema-valid `ts` (integer ms or RFC 3339 string).
+
+    Raises ValueError for a string that matches the schema's pattern but is no real instant
+    (month 13, hour 25, ...).
+    """
+    if isinstance(value, int):
+        return value
+    text = _FRACTION.sub(r".\1", str(value).upper())
+    parsed = dt.datetime.fromisoformat(text)
+    return int(parsed.timestamp() * 1000)
+
+
+def check_clock(ts_ms: int, received_at_ms: int, max_age_ms: int, max_skew_ms: int) -> RejectReason | None:
+    """The clock policy: None when `ts_ms` lies in [received_at - max_age, received_at + max_skew]."""
+    if ts_ms < received_at_ms - max_age_ms:
+        return RejectReason.TS_TOO_OLD
+    if ts_ms > received_at_ms + max_skew_ms:
+        return RejectReason.TS_IN_FUTURE
+    return None
+
+
+class IpHasher:
+    """Keyed hash of client IPs with a key that rotates every UTC day; the raw IP is never kept."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self._day = ""
+        self._key = b""
+
+    def __call__(self, ip: str, now: dt.datetime | None = None) -> str:
+        day = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d")
+        if day != self._day:
+            self._key = hashlib.blake2b(day.encode(), key=self._secret[:64], digest_size=32).digest()
+            self._day = day
+        return hashlib.blake2b(ip.encode(), key=self._key, digest_size=8).hexdigest()
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """What the pipeline made of one request: spool records and per-event errors."""
+
+    records: list[bytes]
+    errors: list[EventError]
+    rejected_entries: list[dict[str, Any]]
+
+
+def process(
+    events: list[Any],
+    validator: EventValidator,
+    *,
+    received_at_ms: int,
+    user_agent: str,
+    ip_hash: str,
+    max_age_ms: int,
+    max_skew_ms: int,
+) -> Outcome:
+    """Validate and stamp each event; return spool payloads and errors (index, path, message).
+
+    Stamping adds `received_at` (UTC epoch ms), `event_id` (UUID4) when absent, `user_agent`,
+    `ip_hash`, and normalises `ts` to epoch ms.
+    """
+    records: list[bytes] = []
+    errors: list[EventError] = []
+    rejected: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        error: EventError | None = None
+        if not validator.is_valid(event):
+            path, message = validator.first_error(event) or ("", "invalid event")
+            error = EventError(index, path, message, RejectReason.SCHEMA_VIOLATION)
+        else:
+            try:
+                ts_ms = parse_ts(event["ts"])
+            except ValueError as exc:
+                error = EventError(index, "/ts", f"not a valid timestamp: {exc}", RejectReason.INVALID_TIMESTAMP)
+            else:
+                reason = check_clock(ts_ms, received_at_ms, max_age_ms, max_skew_ms)
+                if reason is RejectReason.TS_TOO_OLD:
+                    error = EventError(index, "/ts", f"ts is more than {max_age_ms // 3_600_000} h before "
+                                       "received_at; load history with `clickstream import`", reason)
+                elif reason is RejectReason.TS_IN_FUTURE:
+                    error = EventError(index, "/ts", f"ts is more than {max_skew_ms // 1000} s after "
+                                       "received_at (client clock ahead)", reason)
+                else:
+                    event["ts"] = ts_ms
+                    event["received_at"] = received_at_ms
+                    if "event_id" not in event:
+                        event["event_id"] = str(uuid.uuid4())
+                    event["user_agent"] = user_agent
+                    if ip_hash:
+                        event["ip_hash"] = ip_hash
+                    records.append(orjson.dumps(event))
+        if error is not None:
+            errors.append(error)
+            rejected.append({"reason": error.reason.value, "index": index, "path": error.path,
+                             "message": error.message, "event": event})
+    return Outcome(records, errors, rejected)

@@ -1,0 +1,1 @@
+"""Deployment helpers and the demo site."""

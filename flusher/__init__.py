@@ -1,0 +1,1 @@
+"""The flusher: spool segments into ClickHouse exactly once, with enrichment."""

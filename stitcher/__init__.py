@@ -1,0 +1,1 @@
+"""The stitcher: a conversion becomes a lead_created business event with frozen attribution."""
