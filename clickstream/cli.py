@@ -57,5 +57,108 @@ def collector(host: str | None, port: int | None, data_dir: Path | None) -> None
     run_collector(settings)
 
 
+@main.command()
+@_host
+@_port
+@_data_dir
+@_ch_url
+def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None) -> None:
+    """Everything in one process: collector + flusher + stitcher + POST /sql, embedded ClickHouse by default."""
+    from clickstream.runner import run_serve
+
+    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url)
+    _logging(settings)
+    run_serve(settings)
+
+
+@main.command()
+@_host
+@_port
+@_data_dir
+@_ch_url
+def flusher(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None) -> None:
+    """Run the flusher alone: spool -> ClickHouse (metrics on --port)."""
+    from clickstream.runner import run_flusher
+
+    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url)
+    _logging(settings)
+    run_flusher(settings)
+
+
+@main.command()
+@_data_dir
+@_ch_url
+def migrate(data_dir: Path | None, clickhouse_url: str | None) -> None:
+    """Apply the sql/ migrations (idempotent) and print what was applied."""
+    from clickstream.runner import open_clickhouse
+
+    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    _logging(settings)
+    open_clickhouse(settings)
+    click.echo("migrations up to date")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="table (default) or json (one JSON object per row)")
+@_data_dir
+@_ch_url
+@click.option("--url", "server_url", default=None,
+              help="URL of a running `clickstream serve` [default http://CLICKSTREAM_HOST:CLICKSTREAM_PORT]")
+def sql(query: str, fmt: str, data_dir: Path | None, clickhouse_url: str | None, server_url: str | None) -> None:
+    """Run one read-only QUERY and print the result.
+
+    Against a ClickHouse server URL directly; on the embedded directory when no process holds it;
+    else through the running `clickstream serve` (POST /sql with CLICKSTREAM_ADMIN_TOKEN).
+    """
+    from clickstream.query import run_cli_query
+
+    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    try:
+        result = run_cli_query(settings, query, server_url)
+    except Exception as exc:  # every failure is shown as a message, not a traceback
+        raise click.ClickException(str(exc)) from exc
+    from clickstream.sqlapi import dumps, format_table
+
+    if fmt == "json":
+        for row in result["rows"]:
+            click.echo(dumps(dict(zip(result["columns"], row, strict=True))).decode())
+    else:
+        click.echo(format_table(result["columns"], result["rows"]))
+
+
+@main.command()
+@click.option("--site", default=None, help="Only this site_id")
+@click.option("--experiment", default=None, help="Only this experiment_id")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@_data_dir
+@_ch_url
+def experiments(site: str | None, experiment: str | None, fmt: str, data_dir: Path | None,
+                clickhouse_url: str | None) -> None:
+    """Per variant: visitors, converters, rate, lift with 95% interval, p-value, chance to beat control, SRM."""
+    from stitcher.experiments import run_report
+
+    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    try:
+        click.echo(run_report(settings, site=site, experiment=experiment, fmt=fmt))
+    except Exception as exc:  # shown as a message, not a traceback
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@_host
+@_port
+@_data_dir
+@_ch_url
+def stitcher(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None) -> None:
+    """Run the stitcher alone (POST /stitch) against a ClickHouse server."""
+    from stitcher.service import run_stitcher
+
+    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url)
+    _logging(settings)
+    run_stitcher(settings)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,203 @@
+"""ClickHouse access, only through clickhouse-connect: connect, migrate, classify errors, insert.
+
+`CLICKSTREAM_CLICKHOUSE_URL` picks the engine (ARCHITECTURE.md): `chdb:///path` is embedded
+ClickHouse in this process (chDB locks its directory: one process per directory);
+`http(s)://user:password@host:8123/clickstream` is a server or cluster. Same DDL and queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+from clickstream import SQL_DIR
+
+log = logging.getLogger(__name__)
+
+DATABASE = "clickstream"
+#: Every table an insert reaches: the raw tables and every materialized-view target. Each needs a
+#: dedup window or a retried insert is counted twice (verified on chDB 26.9, see tests).
+DEDUP_TABLES = ("events", "sessions", "variant_exposures", "lead_events", "conversions", "dead_letters")
+
+#: Settings of every insert. TRICKY: async_insert defaults to 1 in ClickHouse 26.x, and an async
+#: insert ignores insert_deduplication_token semantics we rely on; pass 0 explicitly.
+INSERT_SETTINGS: dict[str, Any] = {
+    "async_insert": 0,
+    "insert_deduplicate": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+}
+
+#: ClickHouse error codes that mean "this data cannot be inserted" (ErrorCodes.cpp): the flusher
+#: splits the batch and dead-letters the offending rows. Every other error is treated as
+#: transient and retried while the spool keeps the data.
+DATA_ERROR_CODES = frozenset({
+    6,    # CANNOT_PARSE_TEXT
+    26,   # CANNOT_PARSE_QUOTED_STRING
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,   # ATTEMPT_TO_READ_AFTER_EOF
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    190,  # SIZES_OF_ARRAYS_DONT_MATCH
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    376,  # CANNOT_PARSE_UUID
+    407,  # DECIMAL_OVERFLOW
+    469,  # VIOLATED_CONSTRAINT
+    1001,  # STD_EXCEPTION (e.g. invalid UTF-8 conversions inside a function)
+})
+
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code of an exception, when it carries one."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    match = _CODE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when ClickHouse refused the data itself (retrying the same rows cannot succeed)."""
+    if isinstance(exc, OperationalError):
+        return False
+    return isinstance(exc, ClickHouseError) and error_code(exc) in DATA_ERROR_CODES
+
+
+def connect(url: str, *, readonly_session: bool = False, max_result_rows: int = 0) -> Client:
+    """A client on database `clickstream` (created when missing).
+
+    With `readonly_session`, the session is pinned to readonly=1 before it is returned: on chDB a
+    SETTINGS clause of a non-SELECT statement leaks into the session (verified on chDB 26.9), so
+    dashboard queries get a client of their own that can never write, whatever they send.
+    """
+    if url.startswith("chdb://"):
+        path = Path(url.removeprefix("chdb://"))
+        path.mkdir(parents=True, exist_ok=True)
+        bootstrap = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}", database=DATABASE)
+    else:
+        parts = urlsplit(url)
+        database = parts.path.strip("/") or DATABASE
+        base = url.replace(parts.path, "") if parts.path else url
+        bootstrap = clickhouse_connect.get_client(dsn=base)
+        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+        client = clickhouse_connect.get_client(dsn=base, database=database)
+    if readonly_session:
+        if max_result_rows:
+            client.command(f"SET max_result_rows = {int(max_result_rows)}")
+            client.command("SET result_overflow_mode = 'throw'")
+        client.command("SET readonly = 1")
+    return client
+
+
+def split_statements(text: str) -> list[str]:
+    """Statements of a migration file: separated by `;` at the end of a line."""
+    return [s.strip() for s in re.split(r";\s*$", text, flags=re.MULTILINE) if s.strip()]
+
+
+def migrations(sql_dir: Path = SQL_DIR) -> list[tuple[int, str, Path]]:
+    """(version, name, path) of every `NNNN_name.sql` file, in version order."""
+    found = []
+    for path in sorted(sql_dir.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        found.append((int(path.name[:4]), path.stem, path))
+    return found
+
+
+def migrate(client: Client, *, retention_days: int = 0, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply pending migrations (each file idempotent) and the events TTL; return applied names.
+
+    Records every applied file in `schema_migrations` (version, name, sha256). Raises
+    ClickHouseError when a statement fails (the migration is then not recorded).
+    """
+    client.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, "
+        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
+    applied = []
+    for version, name, path in migrations(sql_dir):
+        if version in done:
+            continue
+        text = path.read_text()
+        for statement in split_statements(text):
+            client.command(statement)
+        client.insert("schema_migrations", [[version, name, hashlib.sha256(text.encode()).hexdigest()]],
+                      column_names=["version", "name", "checksum"], settings={"async_insert": 0})
+        applied.append(name)
+        log.info("migration applied: %s", name)
+    apply_retention(client, retention_days)
+    return applied
+
+
+def apply_retention(client: Client, retention_days: int) -> None:
+    """Set (or remove, for 0) the TTL of `events`: rows older than `retention_days` are dropped."""
+    create = client.query(
+        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'events'"
+    ).result_rows[0][0]
+    has_ttl = " TTL " in create
+    if retention_days > 0:
+        client.command(f"ALTER TABLE events MODIFY TTL toDateTime(ts) + INTERVAL {int(retention_days)} DAY")
+    elif has_ttl:
+        client.command("ALTER TABLE events REMOVE TTL")
+
+
+def check_guarantees(client: Client) -> list[str]:
+    """Problems with the settings exactly-once depends on (empty when all is well)."""
+    problems = []
+    rows = client.query(
+        "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() AND name IN {t:Array(String)}",
+        parameters={"t": list(DEDUP_TABLES)},
+    ).result_rows
+    engines: dict[str, str] = {str(name): str(engine) for name, engine in rows}
+    for table in DEDUP_TABLES:
+        engine = engines.get(table, "")
+        if "deduplication_window" not in engine:
+            problems.append(f"table {table} has no deduplication window: retried inserts would count twice")
+    return problems
+
+
+def describe(client: Client, url: str) -> str:
+    """'chdb 26.9.2.1 (embedded, /path)' or 'clickhouse 25.3 (http://host:8123)' for the start log."""
+    version = client.query("SELECT version()").result_rows[0][0]
+    if url.startswith("chdb://"):
+        return f"chDB {version} (embedded, {url.removeprefix('chdb://')})"
+    parts = urlsplit(url)
+    return f"ClickHouse {version} ({parts.scheme}://{parts.hostname}:{parts.port})"
+
+
+class Sink(Protocol):
+    """Where the flusher writes: one JSONEachRow batch, deduplicated by `token`."""
+
+    def insert(self, table: str, rows: bytes, token: str) -> None: ...
+
+
+class ClickHouseSink:
+    """The real sink: `INSERT INTO table FORMAT JSONEachRow` with a dedup token, synchronously."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def insert(self, table: str, rows: bytes, token: str) -> None:
+        self.client.raw_insert(table, None, rows, fmt="JSONEachRow",
+                               settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+
+
+def query_rows(client: Client, sql: str, parameters: dict[str, Any] | None = None) -> Sequence[Sequence[Any]]:
+    return client.query(sql, parameters=parameters).result_rows

@@ -1,0 +1,263 @@
+"""The flusher: sealed spool segments -> enriched rows -> ClickHouse `events`, exactly once.
+
+Exactly once (ARCHITECTURE.md "Exactly once"): a segment is cut into batches of at most
+`flush_max_rows` records from offset 0, so the batches of a sealed segment are the same on every
+run; each batch is inserted with `insert_deduplication_token = "<segment>:<first offset>-<end>"`
+and the segment is deleted only after ClickHouse confirmed every batch. A crash between insert
+and delete re-inserts the same ranges with the same tokens, which ClickHouse drops (the window
+is set on `events` and on every materialized-view target).
+
+Failures (issue 3): a transient error (connection, timeout, too many parts: any error that is
+not a data error) is retried with capped, jittered exponential backoff (tenacity) while the
+spool keeps the data; a data error (flusher.clickhouse.DATA_ERROR_CODES) splits the batch in
+halves until the offending rows are alone, and those go to `dead_letters` with the error.
+Nothing is skipped without a counted reason (`clickstream_flusher_dead_letters_total{reason}`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.client import Client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from tenacity import Retrying, retry_if_exception, stop_any, stop_when_event_set, wait_random_exponential
+
+from clickstream.settings import Settings
+from collector.spool import CorruptSegmentError, Record, SegmentInfo, SpoolReader, SpoolWriter, scan
+from flusher import enrich
+from flusher.clickhouse import ClickHouseSink, Sink, error_code, is_data_error
+
+log = logging.getLogger(__name__)
+
+
+class FlusherMetrics:
+    """Rows flushed, batches, retries, dead letters by reason, flush lag (issue 3 "Metrics")."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.rows = Counter("clickstream_flusher_rows", "Rows confirmed by ClickHouse into events", registry=r)
+        self.batches = Counter("clickstream_flusher_batches", "Batches inserted", registry=r)
+        self.retries = Counter("clickstream_flusher_retries", "Insert attempts retried after a transient error",
+                               registry=r)
+        self.dead_letters = Counter("clickstream_flusher_dead_letters", "Records written to dead_letters",
+                                    ["reason"], registry=r)
+        self.segments = Counter("clickstream_flusher_segments", "Spool segments flushed and deleted", registry=r)
+        self.corrupt = Counter("clickstream_flusher_corrupt_segments",
+                               "Sealed segments with broken framing moved to spool/corrupt/", registry=r)
+        self.lag = Gauge("clickstream_flusher_lag_seconds",
+                         "Age of the oldest unflushed spool segment (its first record)", registry=r)
+        self.insert_seconds = Histogram("clickstream_flusher_insert_seconds", "ClickHouse insert latency",
+                                        registry=r)
+
+
+def segment_created_s(segment_id: str) -> float:
+    """Creation time (epoch seconds) encoded in a segment id `<µs>-<hex>`."""
+    return int(segment_id.split("-", 1)[0]) / 1e6
+
+
+class Flusher:
+    """Moves sealed spool segments into ClickHouse; a `web.create_app` component in `serve`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client | None,
+        *,
+        sink: Sink | None = None,
+        writer: SpoolWriter | None = None,
+        metrics: FlusherMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        if sink is None:
+            if client is None:
+                raise ValueError("Flusher needs a ClickHouse client or a sink")
+            sink = ClickHouseSink(client)
+        self.sink = sink
+        self.writer = writer
+        self.reader = SpoolReader(settings.spool_dir)
+        self.metrics = metrics or FlusherMetrics()
+        self.max_rows = settings.flush_max_rows
+        self._lock = threading.Lock()  # one flush at a time: the loop, flush_now and drain
+        self._stop = threading.Event()
+        self._abort = threading.Event()  # gives up retrying (shutdown past its deadline)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+
+    # -- component lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self._lock_fd = self.reader.lock_for_flusher()
+        self._stop.clear()
+        self._abort.clear()
+        self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_timeout_s: float = 120.0) -> None:
+        """Stop the loop, then seal and flush everything spooled (SIGTERM path of `serve`).
+
+        If ClickHouse stays unavailable for `drain_timeout_s`, gives up: the data stays in the
+        spool and is flushed at the next start.
+        """
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        timer = threading.Timer(drain_timeout_s, self._abort.set)
+        timer.start()
+        try:
+            self.drain()
+        except Exception:
+            log.exception("flusher: drain incomplete, data stays in the spool for the next start")
+        finally:
+            timer.cancel()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def readiness(self) -> list[tuple[str, bool, str]]:
+        if self.client is None:
+            return []
+        try:
+            ok = bool(self.client.ping())
+        except Exception as exc:  # readiness reports, it does not raise
+            return [("clickhouse_reachable", False, str(exc)[:200])]
+        return [("clickhouse_reachable", ok, "")]
+
+    def update_gauges(self) -> None:
+        oldest = [s.segment_id for s in self.reader.sealed_segments()[:1]]
+        oldest += [s.segment_id for s in self.reader.open_segments()[:1]]
+        self.metrics.lag.set(max(0.0, time.time() - min(segment_created_s(s) for s in oldest)) if oldest else 0.0)
+
+    # -- flushing --------------------------------------------------------------------------
+    def _run(self) -> None:
+        interval_s = self.settings.flush_interval_ms / 1000
+        while not self._stop.is_set():
+            try:
+                self.flush_once()
+            except Exception:
+                log.exception("flusher: flush failed; retrying")
+            self._wake.wait(min(0.1, interval_s / 4))
+            self._wake.clear()
+
+    def flush_once(self, seal: bool = False) -> int:
+        """Flush every sealed segment; seal the active one first when older than the flush
+        interval (or always, with `seal`). Returns rows inserted."""
+        with self._lock:
+            if self.writer is not None:
+                if seal:
+                    self.writer.seal_active()
+                else:
+                    self.writer.seal_if_older(self.settings.flush_interval_ms)
+            rows = 0
+            for segment in self.reader.sealed_segments():
+                if self._abort.is_set():
+                    break
+                rows += self.flush_segment(segment)
+            return rows
+
+    def flush_now(self) -> int:
+        """Seal and flush everything spooled so far (the stitcher's freshness guarantee)."""
+        return self.flush_once(seal=True)
+
+    def drain(self) -> int:
+        """Flush until no sealed segment is left (or the abort deadline passed)."""
+        total = self.flush_once(seal=True)
+        while self.reader.sealed_segments() and not self._abort.is_set():
+            total += self.flush_once(seal=True)
+        return total
+
+    def flush_segment(self, segment: SegmentInfo) -> int:
+        """Insert every record of one sealed segment, then delete it. Returns rows inserted."""
+        corrupt_at: int | None = None
+        try:
+            records = self.reader.records(segment)
+        except CorruptSegmentError as exc:
+            records, _ = scan(segment.path.read_bytes(), segment.segment_id)
+            corrupt_at = exc.offset
+        except FileNotFoundError:
+            return 0
+        inserted = 0
+        for start in range(0, len(records), self.max_rows):
+            inserted += self._insert_records(records[start : start + self.max_rows])
+        if self._abort.is_set():
+            return inserted
+        if corrupt_at is not None:
+            lost = segment.size_bytes - corrupt_at
+            target = self.reader.quarantine(segment.segment_id)
+            self.metrics.corrupt.inc()
+            log.error("flusher: segment %s corrupt at byte %d; %d bytes kept in %s", segment.segment_id,
+                      corrupt_at, lost, target)
+        else:
+            self.reader.mark_done(segment.segment_id)
+        self.metrics.segments.inc()
+        return inserted
+
+    def _insert_records(self, records: Sequence[Record]) -> int:
+        items: list[tuple[Record, bytes]] = []
+        for record in records:
+            try:
+                items.append((record, orjson.dumps(enrich.row(orjson.loads(record.payload),
+                                                              record.segment_id, record.offset))))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                self._dead_letter([record], 0, f"enrich: {type(exc).__name__}: {exc}", "undecodable")
+        return self._insert_items(items) if items else 0
+
+    def _insert_items(self, items: Sequence[tuple[Record, bytes]]) -> int:
+        first, last = items[0][0], items[-1][0]
+        token = f"{first.segment_id}:{first.offset}-{last.end}"
+        body = b"\n".join(row for _, row in items)
+        try:
+            self._with_retries(lambda: self.sink.insert("events", body, token))
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            if len(items) == 1:
+                self._dead_letter([items[0][0]], error_code(exc) or 0, str(exc)[:2000], "clickhouse_rejected")
+                return 0
+            mid = len(items) // 2
+            return self._insert_items(items[:mid]) + self._insert_items(items[mid:])
+        self.metrics.rows.inc(len(items))
+        self.metrics.batches.inc()
+        return len(items)
+
+    def _dead_letter(self, records: Sequence[Record], code: int, error: str, reason: str) -> None:
+        now = time.time()
+        rows = b"\n".join(
+            orjson.dumps({
+                "failed_at": f"{now:.3f}", "error_code": code, "error": error,
+                "spool_segment": r.segment_id, "spool_offset": r.offset,
+                "payload": r.payload.decode("utf-8", "replace"),
+            })
+            for r in records
+        )
+        token = f"dl:{records[0].segment_id}:{records[0].offset}-{records[-1].end}"
+        self._with_retries(lambda: self.sink.insert("dead_letters", rows, token))
+        self.metrics.dead_letters.labels(reason=reason).inc(len(records))
+        log.warning("flusher: %d record(s) dead-lettered (%s): %s", len(records), reason, error[:200])
+
+    def _sleep(self, seconds: float) -> None:
+        self._abort.wait(seconds)
+
+    def _with_retries(self, fn: Callable[[], Any]) -> None:
+        def count(_: Any) -> None:
+            self.metrics.retries.inc()
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: not is_data_error(e)),
+            wait=wait_random_exponential(multiplier=0.05, max=self.settings.flush_retry_max_s),
+            stop=stop_any(stop_when_event_set(self._abort)),
+            sleep=self._sleep,
+            before_sleep=count,
+            reraise=True,
+        )
+        started = time.perf_counter()
+        retrying(fn)
+        self.metrics.insert_seconds.observe(time.perf_counter() - started)
