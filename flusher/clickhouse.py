@@ -92,12 +92,16 @@ def connect(url: str, *, readonly_session: bool = False, max_result_rows: int = 
         bootstrap = clickhouse_connect.get_client(dsn=f"chdb://{path}")
         bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
         client = clickhouse_connect.get_client(dsn=f"chdb://{path}", database=DATABASE)
+        # TRICKY: chDB runs one engine per process, on one path at a time, until every client on
+        # it is closed; a leaked client keeps the next test (or data dir) from opening.
+        bootstrap.close()
     else:
         parts = urlsplit(url)
         database = parts.path.strip("/") or DATABASE
         base = url.replace(parts.path, "") if parts.path else url
         bootstrap = clickhouse_connect.get_client(dsn=base)
         bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+        bootstrap.close()
         client = clickhouse_connect.get_client(dsn=base, database=database)
     if readonly_session:
         if max_result_rows:

@@ -232,7 +232,7 @@ class Flusher:
         now = time.time()
         rows = b"\n".join(
             orjson.dumps({
-                "failed_at": f"{now:.3f}", "error_code": code, "error": error,
+                "failed_at": enrich.ch_datetime(int(now * 1000)), "error_code": code, "error": error,
                 "spool_segment": r.segment_id, "spool_offset": r.offset,
                 "payload": r.payload.decode("utf-8", "replace"),
             })
