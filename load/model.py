@@ -23,11 +23,13 @@ from typing import Any
 
 HUMAN_AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
+    "Safari/605.1.15",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
     "Mobile/15E148 Safari/604.1",
     "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
-    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
+    "Mobile Safari/537.36",
 )
 BOT_AGENTS = (
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
@@ -219,7 +221,8 @@ def generate(config: ModelConfig) -> Traffic:
             if not is_bot and not converted and variants.get("hero") is not None:
                 p_conv = config.experiments["hero"][variants["hero"]]
                 if "pricing" in variants:
-                    p_conv *= config.experiments["pricing"][variants["pricing"]] / config.experiments["pricing"]["control"]
+                    pricing = config.experiments["pricing"]
+                    p_conv *= pricing[variants["pricing"]] / pricing["control"]
                 if rng.random() < p_conv:
                     converted = True
                     t += rng.randint(1_000, 30_000)
