@@ -54,10 +54,15 @@ class Settings:
     flush_retry_max_s: float = 30.0
     retention_days: int = 0  # 0: keep forever
 
-    # stitcher
+    # stitcher (checked by stitcher.service.check_settings at start)
     stitch_token: str = dataclasses.field(default="", repr=False)
     attribution_lookback_days: int = 90
     lead_webhook_url: str = ""
+    lead_webhook_secret: str = dataclasses.field(default="", repr=False)  # HMAC-SHA256 signature key
+    lead_webhook_timeout_s: float = 10.0
+    stitch_max_body_bytes: int = 32 * 1024
+    stitch_flush_timeout_s: float = 30.0  # freshness flush before attribution; 503 past it
+    relay_retry_max_s: float = 60.0  # cap of the relay's jittered exponential backoff
 
     # dashboards
     admin_token: str = dataclasses.field(default="", repr=False)

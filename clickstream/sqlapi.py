@@ -28,6 +28,8 @@ from starlette.routing import Route
 
 READ_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 _LEADING = re.compile(r"^(\s+|--[^\n]*\n?|/\*.*?\*/|\()+", re.DOTALL)
+_LITERALS_AND_COMMENTS = re.compile(
+    r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`|--[^\n]*|/\*.*?\*/", re.DOTALL)
 
 
 class QueryError(ValueError):
@@ -43,6 +45,11 @@ def first_keyword(sql: str) -> str:
 
 def check_read_only(sql: str) -> None:
     """Raise QueryError unless `sql` is one read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS)."""
+    code = _LITERALS_AND_COMMENTS.sub(" ", sql).strip().rstrip(";")
+    if ";" in code:
+        # TRICKY: chDB runs every statement of a multi-statement text and the results of the extra
+        # ones desynchronise the connection's next answers (seen on chDB 26.9); one at a time.
+        raise QueryError("one statement per query: remove the ';' between statements")
     keyword = first_keyword(sql)
     if keyword not in READ_STATEMENTS:
         raise QueryError(f"only read queries are allowed ({', '.join(READ_STATEMENTS)}), got {keyword or 'nothing'}")

@@ -228,7 +228,8 @@ def generate(config: ModelConfig) -> Traffic:
                     t += rng.randint(1_000, 30_000)
                     leads.append(Lead(f"lead-{anon}", anon, sid, t, site))
             t += rng.randint(40 * 60_000, 20 * 3_600_000)  # next visit after > 30 min of inactivity
-            t = min(t, end - 60_000)
+            if t > end:
+                break  # time only moves forward: no room left for another visit
         if rng.random() < config.invalid_fraction * 10:
             bad = {"type": "Page View", "site_id": site, "anonymous_id": anon, "session_id": f"{anon}-bad",
                    "ts": t, "url": f"https://{site}/"}

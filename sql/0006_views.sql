@@ -124,9 +124,10 @@ FULL OUTER JOIN
 -- first variant by name). A visitor belongs to the variant of their first exposure in the
 -- experiment (sticky assignment: a later exposure to another variant does not move them, so a
 -- frozen lead never changes these numbers). Converters: visitors with a lead_created at or after
--- that first exposure. z, p_value and the 95% interval of the difference in conversion rate
--- (variant - control) come from ClickHouse's proportionsZTest with a pooled standard error,
--- which equals statsmodels' proportions_ztest. lift = rate / control rate - 1 (NULL for the
+-- that first exposure. z and p_value come from ClickHouse's proportionsZTest with a pooled
+-- standard error (equal to statsmodels' proportions_ztest); ci95_low/ci95_high bound the
+-- difference in conversion rate (variant - control), Wald with unpooled standard error (equal to
+-- statsmodels' confint_proportions_2indep(method="wald", compare="diff")). lift = rate / control rate - 1 (NULL for the
 -- control row and when the control rate is 0).
 CREATE OR REPLACE VIEW v_variant_lift AS
 WITH

@@ -1,0 +1,202 @@
+"""`clickstream serve` end to end over HTTP, and every dashboard view against an independent
+computation (load.model.Truth) over the same generated workload (issue 3)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from clickhouse_connect.driver.client import Client
+from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+
+from flusher.clickhouse import INSERT_SETTINGS, connect
+from flusher.enrich import ch_datetime
+from load.model import ModelConfig, Traffic, Truth, generate
+from load.send import post_events
+from tests.conftest import ROOT, Server, start_server
+
+ADMIN = "admin-secret"
+
+
+@pytest.fixture(scope="module")
+def traffic() -> Traffic:
+    return generate(ModelConfig(seed=7, visitors=1000))
+
+
+Loaded = tuple[Client, Truth, dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def loaded(traffic: Traffic, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    """Serve on a free port, the workload POSTed, /sql and `clickstream sql` used while it runs,
+    SIGTERM, then the data directory reopened with leads added as the stitcher writes them."""
+    data_dir = tmp_path_factory.mktemp("views") / "data"
+    server = start_server("serve", data_dir, {"CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz")
+    observed: dict[str, Any] = {}
+    try:
+        assert len(traffic.events) >= 10_000
+        observed["accepted"], observed["rejected"] = post_events(server.url, traffic.events)
+        observed["invalid"] = post_events(server.url, traffic.invalid)
+        observed["live"] = live_queries(server)
+    finally:
+        observed["exit_code"] = server.stop()
+    client = connect(f"chdb://{data_dir / 'clickhouse'}")
+    truth = Truth(traffic)
+    insert_leads(client, truth)
+    yield client, truth, observed
+    client.close()
+
+
+def live_queries(server: Server) -> dict[str, Any]:
+    """What a user sees while serve runs: POST /sql and the CLI through it."""
+    out: dict[str, Any] = {}
+    with server.client() as http:
+        out["no_token"] = http.post("/sql", content=b"SELECT 1").status_code
+        wrong = {"Authorization": "Bearer nope"}
+        out["wrong_token"] = http.post("/sql", content=b"SELECT 1", headers=wrong).status_code
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        out["drop"] = http.post("/sql", content=b"DROP TABLE events", headers=auth).json()
+        out["sneaky"] = http.post("/sql", content=b"SELECT 1 SETTINGS readonly = 0", headers=auth).status_code
+        out["insert_via_select"] = http.post(
+            "/sql", content=b"WITH 1 AS x SELECT * FROM events; INSERT INTO events (site_id) VALUES ('x')",
+            headers=auth).status_code
+        out["select"] = http.post("/sql", content=b"SELECT count() AS n FROM events", headers=auth).json()
+    env = {**os.environ, **server.env, "CLICKSTREAM_ADMIN_TOKEN": ADMIN}
+    cli = subprocess.run([sys.executable, "-m", "clickstream.cli", "sql", "SELECT 42 AS answer", "--format", "json"],
+                         capture_output=True, env=env, cwd=ROOT, timeout=120)
+    out["cli"] = (cli.returncode, cli.stdout.decode(), cli.stderr.decode()[-500:])
+    return out
+
+
+def insert_leads(client: Client, truth: Truth) -> None:
+    """lead_created rows with the frozen attribution the stitcher computes (Truth.lead_attribution)."""
+    rows = []
+    for lead in truth.traffic.leads:
+        a = truth.lead_attribution(lead)
+
+        def touch(t: dict[str, Any]) -> dict[str, Any]:
+            return {**t, "ts": ch_datetime(t["ts"])}
+
+        rows.append(orjson.dumps({
+            "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, lead.lead_id)),
+            "lead_id": lead.lead_id, "site_id": lead.site_id, "anonymous_id": lead.anonymous_id,
+            "occurred_at": ch_datetime(lead.occurred_at_ms), "session_id": lead.session_id,
+            "landing_path": a["landing_path"], "first_touch": touch(a["first_touch"]),
+            "last_touch": touch(a["last_touch"]), "variants": a["variants"], "properties": "{}", "payload": "{}",
+            "emitted_at": ch_datetime(lead.occurred_at_ms),
+        }))
+    client.raw_insert("lead_events", None, b"\n".join(rows), fmt="JSONEachRow",
+                      settings={**INSERT_SETTINGS, "insert_deduplication_token": "test-leads"})
+
+
+def rows(client: Client, sql: str) -> list[dict[str, Any]]:
+    result = client.query(sql)
+    return [dict(zip(result.column_names, r, strict=True)) for r in result.result_rows]
+
+
+def ms(value: dt.datetime) -> int:
+    return int(value.replace(tzinfo=dt.UTC).timestamp() * 1000) if value.tzinfo is None else int(
+        value.timestamp() * 1000)
+
+
+def test_serve_accepts_flushes_and_exits_cleanly(loaded: Loaded, traffic: Traffic) -> None:
+    client, _, observed = loaded
+    assert observed["accepted"] == len(traffic.events)
+    assert observed["rejected"] == 0
+    assert observed["invalid"] == (0, len(traffic.invalid))
+    assert observed["exit_code"] == 0
+    (count, distinct), = client.query("SELECT count(), uniqExact(event_id) FROM events").result_rows
+    assert count == distinct == len(traffic.events)
+
+
+def test_sql_endpoint_and_cli_while_serve_runs(loaded: Loaded) -> None:
+    live = loaded[2]["live"]
+    assert live["no_token"] == 401
+    assert live["wrong_token"] == 401
+    assert live["drop"]["error"] == "query_failed" and "only read queries" in live["drop"]["message"]
+    assert live["sneaky"] == 400
+    assert live["insert_via_select"] == 400
+    assert live["select"].get("columns") == ["n"], live["select"]
+    code, stdout, stderr = live["cli"]
+    assert code == 0, stderr
+    assert orjson.loads(stdout.strip()) == {"answer": 42}
+
+
+def test_v_sessions_matches_independent_computation(loaded: Loaded) -> None:
+    client, truth, _ = loaded
+    expected = truth.sessions()
+    got = {r["session_id"]: r for r in rows(client, "SELECT * FROM v_sessions")}
+    assert set(got) == set(expected)
+    for sid, want in expected.items():
+        row = got[sid]
+        have = {k: row[k] for k in want if k not in ("started_at", "ended_at", "duration_s")}
+        assert have == {k: v for k, v in want.items() if k not in ("started_at", "ended_at", "duration_s")}, sid
+        assert ms(row["started_at"]) == want["started_at"]
+        assert ms(row["ended_at"]) == want["ended_at"]
+        assert row["duration_s"] == pytest.approx(want["duration_s"], abs=1e-9)
+
+
+def test_v_daily_traffic_matches(loaded: Loaded) -> None:
+    client, truth, _ = loaded
+    expected = truth.daily_traffic()
+    got = {r["day"].isoformat(): r for r in rows(client, "SELECT * FROM v_daily_traffic")}
+    assert set(got) == set(expected)
+    for day, want in expected.items():
+        for key in ("visitors", "sessions", "pageviews"):
+            assert got[day][key] == want[key], (day, key)
+        assert got[day]["bounce_rate"] == pytest.approx(want["bounce_rate"], abs=1e-12)
+        assert got[day]["avg_duration_s"] == pytest.approx(want["avg_duration_s"], abs=1e-9)
+
+
+def test_v_landing_pages_matches(loaded: Loaded) -> None:
+    client, truth, _ = loaded
+    expected = truth.landing_pages()
+    got = {r["landing_path"]: r for r in rows(client, "SELECT * FROM v_landing_pages")}
+    assert set(got) == set(expected)
+    assert sum(w["leads"] for w in expected.values()) == len(truth.traffic.leads) > 0
+    for path, want in expected.items():
+        assert {k: got[path][k] for k in want} == want, path
+        assert got[path]["conversion_rate"] == pytest.approx(want["leads"] / want["sessions"], abs=1e-12)
+
+
+def test_v_channels_matches(loaded: Loaded) -> None:
+    client, truth, _ = loaded
+    expected = truth.channels()
+    got = {(r["channel"], r["utm_source"], r["utm_medium"], r["utm_campaign"]): r
+           for r in rows(client, "SELECT * FROM v_channels")}
+    assert set(got) == set(expected)
+    assert {k[0] for k in expected} >= {"direct", "organic_search", "paid_search", "email", "referral"}
+    for key, want in expected.items():
+        assert {k: got[key][k] for k in want} == want, key
+
+
+def test_v_variant_lift_matches_statsmodels(loaded: Loaded) -> None:
+    client, truth, _ = loaded
+    expected = truth.variant_counts()
+    got = {(r["experiment_id"], r["variant_id"]): r for r in rows(client, "SELECT * FROM v_variant_lift")}
+    assert set(got) == set(expected)
+    for (exp, var), want in expected.items():
+        row = got[(exp, var)]
+        assert (row["visitors"], row["converters"]) == (want["visitors"], want["converters"]), (exp, var)
+        control = expected[(exp, "control")]
+        assert row["is_control"] == int(var == "control")
+        if var == "control":
+            assert row["lift"] is None and row["z"] is None and row["p_value"] is None
+            continue
+        z, p = proportions_ztest([want["converters"], control["converters"]],
+                                 [want["visitors"], control["visitors"]])
+        assert row["z"] == pytest.approx(z, abs=1e-6)
+        assert row["p_value"] == pytest.approx(p, abs=1e-6)
+        rate, control_rate = want["converters"] / want["visitors"], control["converters"] / control["visitors"]
+        assert row["lift"] == pytest.approx(rate / control_rate - 1, abs=1e-12)
+        low, high = confint_proportions_2indep(want["converters"], want["visitors"], control["converters"],
+                                               control["visitors"], method="wald", compare="diff")
+        assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(low, abs=1e-9), pytest.approx(high, abs=1e-9))
+        assert row["ci95_low"] < rate - control_rate < row["ci95_high"]
