@@ -53,6 +53,7 @@ class Settings:
     flush_max_rows: int = 50_000
     flush_retry_max_s: float = 30.0
     retention_days: int = 0  # 0: keep forever
+    dedup_max_ids: int = 1_000_000  # event ids remembered to drop client retries (~120 B each)
 
     # stitcher (checked by stitcher.service.check_settings at start)
     stitch_token: str = dataclasses.field(default="", repr=False)
@@ -73,7 +74,7 @@ class Settings:
             "port", "max_body_bytes", "max_batch_events", "max_event_age_s", "spool_segment_max_bytes",
             "spool_segment_max_age_ms", "spool_max_bytes", "flush_interval_ms", "flush_max_rows",
             "rejected_max_bytes", "rejected_file_max_bytes", "attribution_lookback_days",
-            "sql_max_result_rows",
+            "sql_max_result_rows", "dedup_max_ids",
         )
         for name in positive:
             if getattr(self, name) <= 0:

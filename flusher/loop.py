@@ -12,6 +12,13 @@ not a data error) is retried with capped, jittered exponential backoff (tenacity
 spool keeps the data; a data error (flusher.clickhouse.DATA_ERROR_CODES) splits the batch in
 halves until the offending rows are alone, and those go to `dead_letters` with the error.
 Nothing is skipped without a counted reason (`clickstream_flusher_dead_letters_total{reason}`).
+
+Client retries (issue 5: "event_id per event so retries cannot double count"): a browser that
+lost a 202 sends the same events again, so the same `event_id` can sit at two spool positions.
+The flusher remembers the spool position of the last `dedup_max_ids` event ids (rebuilt from
+`events` at start) and drops a record whose event_id it already holds at another position,
+counted as `clickstream_flusher_duplicates_total`. The same record at the same position (a
+re-flush after a crash) is not a duplicate: the dedup token takes care of it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +55,9 @@ class FlusherMetrics:
                                registry=r)
         self.dead_letters = Counter("clickstream_flusher_dead_letters", "Records written to dead_letters",
                                     ["reason"], registry=r)
+        self.duplicates = Counter("clickstream_flusher_duplicates",
+                                  "Records dropped because their event_id was already flushed from another "
+                                  "spool position (client retry)", registry=r)
         self.segments = Counter("clickstream_flusher_segments", "Spool segments flushed and deleted", registry=r)
         self.corrupt = Counter("clickstream_flusher_corrupt_segments",
                                "Sealed segments with broken framing moved to spool/corrupt/", registry=r)
@@ -90,6 +101,29 @@ class Flusher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
+        self._seen: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._seen_max = settings.dedup_max_ids
+        if client is not None:
+            self._load_seen(client)
+
+    def _load_seen(self, client: Client) -> None:
+        """Remember the spool positions of the most recently received event ids in ClickHouse."""
+        rows = client.query(
+            "SELECT toString(event_id), spool_segment, spool_offset FROM events "
+            "ORDER BY received_at DESC LIMIT {n:UInt64}", parameters={"n": self._seen_max}).result_rows
+        for event_id, segment, offset in reversed(rows):
+            self._seen[event_id] = (segment, offset)
+
+    def _is_duplicate(self, event_id: str, record: Record) -> bool:
+        position = (record.segment_id, record.offset)
+        known = self._seen.get(event_id)
+        if known is not None and known != position:
+            return True
+        self._seen[event_id] = position
+        self._seen.move_to_end(event_id)
+        if len(self._seen) > self._seen_max:
+            self._seen.popitem(last=False)
+        return False
 
     # -- component lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -204,8 +238,11 @@ class Flusher:
         items: list[tuple[Record, bytes]] = []
         for record in records:
             try:
-                items.append((record, orjson.dumps(enrich.row(orjson.loads(record.payload),
-                                                              record.segment_id, record.offset))))
+                event = orjson.loads(record.payload)
+                if self._is_duplicate(str(event["event_id"]).lower(), record):
+                    self.metrics.duplicates.inc()
+                    continue
+                items.append((record, orjson.dumps(enrich.row(event, record.segment_id, record.offset))))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 self._dead_letter([record], 0, f"enrich: {type(exc).__name__}: {exc}", "undecodable")
         return self._insert_items(items) if items else 0

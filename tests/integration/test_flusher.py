@@ -241,3 +241,20 @@ def test_corrupt_sealed_segment_is_quarantined_after_its_good_prefix(data_dir: P
     assert flusher.flush_once() == 9
     assert (data_dir / "spool" / "corrupt" / f"{segment}.seg").exists()
     assert flusher.metrics.corrupt._value.get() == 1
+
+
+def test_client_retry_of_the_same_event_id_is_counted_once(data_dir: Path, client: Client) -> None:
+    events = session_events(2, 5)
+    spool(data_dir, events)
+    retried = [dict(e) for e in events[3:7]]  # a browser re-sends 4 events whose 202 it never saw
+    spool(data_dir, retried)
+    flusher = Flusher(settings(data_dir), client)
+    flusher.flush_once()
+    assert counts(client)["events"] == counts(client)["distinct_event_ids"] == 10
+    assert flusher.metrics.duplicates._value.get() == 4
+    # after a restart the flusher still knows them (rebuilt from ClickHouse)
+    spool(data_dir, [dict(e) for e in events[:2]])
+    restarted = Flusher(settings(data_dir), client)
+    restarted.flush_once()
+    assert counts(client)["events"] == 10
+    assert restarted.metrics.duplicates._value.get() == 2
