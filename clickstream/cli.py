@@ -160,5 +160,39 @@ def stitcher(host: str | None, port: int | None, data_dir: Path | None, clickhou
     run_stitcher(settings)
 
 
+@main.command()
+@click.option("--url", required=True, help="Base URL of a running collector or serve, e.g. http://127.0.0.1:8000")
+@click.option("--events", type=int, default=None, help="Send about N events as fast as possible")
+@click.option("--rate", type=float, default=None, help="Open-loop rate, events per second")
+@click.option("--duration", "duration_s", type=float, default=None, help="Seconds to run at --rate")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--concurrency", type=int, default=32, show_default=True, help="Requests in flight at most")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Results directory [default load/results/<UTC time>]")
+@click.option("--audit/--no-audit", default=True, show_default=True,
+              help="Wait for the flusher, then check events, rejections and views against the ground truth")
+@click.option("--audit-timeout-s", type=float, default=300.0, show_default=True)
+@_data_dir
+def load(url: str, events: int | None, rate: float | None, duration_s: float | None, seed: int, concurrency: int,
+         out_dir: Path | None, audit: bool, audit_timeout_s: float, data_dir: Path | None) -> None:
+    """Drive realistic traffic at a running collector and audit the result against its ground truth.
+
+    Leads go through POST /stitch when CLICKSTREAM_STITCH_TOKEN is set; the audit reads through POST /sql
+    with CLICKSTREAM_ADMIN_TOKEN; rejected/ is checked when --data-dir (or CLICKSTREAM_DATA_DIR) is given.
+    Exit status 0 only for a clean audit: 0 lost, 0 duplicated, every view equal to the ground truth.
+    """
+    import os
+
+    from load.run import LoadOptions, run
+
+    settings = _settings(data_dir=data_dir)
+    given_dir = data_dir or (settings.data_dir if "CLICKSTREAM_DATA_DIR" in os.environ else None)
+    options = LoadOptions(url=url.rstrip("/"), events=events, rate=rate, duration_s=duration_s, seed=seed,
+                          concurrency=concurrency, stitch_token=settings.stitch_token,
+                          admin_token=settings.admin_token, data_dir=given_dir, out_dir=out_dir, audit=audit,
+                          audit_timeout_s=audit_timeout_s)
+    sys.exit(run(options))
+
+
 if __name__ == "__main__":
     main()

@@ -90,7 +90,7 @@ class Session:
 
     @property
     def started_at(self) -> int:
-        return min(e["ts"] for e in self.events)
+        return min(int(e["ts"]) for e in self.events)
 
 
 @dataclasses.dataclass
@@ -232,7 +232,7 @@ def generate(config: ModelConfig) -> Traffic:
                 break  # time only moves forward: no room left for another visit
         if rng.random() < config.invalid_fraction * 10:
             bad = {"type": "Page View", "site_id": site, "anonymous_id": anon, "session_id": f"{anon}-bad",
-                   "ts": t, "url": f"https://{site}/"}
+                   "ts": t, "url": f"https://{site}/", "event_id": uid()}
             invalid.append((bad, "/type"))
     events.sort(key=lambda pair: pair[0]["ts"])
     return Traffic(config, events, invalid, leads, sessions, exposures)

@@ -1,0 +1,194 @@
+"""`clickstream load`: drive generated traffic at a running collector over HTTP, keep a ledger.
+
+Requests are cut from the time-ordered events the way browsers send them: one User-Agent per
+request, batch sizes drawn from {1, 1, 1, 5, 10, 50} (single-event requests are the common case),
+`application/json` or `text/plain` (sendBeacon) bodies, and invalid events mixed into some batches.
+Rate control is open loop (the schedule does not wait for answers, up to `concurrency` requests in
+flight), so a slow collector shows up as latency and schedule lag instead of a lower offered rate.
+A 503 is retried after its Retry-After with the same body (nothing was spooled); a lost answer is
+retried too, which the flusher's event_id dedup makes safe.
+
+The ledger keeps every acknowledged event_id and every rejected one with its reason, for the audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from load.model import Lead, Traffic
+
+BATCH_SIZES = (1, 1, 1, 5, 10, 50)
+
+
+@dataclasses.dataclass
+class Request:
+    events: list[dict[str, Any]]
+    agent: str
+    content_type: str
+    invalid_indexes: frozenset[int]
+
+
+@dataclasses.dataclass
+class Ledger:
+    """What the collector and stitcher acknowledged during a run."""
+
+    accepted: set[str] = dataclasses.field(default_factory=set)
+    rejected: dict[str, str] = dataclasses.field(default_factory=dict)  # event_id -> reason
+    unexpected: list[str] = dataclasses.field(default_factory=list)  # answers that contradict the model
+    requests: int = 0
+    retries: int = 0
+    latencies_s: list[float] = dataclasses.field(default_factory=list)
+    stitched: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # lead_id -> event
+    timeline: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (elapsed s, events acked)
+    max_schedule_lag_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_s)
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else 0.0
+
+        return {"requests": self.requests, "retries": self.retries, "accepted": len(self.accepted),
+                "rejected": len(self.rejected), "unexpected": self.unexpected[:20], "leads": len(self.stitched),
+                "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+                "max_schedule_lag_s": round(self.max_schedule_lag_s, 3)}
+
+
+def plan_requests(traffic: Traffic, seed: int) -> list[Request]:
+    """Cut the traffic into requests (deterministic for a seed)."""
+    rng = random.Random(seed * 7919 + 1)
+    invalid = list(traffic.invalid)
+    requests: list[Request] = []
+    i = 0
+    events = traffic.events
+    while i < len(events):
+        size = rng.choice(BATCH_SIZES)
+        agent = events[i][1]
+        batch: list[dict[str, Any]] = []
+        while i < len(events) and len(batch) < size and events[i][1] == agent:
+            batch.append(events[i][0])
+            i += 1
+        bad: set[int] = set()
+        if invalid and rng.random() < 0.05:
+            event, _ = invalid.pop()
+            bad.add(len(batch))
+            batch.append(event)
+        requests.append(Request(batch, agent, rng.choice(("application/json", "text/plain;charset=UTF-8")),
+                                frozenset(bad)))
+    for event, _ in invalid:  # the rest go alone: an all-invalid request must answer 400
+        requests.append(Request([event], "Mozilla/5.0 clickstream-load", "application/json", frozenset({0})))
+    return requests
+
+
+async def _send(http: httpx.AsyncClient, url: str, req: Request, ledger: Ledger) -> None:
+    body = orjson.dumps(req.events[0] if len(req.events) == 1 and not req.invalid_indexes else req.events)
+    headers = {"Content-Type": req.content_type, "User-Agent": req.agent}
+    for attempt in range(30):
+        started = time.perf_counter()
+        try:
+            response = await http.post(f"{url}/collect", content=body, headers=headers)
+        except httpx.TransportError:
+            ledger.retries += 1
+            await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+            continue
+        ledger.latencies_s.append(time.perf_counter() - started)
+        if response.status_code == 503:
+            ledger.retries += 1
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            continue
+        ledger.requests += 1
+        if response.status_code not in (202, 400):
+            ledger.unexpected.append(f"HTTP {response.status_code}: {response.text[:200]}")
+            return
+        answer = response.json()
+        errors = {e["index"]: e for e in answer["errors"]}
+        if set(errors) != set(req.invalid_indexes):
+            ledger.unexpected.append(f"rejected indexes {sorted(errors)} != invalid {sorted(req.invalid_indexes)}")
+        for index, event in enumerate(req.events):
+            if index in errors:
+                ledger.rejected[event.get("event_id", f"?{index}")] = errors[index]["reason"]
+            else:
+                ledger.accepted.add(event["event_id"])
+        return
+    ledger.unexpected.append("request abandoned after 30 attempts")
+
+
+async def _stitch(http: httpx.AsyncClient, url: str, token: str, lead: Lead, ledger: Ledger) -> None:
+    for attempt in range(10):
+        try:
+            response = await http.post(f"{url}/stitch", json=lead.body(), headers={"Authorization": f"Bearer {token}"})
+        except httpx.TransportError:
+            await asyncio.sleep(0.1 * 2**attempt)
+            continue
+        if response.status_code >= 500:
+            await asyncio.sleep(0.1 * 2**attempt)
+            continue
+        if response.status_code not in (200, 201):
+            ledger.unexpected.append(f"stitch {lead.lead_id}: HTTP {response.status_code} {response.text[:200]}")
+            return
+        ledger.stitched[lead.lead_id] = response.json()
+        return
+    ledger.unexpected.append(f"stitch {lead.lead_id} abandoned")
+
+
+async def drive(
+    url: str,
+    traffic: Traffic,
+    *,
+    seed: int = 1,
+    rate: float | None = None,
+    concurrency: int = 32,
+    stitch_token: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> Ledger:
+    """Send every planned request (open loop at `rate` events/s, or as fast as `concurrency`
+    allows when None), then every lead to /stitch when `stitch_token` is set."""
+    ledger = Ledger()
+    requests = plan_requests(traffic, seed)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        slots = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        started = time.perf_counter()
+        sent_events = 0
+
+        async def one(req: Request) -> None:
+            try:
+                await _send(http, url, req, ledger)
+            finally:
+                slots.release()
+                if progress is not None:
+                    progress(len(req.events))
+                ledger.timeline.append((time.perf_counter() - started, len(ledger.accepted)))
+
+        for req in requests:
+            if rate:
+                due = started + sent_events / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    ledger.max_schedule_lag_s = max(ledger.max_schedule_lag_s, -delay)
+            await slots.acquire()
+            task = asyncio.create_task(one(req))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent_events += len(req.events)
+        await asyncio.gather(*list(tasks))
+        if stitch_token:
+            sem = asyncio.Semaphore(8)
+
+            async def stitch(lead: Lead) -> None:
+                async with sem:
+                    await _stitch(http, url, stitch_token, lead, ledger)
+
+            await asyncio.gather(*(stitch(lead) for lead in traffic.leads))
+    return ledger
