@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +53,7 @@ def run(options: LoadOptions, echo: Callable[..., Any] = click.echo) -> int:
          f"{len(traffic.sessions)} sessions, {len(traffic.leads)} leads -> {options.url}")
     started = time.perf_counter()
     bar: Any = click.progressbar(length=len(traffic.events) + len(traffic.invalid), label="sending",
-                                 file=click.get_text_stream("stderr"))
+                                 file=sys.stderr)
     with bar:
         ledger = asyncio.run(drive(options.url, traffic, seed=options.seed, rate=options.rate,
                                    concurrency=options.concurrency, stitch_token=options.stitch_token,
