@@ -1,5 +1,8 @@
 """The flusher: sealed spool segments -> enriched rows -> ClickHouse `events`, exactly once.
 
+Rows go to `events_ingest` (sql/0007_ingest.sql), whose materialized view enriches them into
+`events`; the flusher only appends the spool position and the parsed User-Agent (flusher.enrich).
+
 Exactly once (ARCHITECTURE.md "Exactly once"): a segment is cut into batches of at most
 `flush_max_rows` records from offset 0, so the batches of a sealed segment are the same on every
 run; each batch is inserted with `insert_deduplication_token = "<segment>:<first offset>-<end>"`
@@ -27,7 +30,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -101,7 +103,7 @@ class Flusher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
-        self._seen: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._seen: dict[str, tuple[str, int]] = {}
         self._seen_max = settings.dedup_max_ids
         if client is not None:
             self._load_seen(client)
@@ -115,14 +117,15 @@ class Flusher:
             self._seen[event_id] = (segment, offset)
 
     def _is_duplicate(self, event_id: str, record: Record) -> bool:
+        """True when `event_id` was already flushed from another spool position. Remembers the
+        last `dedup_max_ids` ids first seen (FIFO: a retry comes soon after the original)."""
         position = (record.segment_id, record.offset)
         known = self._seen.get(event_id)
-        if known is not None and known != position:
-            return True
+        if known is not None:
+            return known != position
         self._seen[event_id] = position
-        self._seen.move_to_end(event_id)
         if len(self._seen) > self._seen_max:
-            self._seen.popitem(last=False)
+            del self._seen[next(iter(self._seen))]
         return False
 
     # -- component lifecycle ---------------------------------------------------------------
@@ -238,11 +241,12 @@ class Flusher:
         items: list[tuple[Record, bytes]] = []
         for record in records:
             try:
-                event = orjson.loads(record.payload)
-                if self._is_duplicate(str(event["event_id"]).lower(), record):
+                event_id, user_agent = enrich.record_keys(record.payload)
+                if self._is_duplicate(event_id, record):
                     self.metrics.duplicates.inc()
                     continue
-                items.append((record, orjson.dumps(enrich.row(event, record.segment_id, record.offset))))
+                items.append((record, enrich.ingest_line(record.payload, user_agent, record.segment_id,
+                                                         record.offset)))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 self._dead_letter([record], 0, f"enrich: {type(exc).__name__}: {exc}", "undecodable")
         return self._insert_items(items) if items else 0
@@ -252,7 +256,7 @@ class Flusher:
         token = f"{first.segment_id}:{first.offset}-{last.end}"
         body = b"\n".join(row for _, row in items)
         try:
-            self._with_retries(lambda: self.sink.insert("events", body, token))
+            self._with_retries(lambda: self.sink.insert("events_ingest", body, token))
         except Exception as exc:
             if not is_data_error(exc):
                 raise

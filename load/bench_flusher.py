@@ -1,0 +1,109 @@
+"""Flusher throughput vs ClickHouse's own insert of the same rows (issue 3 benchmark).
+
+Method, in one process and one run, on embedded ClickHouse (chDB), each side on a fresh data
+directory with the full schema (events + every materialized view):
+- flusher: spool segments of generated traffic (as the collector writes them) -> `Flusher.flush_once`
+  (read, decode, event_id dedup, enrich, JSONEachRow, insert with dedup token, delete segment);
+- baseline: exactly the JSONEachRow lines the flusher sends (spool record + position + parsed
+  User-Agent), cut into the same batches, `INSERT INTO events_ingest FORMAT JSONEachRow` with the
+  same settings, so ClickHouse does the same enrichment and feeds the same views.
+Reported: rows/s of each and the ratio flusher / baseline (target >= 0.8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from clickstream.settings import Settings
+from collector.spool import SpoolReader, SpoolWriter
+from flusher import enrich
+from flusher.clickhouse import INSERT_SETTINGS, connect, migrate
+from flusher.loop import Flusher
+from load.model import ModelConfig, generate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _stamped_payloads(n_events: int, seed: int) -> list[bytes]:
+    traffic = generate(ModelConfig(seed=seed, visitors=max(1, n_events // 10)))
+    now = int(time.time() * 1000)
+    out = []
+    for event, agent in traffic.events[:n_events]:
+        out.append(orjson.dumps({**event, "received_at": now, "user_agent": agent, "ip_hash": "0123456789abcdef"}))
+    return out
+
+
+def _warm_up(client: Any, lines: list[bytes]) -> None:
+    """One untimed insert on each engine, so neither side pays first-query costs in the timing."""
+    body = b"\n".join(line.replace(b'"site_id":"', b'"site_id":"warm-up') for line in lines)
+    client.raw_insert("events_ingest", None, body, fmt="JSONEachRow",
+                      settings={**INSERT_SETTINGS, "insert_deduplication_token": "warm-up"})
+
+
+def run(n_events: int = 200_000, batch_rows: int = 50_000, seed: int = 3) -> dict[str, Any]:
+    payloads = _stamped_payloads(n_events, seed)
+    work = Path(tempfile.mkdtemp(prefix="bench-flusher-"))
+    try:
+        # the spool, as the collector leaves it: sealed segments of batch_rows records
+        writer = SpoolWriter(work / "a" / "spool", fsync_interval_ms=0, segment_max_bytes=1 << 30).open()
+        for start in range(0, len(payloads), batch_rows):
+            writer.append(payloads[start : start + batch_rows])
+            writer.seal_active()
+        writer.close()
+        records = [r for seg in SpoolReader(work / "a" / "spool").sealed_segments()
+                   for r in SpoolReader(work / "a" / "spool").records(seg)]
+        lines = [enrich.ingest_line(r.payload, orjson.loads(r.payload)["user_agent"], r.segment_id, r.offset)
+                 for r in records]
+
+        client = connect(f"chdb://{work / 'a' / 'clickhouse'}")
+        migrate(client)
+        _warm_up(client, lines[:100])
+        flusher = Flusher(Settings(data_dir=work / "a", flush_max_rows=batch_rows), client)
+        enrich.agent.cache_clear()
+        enrich.agent_fields.cache_clear()
+        started = time.perf_counter()
+        flushed = flusher.flush_once()
+        flusher_s = time.perf_counter() - started
+        assert flushed == len(payloads), (flushed, len(payloads))
+        client.close()
+
+        client = connect(f"chdb://{work / 'b' / 'clickhouse'}")
+        migrate(client)
+        _warm_up(client, lines[:100])
+        started = time.perf_counter()
+        for i, start in enumerate(range(0, len(lines), batch_rows)):
+            body = b"\n".join(lines[start : start + batch_rows])
+            client.raw_insert("events_ingest", None, body, fmt="JSONEachRow",
+                              settings={**INSERT_SETTINGS, "insert_deduplication_token": f"baseline-{i}"})
+        baseline_s = time.perf_counter() - started
+        (count,) = client.query("SELECT count() FROM events WHERE NOT startsWith(site_id, 'warm-up')").result_rows[0]
+        assert count == len(payloads)
+        client.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "benchmark": "flusher_vs_jsoneachrow",
+        "rows": len(payloads), "batch_rows": batch_rows,
+        "flusher_rows_per_s": round(len(payloads) / flusher_s),
+        "baseline_rows_per_s": round(len(payloads) / baseline_s),
+        "ratio": round(baseline_s / flusher_s, 3),
+        "engine": "chDB (embedded ClickHouse), same schema and materialized views",
+        "cpus": os.cpu_count(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "flusher.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return {**result, "results_file": str(path)}
+
+
+if __name__ == "__main__":
+    run()
