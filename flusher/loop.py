@@ -26,11 +26,13 @@ re-flush after a crash) is not a duplicate: the dedup token takes care of it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -69,6 +71,18 @@ class FlusherMetrics:
                                         registry=r)
 
 
+@dataclasses.dataclass
+class _Prepared:
+    """A segment read and framed for insertion, not yet sent."""
+
+    segment: SegmentInfo
+    batches: list[list[tuple[Record, bytes]]] = dataclasses.field(default_factory=list)
+    undecodable: list[tuple[Record, str]] = dataclasses.field(default_factory=list)
+    duplicates: int = 0
+    corrupt_at: int | None = None
+    missing: bool = False
+
+
 def segment_created_s(segment_id: str) -> float:
     """Creation time (epoch seconds) encoded in a segment id `<µs>-<hex>`."""
     return int(segment_id.split("-", 1)[0]) / 1e6
@@ -104,6 +118,7 @@ class Flusher:
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._seen: dict[str, tuple[str, int]] = {}
+        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher-prep")
         self._seen_max = settings.dedup_max_ids
         if client is not None:
             self._load_seen(client)
@@ -186,18 +201,29 @@ class Flusher:
 
     def flush_once(self, seal: bool = False) -> int:
         """Flush every sealed segment; seal the active one first when older than the flush
-        interval (or always, with `seal`). Returns rows inserted."""
+        interval (or always, with `seal`). Returns rows inserted.
+
+        Pipelined: while ClickHouse inserts one segment (chDB and the HTTP client release the
+        GIL), a worker thread reads and frames the next one.
+        """
         with self._lock:
             if self.writer is not None:
                 if seal:
                     self.writer.seal_active()
                 else:
                     self.writer.seal_if_older(self.settings.flush_interval_ms)
+            segments = self.reader.sealed_segments()
+            if not segments:
+                return 0
             rows = 0
-            for segment in self.reader.sealed_segments():
+            pending = self._prep_pool.submit(self._prepare, segments[0])
+            for index in range(len(segments)):
+                prepared = pending.result()
+                if index + 1 < len(segments) and not self._abort.is_set():
+                    pending = self._prep_pool.submit(self._prepare, segments[index + 1])
                 if self._abort.is_set():
                     break
-                rows += self.flush_segment(segment)
+                rows += self._commit(prepared)
             return rows
 
     def flush_now(self) -> int:
@@ -213,43 +239,58 @@ class Flusher:
 
     def flush_segment(self, segment: SegmentInfo) -> int:
         """Insert every record of one sealed segment, then delete it. Returns rows inserted."""
-        corrupt_at: int | None = None
+        return self._commit(self._prepare(segment))
+
+    def _prepare(self, segment: SegmentInfo) -> _Prepared:
+        """Read a segment and turn its records into `events_ingest` lines, in batches (no I/O to
+        ClickHouse: runs on the prep thread)."""
+        prepared = _Prepared(segment)
         try:
             records = self.reader.records(segment)
         except CorruptSegmentError as exc:
             records, _ = scan(segment.path.read_bytes(), segment.segment_id)
-            corrupt_at = exc.offset
+            prepared.corrupt_at = exc.offset
         except FileNotFoundError:
-            return 0
-        inserted = 0
+            prepared.missing = True
+            return prepared
         for start in range(0, len(records), self.max_rows):
-            inserted += self._insert_records(records[start : start + self.max_rows])
+            items: list[tuple[Record, bytes]] = []
+            for record in records[start : start + self.max_rows]:
+                try:
+                    event_id, user_agent = enrich.record_keys(record.payload)
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                    prepared.undecodable.append((record, f"enrich: {type(exc).__name__}: {exc}"))
+                    continue
+                if self._is_duplicate(event_id, record):
+                    prepared.duplicates += 1
+                    continue
+                items.append((record, enrich.ingest_line(record.payload, user_agent, record.segment_id,
+                                                         record.offset)))
+            if items:
+                prepared.batches.append(items)
+        return prepared
+
+    def _commit(self, prepared: _Prepared) -> int:
+        """Insert a prepared segment's batches, then delete (or quarantine) the segment."""
+        if prepared.missing:
+            return 0
+        segment = prepared.segment
+        for record, error in prepared.undecodable:
+            self._dead_letter([record], 0, error, "undecodable")
+        inserted = sum(self._insert_items(batch) for batch in prepared.batches)
         if self._abort.is_set():
             return inserted
-        if corrupt_at is not None:
-            lost = segment.size_bytes - corrupt_at
+        self.metrics.duplicates.inc(prepared.duplicates)
+        if prepared.corrupt_at is not None:
+            lost = segment.size_bytes - prepared.corrupt_at
             target = self.reader.quarantine(segment.segment_id)
             self.metrics.corrupt.inc()
             log.error("flusher: segment %s corrupt at byte %d; %d bytes kept in %s", segment.segment_id,
-                      corrupt_at, lost, target)
+                      prepared.corrupt_at, lost, target)
         else:
             self.reader.mark_done(segment.segment_id)
         self.metrics.segments.inc()
         return inserted
-
-    def _insert_records(self, records: Sequence[Record]) -> int:
-        items: list[tuple[Record, bytes]] = []
-        for record in records:
-            try:
-                event_id, user_agent = enrich.record_keys(record.payload)
-                if self._is_duplicate(event_id, record):
-                    self.metrics.duplicates.inc()
-                    continue
-                items.append((record, enrich.ingest_line(record.payload, user_agent, record.segment_id,
-                                                         record.offset)))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                self._dead_letter([record], 0, f"enrich: {type(exc).__name__}: {exc}", "undecodable")
-        return self._insert_items(items) if items else 0
 
     def _insert_items(self, items: Sequence[tuple[Record, bytes]]) -> int:
         first, last = items[0][0], items[-1][0]
