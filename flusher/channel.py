@@ -13,6 +13,8 @@ Source: Google Analytics 4 "[GA4] Default channel group" rules, evaluated in thi
 10. `referral`       medium referral, or no UTM and an external referrer;
 11. `unassigned`     UTM present but matching nothing above.
 Sources are matched on the host's registrable label (google.com, google.co.uk -> "google").
+The same rules run inside ClickHouse (sql/0007_ingest.sql, `clickstream_channel`); this module is
+the readable reference, and tests/integration/test_channel.py checks both agree on generated input.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ CHANNELS = (
 def site_label(host: str) -> str:
     """The registrable label of a host: 'www.google.co.uk' -> 'google', 'l.facebook.com' -> 'facebook',
     'search.brave.com' -> 'brave', 't.co' -> 't'."""
-    parts = [p for p in host.lower().strip(".").split(".") if p]
+    parts = [p for p in host.strip(" ").lower().split(".") if p]
     if len(parts) >= 3 and parts[-2] in _SECOND_LEVEL and len(parts[-1]) == 2:
         parts = parts[:-2]
     elif len(parts) >= 2:
@@ -53,7 +55,7 @@ def site_label(host: str) -> str:
 
 
 def _source_label(source: str) -> str:
-    source = source.strip().lower()
+    source = source.strip(" ").lower()
     return site_label(source) if "." in source else source
 
 
@@ -61,7 +63,7 @@ def _source_label(source: str) -> str:
 def classify(utm_source: str, utm_medium: str, referrer_host: str) -> str:
     """The channel of a touch. `referrer_host` must already be empty for internal referrers."""
     source = _source_label(utm_source) if utm_source else site_label(referrer_host) if referrer_host else ""
-    medium = utm_medium.strip().lower()
+    medium = utm_medium.strip(" ").lower()
     if not utm_source and not utm_medium and not referrer_host:
         return "direct"
     is_search = source in SEARCH_ENGINES
@@ -77,7 +79,7 @@ def classify(utm_source: str, utm_medium: str, referrer_host: str) -> str:
         return "organic_search"
     if is_social or medium in _SOCIAL_MEDIUM:
         return "organic_social"
-    if _EMAIL.match(medium) or _EMAIL.match(utm_source.strip().lower()):
+    if _EMAIL.match(medium) or _EMAIL.match(utm_source.strip(" ").lower()):
         return "email"
     if medium == "affiliate":
         return "affiliates"

@@ -134,12 +134,15 @@ def migrate(client: Client, *, retention_days: int = 0, sql_dir: Path = SQL_DIR)
         "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, "
         "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
     )
-    done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
+    done = dict(client.query("SELECT version, checksum FROM schema_migrations").result_rows)
     applied = []
     for version, name, path in migrations(sql_dir):
-        if version in done:
-            continue
         text = path.read_text()
+        if version in done:
+            if done[version] != hashlib.sha256(text.encode()).hexdigest():
+                log.warning("migration %s changed after it was applied; released migrations are immutable, "
+                            "add a new numbered file instead", name)
+            continue
         for statement in split_statements(text):
             client.command(statement)
         client.insert("schema_migrations", [[version, name, hashlib.sha256(text.encode()).hexdigest()]],

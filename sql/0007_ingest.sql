@@ -15,7 +15,7 @@
 
 -- 'www.google.co.uk' -> 'google', 'l.facebook.com' -> 'facebook', 't.co' -> 't'
 CREATE OR REPLACE FUNCTION clickstream_host_parts AS (host) ->
-    arrayFilter(p -> p != '', splitByChar('.', lower(trimBoth(host))))
+    arrayFilter(p -> p != '', splitByChar('.', lowerUTF8(trimBoth(host))))
 ;
 CREATE OR REPLACE FUNCTION clickstream_label_of_parts AS (parts) ->
     multiIf(length(parts) >= 3 AND has(['co', 'com', 'org', 'net', 'gov', 'ac', 'edu', 'ne', 'or'], parts[-2])
@@ -29,7 +29,7 @@ CREATE OR REPLACE FUNCTION clickstream_site_label AS (host) -> clickstream_label
 -- the source label of a touch: the UTM source (a label, or a host reduced to its label), else the referrer's label
 CREATE OR REPLACE FUNCTION clickstream_source_label AS (utm_source, referrer_host) ->
     if(utm_source != '',
-       if(position(utm_source, '.') > 0, clickstream_site_label(utm_source), lower(trimBoth(utm_source))),
+       if(position(utm_source, '.') > 0, clickstream_site_label(utm_source), lowerUTF8(trimBoth(utm_source))),
        clickstream_site_label(referrer_host))
 ;
 CREATE OR REPLACE FUNCTION clickstream_is_search AS (source) ->
@@ -57,7 +57,7 @@ CREATE OR REPLACE FUNCTION clickstream_channel_of AS (source, medium, utm_source
             clickstream_is_social(source)
                 OR has(['social', 'social-network', 'social-media', 'sm', 'social network', 'social media'], medium),
                 'organic_social',
-            clickstream_is_email(medium) OR clickstream_is_email(lower(trimBoth(utm_source))), 'email',
+            clickstream_is_email(medium) OR clickstream_is_email(lowerUTF8(trimBoth(utm_source))), 'email',
             medium = 'affiliate', 'affiliates',
             clickstream_is_paid(medium), 'paid_other',
             medium = 'referral' OR (utm_source = '' AND utm_medium = '' AND referrer_host != ''), 'referral',
@@ -65,7 +65,7 @@ CREATE OR REPLACE FUNCTION clickstream_channel_of AS (source, medium, utm_source
             'unassigned')
 ;
 CREATE OR REPLACE FUNCTION clickstream_channel AS (utm_source, utm_medium, referrer_host) ->
-    clickstream_channel_of(clickstream_source_label(utm_source, referrer_host), lower(trimBoth(utm_medium)),
+    clickstream_channel_of(clickstream_source_label(utm_source, referrer_host), lowerUTF8(trimBoth(utm_medium)),
                            utm_source, utm_medium, referrer_host)
 ;
 -- external referrer host without 'www.', '' for none or for the page's own host
