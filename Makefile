@@ -14,12 +14,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-run: install
-	$(BIN)/clickstream serve
+DATA_DIR ?= data
+
+# First start: random secrets for POST /sql and POST /stitch, kept in the data directory (0600).
+$(DATA_DIR)/.admin_token $(DATA_DIR)/.stitch_token:
+	@mkdir -p $(DATA_DIR)
+	@umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(24))" > $@
+
+run: install $(DATA_DIR)/.admin_token $(DATA_DIR)/.stitch_token
+	CLICKSTREAM_DATA_DIR=$(DATA_DIR) CLICKSTREAM_ADMIN_TOKEN=$$(cat $(DATA_DIR)/.admin_token) \
+	CLICKSTREAM_STITCH_TOKEN=$$(cat $(DATA_DIR)/.stitch_token) $(BIN)/clickstream serve
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy clickstream collector flusher stitcher load
+	$(BIN)/mypy clickstream collector flusher stitcher load deploy
 
 test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -16,6 +16,14 @@ def _locked(exc: BaseException) -> bool:
     return "Cannot lock file" in text or "Unable to open the chdb engine" in text
 
 
+def _token_file(settings: Settings) -> str:
+    """The admin token `make run` keeps in `<data-dir>/.admin_token`, if any."""
+    try:
+        return (settings.data_dir / ".admin_token").read_text().strip()
+    except OSError:
+        return ""
+
+
 def run_cli_query(settings: Settings, sql: str, server_url: str | None = None) -> dict[str, Any]:
     """Run a read query and return {"columns", "types", "rows"}.
 
@@ -35,13 +43,14 @@ def run_cli_query(settings: Settings, sql: str, server_url: str | None = None) -
     elif server_url is None:
         return run_query(connect(url, readonly_session=True, max_result_rows=settings.sql_max_result_rows), sql)
     base = server_url or f"http://{settings.host}:{settings.port}"
-    if not settings.admin_token:
+    token = settings.admin_token or _token_file(settings)
+    if not token:
         raise RuntimeError(
             f"{url} is held by a running process; set CLICKSTREAM_ADMIN_TOKEN (the one `clickstream serve` "
-            "was started with) to query it through POST /sql"
+            "was started with, or write it to <data-dir>/.admin_token) to query it through POST /sql"
         )
     response = httpx.post(f"{base}/sql", content=sql.encode(), timeout=300,
-                          headers={"Authorization": f"Bearer {settings.admin_token}", "Content-Type": "text/plain"})
+                          headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
     body = response.json()
     if response.status_code != 200:
         raise RuntimeError(f"{response.status_code} {body.get('error')}: {body.get('message')}")

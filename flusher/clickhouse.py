@@ -134,7 +134,9 @@ def migrate(client: Client, *, retention_days: int = 0, sql_dir: Path = SQL_DIR)
         "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, "
         "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
     )
-    done = dict(client.query("SELECT version, checksum FROM schema_migrations").result_rows)
+    done: dict[int, str] = {
+        int(v): str(c) for v, c in client.query("SELECT version, checksum FROM schema_migrations").result_rows
+    }
     applied = []
     for version, name, path in migrations(sql_dir):
         text = path.read_text()

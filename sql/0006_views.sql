@@ -202,7 +202,21 @@ FROM
 
 -- Identity link: every session of the visitor behind each lead (anonymous_id -> lead_id).
 CREATE OR REPLACE VIEW v_lead_sessions AS
-SELECT l.lead_id AS lead_id, l.occurred_at AS lead_occurred_at, s.*
+SELECT
+    l.lead_id AS lead_id,
+    l.occurred_at AS lead_occurred_at,
+    s.site_id AS site_id,
+    s.anonymous_id AS anonymous_id,
+    s.session_id AS session_id,
+    s.started_at AS started_at,
+    s.ended_at AS ended_at,
+    s.pageviews AS pageviews,
+    s.entry_path AS entry_path,
+    s.channel AS channel,
+    s.utm_source AS utm_source,
+    s.utm_medium AS utm_medium,
+    s.utm_campaign AS utm_campaign,
+    toUInt8(s.started_at <= l.occurred_at) AS before_lead
 FROM lead_events AS l
 INNER JOIN v_sessions AS s ON s.site_id = l.site_id AND s.anonymous_id = l.anonymous_id
 ;
