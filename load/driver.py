@@ -6,7 +6,8 @@ request, batch sizes drawn from {1, 1, 1, 5, 10, 50} (single-event requests are 
 Rate control is open loop (the schedule does not wait for answers, up to `concurrency` requests in
 flight), so a slow collector shows up as latency and schedule lag instead of a lower offered rate.
 A 503 is retried after its Retry-After with the same body (nothing was spooled); a lost answer is
-retried too, which the flusher's event_id dedup makes safe.
+retried too, which the flusher's event_id dedup makes safe. HTTP client: aiohttp (httpx's async pool
+served ~230 requests/s with 16 concurrent requests here, aiohttp ~3,800).
 
 The ledger keeps every acknowledged event_id and every rejected one with its reason, for the audit.
 """
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from load.model import Lead, Traffic
@@ -88,27 +89,33 @@ def plan_requests(traffic: Traffic, seed: int) -> list[Request]:
     return requests
 
 
-async def _send(http: httpx.AsyncClient, url: str, req: Request, ledger: Ledger) -> None:
+async def _post(http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes,
+                                                                                                   str]:
+    async with http.post(url, data=body, headers=headers) as response:
+        return response.status, await response.read(), response.headers.get("retry-after", "1")
+
+
+async def _send(http: aiohttp.ClientSession, url: str, req: Request, ledger: Ledger) -> None:
     body = orjson.dumps(req.events[0] if len(req.events) == 1 and not req.invalid_indexes else req.events)
     headers = {"Content-Type": req.content_type, "User-Agent": req.agent}
     for attempt in range(30):
         started = time.perf_counter()
         try:
-            response = await http.post(f"{url}/collect", content=body, headers=headers)
-        except httpx.TransportError:
+            status, content, retry_after = await _post(http, f"{url}/collect", body, headers)
+        except (TimeoutError, aiohttp.ClientError):
             ledger.retries += 1
             await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
             continue
         ledger.latencies_s.append(time.perf_counter() - started)
-        if response.status_code == 503:
+        if status == 503:
             ledger.retries += 1
-            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            await asyncio.sleep(float(retry_after))
             continue
         ledger.requests += 1
-        if response.status_code not in (202, 400):
-            ledger.unexpected.append(f"HTTP {response.status_code}: {response.text[:200]}")
+        if status not in (202, 400):
+            ledger.unexpected.append(f"HTTP {status}: {content[:200]!r}")
             return
-        answer = response.json()
+        answer = orjson.loads(content)
         errors = {e["index"]: e for e in answer["errors"]}
         if set(errors) != set(req.invalid_indexes):
             ledger.unexpected.append(f"rejected indexes {sorted(errors)} != invalid {sorted(req.invalid_indexes)}")
@@ -121,20 +128,21 @@ async def _send(http: httpx.AsyncClient, url: str, req: Request, ledger: Ledger)
     ledger.unexpected.append("request abandoned after 30 attempts")
 
 
-async def _stitch(http: httpx.AsyncClient, url: str, token: str, lead: Lead, ledger: Ledger) -> None:
+async def _stitch(http: aiohttp.ClientSession, url: str, token: str, lead: Lead, ledger: Ledger) -> None:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     for attempt in range(10):
         try:
-            response = await http.post(f"{url}/stitch", json=lead.body(), headers={"Authorization": f"Bearer {token}"})
-        except httpx.TransportError:
+            status, content, _ = await _post(http, f"{url}/stitch", orjson.dumps(lead.body()), headers)
+        except (TimeoutError, aiohttp.ClientError):
             await asyncio.sleep(0.1 * 2**attempt)
             continue
-        if response.status_code >= 500:
+        if status >= 500:
             await asyncio.sleep(0.1 * 2**attempt)
             continue
-        if response.status_code not in (200, 201):
-            ledger.unexpected.append(f"stitch {lead.lead_id}: HTTP {response.status_code} {response.text[:200]}")
+        if status not in (200, 201):
+            ledger.unexpected.append(f"stitch {lead.lead_id}: HTTP {status} {content[:200]!r}")
             return
-        ledger.stitched[lead.lead_id] = response.json()
+        ledger.stitched[lead.lead_id] = orjson.loads(content)
         return
     ledger.unexpected.append(f"stitch {lead.lead_id} abandoned")
 
@@ -153,8 +161,8 @@ async def drive(
     allows when None), then every lead to /stitch when `stitch_token` is set."""
     ledger = Ledger()
     requests = plan_requests(traffic, seed)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
         slots = asyncio.Semaphore(concurrency)
         tasks: set[asyncio.Task[None]] = set()
         started = time.perf_counter()

@@ -1,0 +1,71 @@
+"""`clickstream load` against a real `clickstream serve`: a clean audit, and a dirty one caught."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from clickstream.settings import Settings
+from flusher.clickhouse import connect
+from tests.conftest import ROOT, Server
+
+STITCH, ADMIN = "stitch-secret", "admin-secret"
+
+
+def run_load(server: Server, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CLICKSTREAM_STITCH_TOKEN": STITCH, "CLICKSTREAM_ADMIN_TOKEN": ADMIN}
+    return subprocess.run(
+        [sys.executable, "-m", "clickstream.cli", "load", "--url", server.url, "--out", str(out),
+         "--data-dir", str(server.data_dir), "--audit-timeout-s", "120", *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+
+
+def test_load_run_audits_clean(server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    server = server_factory("serve", stitch_token=STITCH, admin_token=ADMIN)
+    result = run_load(server, tmp_path / "run", "--events", "12000", "--seed", "5")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["audit"] == {"clean": True, "problems": 0}
+    assert summary["accepted"] >= 12000 * 0.9
+    assert summary["rejected"] > 0  # the model's invalid events were sent and refused
+    assert summary["leads"] > 0
+    ledger = json.loads((tmp_path / "run" / "ledger.json").read_text())
+    assert len(ledger["accepted"]) == summary["accepted"]
+
+
+def test_audit_reports_a_lost_event(server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    """The audit can fail: an acknowledged event deleted from ClickHouse is reported as lost."""
+    server = server_factory("serve", stitch_token=STITCH, admin_token=ADMIN)
+    first = run_load(server, tmp_path / "run", "--events", "1500", "--seed", "6", "--no-audit")
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert server.stop() == 0
+    client = connect(Settings(data_dir=server.data_dir).resolved_clickhouse_url)
+    try:
+        victim = json.loads((tmp_path / "run" / "ledger.json").read_text())["accepted"][0]
+        client.command("DELETE FROM events WHERE event_id = {id:UUID}", parameters={"id": victim})
+    finally:
+        client.close()
+    from load.audit import audit
+    from load.driver import Ledger
+    from load.model import ModelConfig, Truth, generate
+
+    ledger = Ledger(accepted=set(json.loads((tmp_path / "run" / "ledger.json").read_text())["accepted"]))
+    import dataclasses
+
+    traffic = generate(ModelConfig(seed=6, visitors=round(1500 / 10.5), site_id=summary["site_id"]))
+    traffic = dataclasses.replace(traffic, leads=[])
+    client = connect(Settings(data_dir=server.data_dir).resolved_clickhouse_url)
+    try:
+        def query(sql: str) -> list[dict[str, object]]:
+            result = client.query(sql)
+            return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+        problems = audit(query, ledger, Truth(traffic))
+    finally:
+        client.close()
+    assert any(p.startswith("lost: 1 acknowledged") and victim in p for p in problems), problems[:5]
