@@ -1,0 +1,211 @@
+"""Pipeline benchmarks over HTTP: freshness at a steady rate, and peak RSS after 1 M events.
+
+freshness (issue 3): `clickstream serve` on embedded ClickHouse; an open-loop aiohttp sender
+offers `rate` events/s in `probes_per_s` requests a second for `duration_s`; the first event of
+each request is a probe page view with its own session id. A poller asks POST /sql every 25 ms
+which probe sessions `v_sessions` shows. Freshness of a probe = time it became visible - time its
+202 arrived (resolution 25 ms). Reported: p50, p99, max, achieved rate; target p99 <= 2 s.
+
+rss (issue 6): `clickstream collector` and `clickstream flusher` as separate processes on one data
+directory; 1 M events sent in 50-event batches as fast as 16 concurrent requests go; when the
+flusher has drained the spool, each process's VmHWM (peak resident set size) is read from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from load.procs import start
+
+RESULTS = Path(__file__).resolve().parent / "results"
+UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+SITE = "fresh.example"
+ADMIN = "bench-admin"
+
+
+def _event(session_id: str, now_ms: int, i: int) -> dict[str, Any]:
+    return {"type": "page_view", "site_id": SITE, "anonymous_id": f"a-{session_id}", "session_id": session_id,
+            "ts": now_ms, "url": f"https://{SITE}/p{i % 7}?utm_source=google&utm_medium=cpc",
+            "event_id": str(uuid.uuid4())}
+
+
+async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) -> dict[str, Any]:
+    per_request = max(1, rate // probes_per_s)
+    accepted: dict[str, float] = {}
+    visible: dict[str, float] = {}
+    timeline: list[tuple[float, float, float]] = []  # (t, events acked so far, freshness of a probe)
+    acked = 0
+    done = asyncio.Event()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+
+        async def send(n: int) -> None:
+            nonlocal acked
+            now = int(time.time() * 1000)
+            probe = f"probe-{n}"
+            batch = [_event(probe, now, 0)] + [_event(f"bg-{n}-{k % 5}", now, k) for k in range(per_request - 1)]
+            async with http.post(f"{url}/collect", data=orjson.dumps(batch),
+                                 headers={"Content-Type": "text/plain", "User-Agent": UA}) as response:
+                await response.read()
+                if response.status == 202:
+                    accepted[probe] = time.perf_counter()
+                    acked += len(batch)
+
+        async def poll() -> None:
+            headers = {"Authorization": f"Bearer {ADMIN}"}
+            while not (done.is_set() and set(accepted) <= set(visible)):
+                pending = [p for p in accepted if p not in visible]
+                if pending:
+                    sql = ("SELECT DISTINCT session_id FROM sessions WHERE site_id = '" + SITE +
+                           "' AND session_id IN (" + ",".join(f"'{p}'" for p in pending) + ")")
+                    async with http.post(f"{url}/sql", data=sql.encode(), headers=headers) as response:
+                        body = orjson.loads(await response.read())
+                    seen_at = time.perf_counter()
+                    for (session_id,) in body.get("rows", []):
+                        if session_id not in visible:
+                            visible[session_id] = seen_at
+                            timeline.append((seen_at - started, acked, seen_at - accepted[session_id]))
+                await asyncio.sleep(0.025)
+
+        started = time.perf_counter()
+        poller = asyncio.create_task(poll())
+        tasks = []
+        n = 0
+        while time.perf_counter() - started < duration_s:
+            due = started + n / probes_per_s
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(send(n)))
+            n += 1
+        await asyncio.gather(*tasks)
+        sent_s = time.perf_counter() - started
+        done.set()
+        try:
+            await asyncio.wait_for(poller, timeout=60)
+        except TimeoutError:
+            poller.cancel()
+    lags = sorted(visible[p] - accepted[p] for p in visible)
+    return {"offered_rate": rate, "achieved_rate": round(acked / sent_s), "probes": len(accepted),
+            "visible": len(visible), "p50_s": round(statistics.median(lags), 3),
+            "p99_s": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 3), "max_s": round(lags[-1], 3),
+            "timeline": timeline}
+
+
+def run_freshness(rate: int = 2000, duration_s: float = 30.0, probes_per_s: int = 20) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
+    try:
+        server = start("serve", work / "data", {"CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz")
+        try:
+            result = asyncio.run(_freshness(server.url, rate, duration_s, probes_per_s))
+        finally:
+            result_exit = server.stop()
+        result.update(benchmark="freshness", exit_code=result_exit, duration_s=duration_s,
+                      tool="aiohttp open-loop sender + POST /sql poller (load/bench_pipeline.py)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _plot(result)
+    return _write("freshness", result)
+
+
+async def _blast(url: str, n_events: int, batch: int, concurrency: int) -> float:
+    now = int(time.time() * 1000)
+    body_events = [_event(f"rss-{k // 6}", now, k) for k in range(batch)]
+    queue = list(range(0, n_events, batch))
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                for event in body_events:
+                    event["event_id"] = str(uuid.uuid4())
+                body = orjson.dumps(body_events)
+                while True:
+                    async with http.post(f"{url}/collect", data=body,
+                                         headers={"Content-Type": "application/json", "User-Agent": UA}) as r:
+                        await r.read()
+                        if r.status == 202:
+                            break
+                        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+def run_rss(n_events: int = 1_000_000, batch: int = 50, concurrency: int = 16) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+    try:
+        data = work / "data"
+        collector = start("collector", data)
+        flusher = start("flusher", data, ready_path="/")
+        try:
+            elapsed = asyncio.run(_blast(collector.url, n_events, batch, concurrency))
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                spooled = [p for p in (data / "spool").glob("*") if p.suffix in (".seg", ".open")]
+                if not spooled:
+                    break
+                time.sleep(0.5)
+            result = {"benchmark": "peak_rss", "events": n_events, "send_s": round(elapsed, 1),
+                      "collector_events_per_s": round(n_events / elapsed),
+                      "collector_peak_rss_mib": round(collector.peak_rss_bytes() / 2**20, 1),
+                      "flusher_peak_rss_mib": round(flusher.peak_rss_bytes() / 2**20, 1),
+                      "flusher_includes": "embedded ClickHouse (chDB) engine",
+                      "tool": "aiohttp, 50-event batches, 16 concurrent requests"}
+        finally:
+            collector.stop()
+            flusher.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _write("rss", result)
+
+
+def _write(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, indent=2))
+    return {**result, "results_file": str(path)}
+
+
+def _plot(result: dict[str, Any]) -> None:
+    """load/results/freshness.png: events acknowledged per second and probe freshness over the run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the plot is a convenience of `make bench`; the numbers are in the JSON
+        return
+    timeline = sorted(result["timeline"])
+    if len(timeline) < 2:
+        return
+    t = [p[0] for p in timeline]
+    rates = [0.0] + [(b[1] - a[1]) / max(1e-6, b[0] - a[0]) for a, b in itertools.pairwise(timeline)]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    top.plot(t, rates, lw=0.8)
+    top.set_ylabel("events/s acknowledged")
+    top.set_title(f"clickstream serve at {result['offered_rate']} events/s offered ({os.cpu_count()} cores)")
+    bottom.plot(t, [p[2] for p in timeline], ".", ms=3)
+    bottom.set_ylabel("freshness (s)")
+    bottom.set_xlabel("seconds into the run")
+    fig.tight_layout()
+    RESULTS.mkdir(exist_ok=True)
+    fig.savefig(RESULTS / "freshness.png", dpi=100)
+
+
+if __name__ == "__main__":
+    import sys
+
+    {"freshness": run_freshness, "rss": run_rss}[sys.argv[1] if len(sys.argv) > 1 else "freshness"]()

@@ -1,0 +1,90 @@
+"""Start `clickstream` commands as child processes on free ports (benchmarks and tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclasses.dataclass
+class Proc:
+    """A `clickstream <command>` child process serving HTTP on `url`."""
+
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """A synchronous HTTP client on this process's base URL."""
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
+        """Send `sig`, wait for exit, return the exit code (kills after `timeout` s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM of the process (peak resident set size), from /proc."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start(command: str, data_dir: Path, env: dict[str, str] | None = None, ready_path: str = "/healthz",
+          timeout: float = 60, taskset: str = "") -> Proc:
+    """Start `python -m clickstream.cli <command>` on a free port and wait until `ready_path`
+    answers 200. Raises RuntimeError (with the log) when it exits or does not get ready."""
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
+    full_env.update({"CLICKSTREAM_PORT": str(port), "CLICKSTREAM_HOST": "127.0.0.1",
+                     "CLICKSTREAM_DATA_DIR": str(data_dir), "CLICKSTREAM_LOG_LEVEL": "warning"})
+    full_env.update(env or {})
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}-{command.replace(' ', '-')}-{port}.log"
+    prefix = ["taskset", "-c", taskset] if taskset else []
+    with open(log_path, "wb") as log_fh:
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "clickstream.cli", *command.split()], env=full_env,
+                                stdout=log_fh, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{command} exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(url + ready_path, timeout=1).status_code == 200:
+                return Proc(url, data_dir, proc, log_path, full_env)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{command} did not become ready:\n{log_path.read_text()}")
