@@ -14,7 +14,6 @@ flusher has drained the spool, each process's VmHWM (peak resident set size) is 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import shutil
@@ -46,7 +45,8 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
     per_request = max(1, rate // probes_per_s)
     accepted: dict[str, float] = {}
     visible: dict[str, float] = {}
-    timeline: list[tuple[float, float, float]] = []  # (t, events acked so far, freshness of a probe)
+    timeline: list[tuple[float, float]] = []  # (t, freshness of a probe that became visible then)
+    acks: list[tuple[float, int]] = []  # (t, events acknowledged by one 202)
     acked = 0
     done = asyncio.Event()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
@@ -62,6 +62,7 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
                 if response.status == 202:
                     accepted[probe] = time.perf_counter()
                     acked += len(batch)
+                    acks.append((accepted[probe] - started, len(batch)))
 
         async def poll() -> None:
             headers = {"Authorization": f"Bearer {ADMIN}"}
@@ -76,7 +77,7 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
                     for (session_id,) in body.get("rows", []):
                         if session_id not in visible:
                             visible[session_id] = seen_at
-                            timeline.append((seen_at - started, acked, seen_at - accepted[session_id]))
+                            timeline.append((seen_at - started, seen_at - accepted[session_id]))
                 await asyncio.sleep(0.025)
 
         started = time.perf_counter()
@@ -99,7 +100,7 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
     return {"offered_rate": rate, "achieved_rate": round(acked / sent_s), "probes": len(accepted),
             "visible": len(visible), "p50_s": round(statistics.median(lags), 3),
             "p99_s": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 3), "max_s": round(lags[-1], 3),
-            "timeline": timeline}
+            "timeline": timeline, "acks": acks}
 
 
 def run_freshness(rate: int = 2000, duration_s: float = 30.0, probes_per_s: int = 20) -> dict[str, Any]:
@@ -175,7 +176,7 @@ def _write(name: str, result: dict[str, Any]) -> dict[str, Any]:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("timeline", "acks")}, indent=2))
     return {**result, "results_file": str(path)}
 
 
@@ -191,13 +192,15 @@ def _plot(result: dict[str, Any]) -> None:
     timeline = sorted(result["timeline"])
     if len(timeline) < 2:
         return
-    t = [p[0] for p in timeline]
-    rates = [0.0] + [(b[1] - a[1]) / max(1e-6, b[0] - a[0]) for a, b in itertools.pairwise(timeline)]
+    per_second: dict[int, int] = {}
+    for t_ack, n in result["acks"]:
+        per_second[int(t_ack)] = per_second.get(int(t_ack), 0) + n
+    seconds = sorted(per_second)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-    top.plot(t, rates, lw=0.8)
+    top.step(seconds, [per_second[s] for s in seconds], where="post")
     top.set_ylabel("events/s acknowledged")
     top.set_title(f"clickstream serve at {result['offered_rate']} events/s offered ({os.cpu_count()} cores)")
-    bottom.plot(t, [p[2] for p in timeline], ".", ms=3)
+    bottom.plot([p[0] for p in timeline], [p[1] for p in timeline], ".", ms=3)
     bottom.set_ylabel("freshness (s)")
     bottom.set_xlabel("seconds into the run")
     fig.tight_layout()
