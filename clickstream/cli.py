@@ -128,6 +128,41 @@ def sql(query: str, fmt: str, data_dir: Path | None, clickhouse_url: str | None,
         click.echo(format_table(result["columns"], result["rows"]))
 
 
+@main.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--user-agent", default=None, help="User-Agent for events without one [a browser-like import UA]")
+@click.option("--flush/--no-flush", default=False, show_default=True,
+              help="Also flush into ClickHouse now (only when no serve/flusher holds the data directory)")
+@_data_dir
+@_ch_url
+def import_(file: Path, user_agent: str | None, flush: bool, data_dir: Path | None, clickhouse_url: str | None) -> None:
+    """Bulk-load historical events (JSONL) through the collector's validation into the spool.
+
+    A running serve or flusher picks the segments up; otherwise the next one does, or --flush now.
+    Rejected lines are kept in <data-dir>/rejected/ with their reason and line number.
+    """
+    import json
+
+    from collector.importer import DEFAULT_USER_AGENT, import_file
+
+    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    _logging(settings)
+    result = import_file(settings, file, user_agent=user_agent or DEFAULT_USER_AGENT)
+    summary = result.as_json()
+    if flush:
+        from clickstream.runner import open_clickhouse
+        from flusher.loop import Flusher
+
+        client = open_clickhouse(settings)
+        try:
+            summary["flushed_rows"] = Flusher(settings, client).drain()
+        finally:
+            client.close()
+    click.echo(json.dumps(summary))
+    if result.rejected:
+        sys.exit(1 if not result.accepted else 0)
+
+
 @main.command()
 @click.option("--site", default=None, help="Only this site_id")
 @click.option("--experiment", default=None, help="Only this experiment_id")
