@@ -1,66 +1,132 @@
 """The collector's HTTP side: `POST /collect`, `GET /beacon.js`, and its readiness check.
 
-Contract: shared/ARCHITECTURE.md "HTTP". Status mapping lives in one place (`_error_response`):
+Contract: shared/ARCHITECTURE.md "HTTP". Status mapping lives in one place (`_error_answer`):
 400 invalid, 413 too large, 415 unsupported media type, 503 + Retry-After for back-pressure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from clickstream.settings import Settings
 from collector.metrics import CollectorMetrics
 from collector.pipeline import IpHasher, RequestError, parse_body, process
 from collector.rejected import RejectedStore
-from collector.spool import SpoolFullError, SpoolWriter
+from collector.spool import SpoolError, SpoolFullError, SpoolWriter
 from collector.validation import EventValidator, RejectReason
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _JSON = "application/json"
 _ACCEPTED_TYPES = ("application/json", "text/plain")
+RETRY_AFTER_S = "1"  # seconds a client should wait after a 503 (the flusher drains in ~1 s)
+
+
+_SECRET_BYTES = 32
 
 
 def _secret(data_dir: Path) -> bytes:
-    """The data directory's random key for IP hashing (created 0600 on first use)."""
+    """The data directory's random 32-byte key for IP hashing (created 0600 on first use).
+
+    Written to a temporary file and renamed into place, so a crash never leaves a short or empty
+    key (an empty key would make the daily hash unkeyed, i.e. brute-forceable over IPv4); a key
+    file shorter than 32 bytes is replaced.
+    """
     path = data_dir / ".secret"
+    with contextlib.suppress(FileNotFoundError):
+        value = path.read_bytes()
+        if len(value) >= _SECRET_BYTES:
+            return value
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_bytes(_SECRET_BYTES)
+    tmp = data_dir / f".secret.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        value = secrets.token_bytes(32)
         os.write(fd, value)
+        os.fsync(fd)
+    finally:
         os.close(fd)
-        return value
+    os.replace(tmp, path)
+    return value
 
 
 class BodyTooLarge(Exception):
-    pass
+    """More than the body limit was declared (Content-Length) or received (streamed)."""
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, or BodyTooLarge once more than `limit` bytes are declared or streamed
-    (a missing or lying Content-Length cannot get past it)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    (a missing or lying Content-Length cannot get past it). Raises ClientDisconnect."""
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+    """The body from ASGI `http.request` messages (`content_length`: the header's value or None).
+
+    Raises BodyTooLarge when more than `limit` bytes are declared or arrive, ClientDisconnect on
+    `http.disconnect` before the end.
+    """
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk  # the common case: one message, no copy
+            chunks.append(chunk)
+            return b"".join(chunks)
         chunks.append(chunk)
-    return b"".join(chunks)
+
+
+class _Answer(NamedTuple):
+    status: int
+    body: bytes
+    retry_after: bool = False
+
+
+class _CollectEndpoint:
+    """`POST /collect` as a raw ASGI app (Starlette routes to it directly: no Request/Response
+    objects on the hot path). Same statuses, bodies and headers as `Collector.collect`."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = content_length = user_agent = None
+        for name, value in scope["headers"]:  # ASGI header names are lower-case bytes
+            if name == b"content-type":
+                content_type = content_type or value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = content_length or value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = user_agent or value.decode("latin-1")
+        client = scope.get("client")
+        answer = await self.collector.answer(receive, content_type, content_length, user_agent,
+                                             client[0] if client else None)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer.body))]
+        if answer.retry_after:
+            headers.append((b"retry-after", RETRY_AFTER_S.encode()))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
 
 
 class Collector:
@@ -90,14 +156,17 @@ class Collector:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        """Open the spool (recovering torn tails) and count what recovery cut."""
         self.spool.open()
         self.metrics.spool_torn_bytes.inc(self.spool.torn_bytes_cut)
 
     def stop(self) -> None:
+        """Seal the active spool segment (fsynced) and close the rejected store."""
         self.spool.close()
         self.rejected.close()
 
     def readiness(self) -> list[tuple[str, bool, str]]:
+        """(check, ok, detail) for /readyz: spool directory writable, spool under its quota."""
         writable = os.access(self.settings.spool_dir, os.W_OK)
         under = not self.spool.over_quota()
         return [
@@ -106,48 +175,68 @@ class Collector:
         ]
 
     def update_gauges(self) -> None:
+        """Refresh the spool gauges before /metrics is rendered."""
         self.metrics.spool_bytes.set(self.spool.bytes_used)
         self.metrics.spool_sealed_segments.set(len(list(self.settings.spool_dir.glob("*.seg"))))
 
     def routes(self) -> list[Route]:
+        """`POST /collect` (raw ASGI, see `_CollectEndpoint`) and `GET /beacon.js`."""
         return [
-            Route("/collect", self.collect, methods=["POST"]),
+            Route("/collect", _CollectEndpoint(self), methods=["POST"]),
             Route("/beacon.js", self.beacon, methods=["GET", "HEAD"]),
         ]
 
     # -- handlers --------------------------------------------------------------------------
     async def collect(self, request: Request) -> Response:
-        try:
-            return await self._collect(request)
-        except RequestError as exc:
-            return self._error_response(exc)
+        """`POST /collect` as a Starlette endpoint (the route uses the equivalent raw ASGI path)."""
+        client = request.client
+        answer = await self.answer(request.receive, request.headers.get("content-type"),
+                                   request.headers.get("content-length"), request.headers.get("user-agent"),
+                                   client.host if client else None)
+        headers = {"Retry-After": RETRY_AFTER_S} if answer.retry_after else None
+        return Response(answer.body, status_code=answer.status, media_type=_JSON, headers=headers)
 
-    async def _collect(self, request: Request) -> Response:
-        ctype = request.headers.get("content-type", "text/plain").split(";", 1)[0].strip().lower()
+    async def answer(self, receive: Receive, content_type: str | None, content_length: str | None,
+                     user_agent: str | None, client_host: str | None) -> _Answer:
+        """Run one `POST /collect`: parse -> validate -> stamp -> append -> answer (status, JSON body).
+
+        Header values are as received (None when absent); `client_host` is the peer address
+        (after uvicorn's proxy-header handling), hashed and never stored.
+        """
+        try:
+            return await self._collect(receive, content_type, content_length, user_agent, client_host)
+        except RequestError as exc:
+            return self._error_answer(exc)
+        except ClientDisconnect:  # page unload mid-upload: nobody reads the answer, nothing spooled
+            self.metrics.request(499)
+            return _Answer(400, b"")
+
+    async def _collect(self, receive: Receive, content_type: str | None, content_length: str | None,
+                       user_agent: str | None, client_host: str | None) -> _Answer:
+        ctype = (content_type or "text/plain").split(";", 1)[0].strip().lower()
         if ctype not in _ACCEPTED_TYPES:
             raise RequestError(415, RejectReason.UNSUPPORTED_MEDIA_TYPE,
                                f"Content-Type {ctype!r} not accepted: use application/json or text/plain")
         if self.spool.over_quota():
             raise RequestError(503, RejectReason.SPOOL_FULL, "spool over quota; retry later")
         try:
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await receive_body(receive, content_length, self.settings.max_body_bytes)
         except BodyTooLarge:
             raise RequestError(413, RejectReason.BODY_TOO_LARGE,
                                f"body exceeds {self.settings.max_body_bytes} bytes") from None
         try:
             events = parse_body(body, self.settings.max_batch_events)
         except RequestError as exc:
-            if exc.reason is RejectReason.MALFORMED_JSON:
-                self.rejected.add([{"reason": exc.reason.value, "index": None, "path": "",
-                                    "message": exc.message, "body": body.decode("utf-8", "replace")}])
+            # malformed, empty or oversized batch: the body (<= max_body_bytes) is kept as sent
+            self.rejected.add([{"reason": exc.reason.value, "index": None, "path": "",
+                                "message": exc.message, "body": body.decode("utf-8", "replace")}])
             raise
-        client = request.client
         outcome = process(
             events,
             self.validator,
             received_at_ms=int(time.time() * 1000),
-            user_agent=request.headers.get("user-agent", "")[:1024],
-            ip_hash=self.hash_ip(client.host) if client else "",
+            user_agent=(user_agent or "")[:1024],
+            ip_hash=self.hash_ip(client_host) if client_host else "",
             max_age_ms=self._max_age_ms,
             max_skew_ms=self._max_skew_ms,
         )
@@ -156,11 +245,18 @@ class Collector:
                 position = self.spool.append(outcome.records)
             except SpoolFullError:
                 raise RequestError(503, RejectReason.SPOOL_FULL, "spool over quota; retry later") from None
+            except (OSError, SpoolError) as exc:  # ENOSPC, EIO, closed at shutdown: back-pressure
+                raise RequestError(503, RejectReason.SPOOL_UNAVAILABLE,
+                                   f"spool cannot take writes ({exc}); retry later") from None
             if self.settings.spool_fsync_interval_ms == 0:
-                await asyncio.to_thread(self.spool.sync_to, position)
+                try:
+                    await asyncio.to_thread(self.spool.sync_to, position)
+                except OSError as exc:  # written but not durable: the client retries (same event_id)
+                    raise RequestError(503, RejectReason.SPOOL_UNAVAILABLE,
+                                       f"spool cannot fsync ({exc}); retry later") from None
             self.metrics.events_accepted.inc(len(outcome.records))
         if outcome.errors:
-            self.rejected.add(outcome.rejected_entries)
+            self.rejected.add(outcome.rejected_entries, body=body)
             for err in outcome.errors:
                 self.metrics.rejected(err.reason)
         status = 202 if outcome.records else 400
@@ -170,14 +266,15 @@ class Collector:
             "rejected": len(outcome.errors),
             "errors": [e.as_json() for e in outcome.errors],
         }
-        return Response(orjson.dumps(payload), status_code=status, media_type=_JSON)
+        return _Answer(status, orjson.dumps(payload))
 
-    def _error_response(self, exc: RequestError) -> Response:
+    def _error_answer(self, exc: RequestError) -> _Answer:
+        """The one place a refused request becomes a status: 400, 413, 415, or 503 + Retry-After."""
         self.metrics.request(exc.status)
         self.metrics.rejected(exc.reason)
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        payload = {"accepted": 0, "rejected": 0, "errors": [], "error": exc.reason.value, "message": exc.message}
-        return Response(orjson.dumps(payload), status_code=exc.status, media_type=_JSON, headers=headers)
+        payload = {"accepted": 0, "rejected": 0, "errors": [], "error": exc.reason.value,
+                   "message": exc.message}
+        return _Answer(exc.status, orjson.dumps(payload), retry_after=exc.status == 503)
 
     async def beacon(self, request: Request) -> Response:
         path = STATIC_DIR / "beacon.js"

@@ -19,7 +19,8 @@ class CollectorMetrics:
         self.events_accepted = Counter("clickstream_events_accepted", "Events appended to the spool",
                                        registry=r)
         self.events_rejected = Counter("clickstream_events_rejected",
-                                       "Events (or whole requests) refused, by reason", ["reason"], registry=r)
+                                       "Events (or whole requests) refused, by reason", ["reason"],
+                                       registry=r)
         self.rejected_evicted = Counter("clickstream_rejected_evicted",
                                         "Rejected events deleted from rejected/ by rotation", registry=r)
         self.spool_bytes = Gauge("clickstream_spool_bytes", "Bytes in unflushed spool segments", registry=r)

@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import re
+import time
 import uuid
 from typing import Any
 
@@ -23,6 +24,8 @@ import orjson
 from collector.validation import EventError, EventValidator, RejectReason
 
 _FRACTION = re.compile(r"\.(\d{6})\d+")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_ONE_MS = dt.timedelta(milliseconds=1)
 
 
 class RequestError(Exception):
@@ -58,16 +61,27 @@ def parse_body(body: bytes, max_batch_events: int) -> list[Any]:
 
 
 def parse_ts(value: Any) -> int:
-    """Epoch milliseconds of a schema-valid `ts` (integer ms or RFC 3339 string).
+    """Epoch milliseconds (UTC) of a schema-valid `ts`: integer ms, or an RFC 3339 string.
 
-    Raises ValueError for a string that matches the schema's pattern but is no real instant
-    (month 13, hour 25, ...).
+    An integral float (`1.7e12`, which JSON Schema counts as an integer) is taken as ms.
+    Fractions beyond microseconds are truncated; the result is floored to the millisecond with
+    integer arithmetic (no float rounding). Raises ValueError for a non-integral number, a
+    string without a UTC offset, or one that matches the schema's pattern but is no real
+    instant (month 13, hour 25, offset +99:00, ...).
     """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a timestamp")
     if isinstance(value, int):
         return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{value!r} is not a whole number of milliseconds")
+        return int(value)
     text = _FRACTION.sub(r".\1", str(value).upper())
     parsed = dt.datetime.fromisoformat(text)
-    return int(parsed.timestamp() * 1000)
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset")
+    return (parsed - _EPOCH) // _ONE_MS
 
 
 def check_clock(ts_ms: int, received_at_ms: int, max_age_ms: int, max_skew_ms: int) -> RejectReason | None:
@@ -80,15 +94,38 @@ def check_clock(ts_ms: int, received_at_ms: int, max_age_ms: int, max_skew_ms: i
 
 
 class IpHasher:
-    """Keyed hash of client IPs with a key that rotates every UTC day; the raw IP is never kept."""
+    """Keyed hash of client IPs with a key that rotates every UTC day; the raw IP is never kept.
 
-    def __init__(self, secret: bytes) -> None:
+    `hasher(ip)` -> 16 hex chars: BLAKE2b-64 of the IP keyed with BLAKE2b(day "YYYY-MM-DD",
+    key=secret). Hashes of the current day are memoised in memory only (at most `cache_size`
+    IPs, then the memo restarts; dropped at the UTC day change), since the same visitors send
+    many requests.
+    """
+
+    def __init__(self, secret: bytes, cache_size: int = 65536) -> None:
         self._secret = secret
         self._day = ""
         self._key = b""
+        self._epoch_day = -1
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
 
     def __call__(self, ip: str, now: dt.datetime | None = None) -> str:
-        day = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d")
+        if now is not None:
+            return self._hash(ip, now.strftime("%Y-%m-%d"))
+        epoch_day = int(time.time()) // 86400
+        if epoch_day != self._epoch_day:
+            self._cache = {}
+            self._epoch_day = epoch_day
+        cached = self._cache.get(ip)
+        if cached is None:
+            day = (_EPOCH + dt.timedelta(days=epoch_day)).strftime("%Y-%m-%d")
+            if len(self._cache) >= self._cache_size:
+                self._cache = {}
+            cached = self._cache[ip] = self._hash(ip, day)
+        return cached
+
+    def _hash(self, ip: str, day: str) -> str:
         if day != self._day:
             self._key = hashlib.blake2b(day.encode(), key=self._secret[:64], digest_size=32).digest()
             self._day = day
@@ -117,40 +154,60 @@ def process(
     """Validate and stamp each event; return spool payloads and errors (index, path, message).
 
     Stamping adds `received_at` (UTC epoch ms), `event_id` (UUID4) when absent, `user_agent`,
-    `ip_hash`, and normalises `ts` to epoch ms.
+    `ip_hash` (when not empty), and normalises `ts` to epoch ms. Accepted events are changed in
+    place; rejected ones are left as sent (they go to rejected/ raw).
     """
     records: list[bytes] = []
     errors: list[EventError] = []
     rejected: list[dict[str, Any]] = []
+    oldest, newest = received_at_ms - max_age_ms, received_at_ms + max_skew_ms
+    stamp: dict[str, Any] = {"received_at": received_at_ms, "user_agent": user_agent}
+    if ip_hash:
+        stamp["ip_hash"] = ip_hash
+    dumps = orjson.dumps
+    # one validator call for a whole batch (the common, all-valid case); per event otherwise
+    all_valid = len(events) > 1 and validator.all_valid(events)
     for index, event in enumerate(events):
-        error: EventError | None = None
-        if not validator.is_valid(event):
+        if all_valid or validator.is_valid(event):
+            ts = event["ts"]
+            # fast path, same result as the general one below: integer ms inside the clock
+            # window and a client event_id (what beacon.js sends); the stamp keeps key order
+            if type(ts) is int and oldest <= ts <= newest and "event_id" in event:
+                event.update(stamp)
+                records.append(dumps(event))
+                continue
+            error = _check_and_stamp(event, index, received_at_ms, user_agent, ip_hash, max_age_ms, max_skew_ms)
+            if error is None:
+                records.append(dumps(event))
+                continue
+        else:
             path, message = validator.first_error(event) or ("", "invalid event")
             error = EventError(index, path, message, RejectReason.SCHEMA_VIOLATION)
-        else:
-            try:
-                ts_ms = parse_ts(event["ts"])
-            except ValueError as exc:
-                error = EventError(index, "/ts", f"not a valid timestamp: {exc}", RejectReason.INVALID_TIMESTAMP)
-            else:
-                reason = check_clock(ts_ms, received_at_ms, max_age_ms, max_skew_ms)
-                if reason is RejectReason.TS_TOO_OLD:
-                    error = EventError(index, "/ts", f"ts is more than {max_age_ms // 3_600_000} h before "
-                                       "received_at; load history with `clickstream import`", reason)
-                elif reason is RejectReason.TS_IN_FUTURE:
-                    error = EventError(index, "/ts", f"ts is more than {max_skew_ms // 1000} s after "
-                                       "received_at (client clock ahead)", reason)
-                else:
-                    event["ts"] = ts_ms
-                    event["received_at"] = received_at_ms
-                    if "event_id" not in event:
-                        event["event_id"] = str(uuid.uuid4())
-                    event["user_agent"] = user_agent
-                    if ip_hash:
-                        event["ip_hash"] = ip_hash
-                    records.append(orjson.dumps(event))
-        if error is not None:
-            errors.append(error)
-            rejected.append({"reason": error.reason.value, "index": index, "path": error.path,
-                             "message": error.message, "event": event})
+        errors.append(error)
+        rejected.append({"reason": error.reason.value, "index": index, "path": error.path,
+                         "message": error.message, "event": event})
     return Outcome(records, errors, rejected)
+
+
+def _check_and_stamp(event: dict[str, Any], index: int, received_at_ms: int, user_agent: str, ip_hash: str,
+                     max_age_ms: int, max_skew_ms: int) -> EventError | None:
+    """Clock policy and stamping of one schema-valid event; the error, or None once stamped."""
+    try:
+        ts_ms = parse_ts(event["ts"])
+    except ValueError as exc:
+        return EventError(index, "/ts", f"not a valid timestamp: {exc}", RejectReason.INVALID_TIMESTAMP)
+    reason = check_clock(ts_ms, received_at_ms, max_age_ms, max_skew_ms)
+    if reason is RejectReason.TS_TOO_OLD:
+        return EventError(index, "/ts", f"ts is more than {max_age_ms // 3_600_000} h before "
+                          "received_at; load history with `clickstream import`", reason)
+    if reason is RejectReason.TS_IN_FUTURE:
+        return EventError(index, "/ts", f"ts is more than {max_skew_ms // 1000} s after "
+                          "received_at (client clock ahead)", reason)
+    event["ts"] = ts_ms
+    event["received_at"] = received_at_ms
+    if "event_id" not in event:
+        event["event_id"] = str(uuid.uuid4())
+    event["user_agent"] = user_agent
+    if ip_hash:
+        event["ip_hash"] = ip_hash
+    return None

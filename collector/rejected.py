@@ -2,7 +2,9 @@
 
 Files `<data-dir>/rejected/rejected-<microseconds>.jsonl`, one JSON object a line:
 `{"received_at": ms, "reason": str, "index": int|null, "path": str, "message": str,
-"event": <raw event>|null, "body": <raw body text>|null}`. A file rotates at `file_max_bytes`;
+"event": <raw event>|null, "body": <raw body text>|null}`. An event that orjson cannot
+re-encode (nested deeper than its 255-level limit, while decoding allows 1024) is kept as
+`"event": null` with the request's raw `body` instead. A file rotates at `file_max_bytes`;
 the oldest files are deleted once all exceed `max_bytes`, and every event deleted that way is
 counted (`rejected_evicted_total`), so nothing vanishes without a number.
 """
@@ -39,12 +41,22 @@ class RejectedStore:
         self._size = 0
         directory.mkdir(parents=True, exist_ok=True)
 
-    def add(self, entries: list[dict[str, Any]]) -> None:
-        """Append entries (each already holding reason, message, event) stamped with `received_at`."""
+    def add(self, entries: list[dict[str, Any]], body: bytes | None = None) -> None:
+        """Append entries (each already holding reason, message, event) stamped with `received_at`.
+
+        `body` is the request's raw bytes, stored in place of any event that cannot be encoded.
+        """
         if not entries:
             return
         now_ms = int(time.time() * 1000)
-        data = b"".join(orjson.dumps({"received_at": now_ms, **e}) + b"\n" for e in entries)
+        lines = []
+        for entry in entries:
+            try:
+                lines.append(orjson.dumps({"received_at": now_ms, **entry}))
+            except orjson.JSONEncodeError:
+                text = body.decode("utf-8", "replace") if body is not None else None
+                lines.append(orjson.dumps({"received_at": now_ms, **entry, "event": None, "body": text}))
+        data = b"\n".join(lines) + b"\n"
         with self._lock:
             if self._fh is None or self._size + len(data) > self.file_max_bytes:
                 self._rotate()

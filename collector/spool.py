@@ -8,6 +8,9 @@ Layout of `<data-dir>/spool/`:
 - `corrupt/`: sealed segments whose framing broke mid-file (disk damage), kept for inspection.
 
 Record framing: `<u32 little-endian payload length><u32 CRC32 (zlib) of payload><payload>`.
+Payloads are never empty: a zero length marks the end of the records, because a machine crash
+can leave a zero-filled tail (file size updated, data blocks not), and 8 zero bytes would
+otherwise parse as a valid empty record (CRC32 of b"" is 0).
 A record is at (segment_id, offset) and ends at offset + 8 + length; positions are stable for
 the life of a segment, so (segment id, offset range) is a deterministic ClickHouse dedup token.
 
@@ -21,6 +24,10 @@ machine once fsynced: a background thread fsyncs at most every `fsync_interval_m
 commit), or, with `fsync_interval_ms=0`, the caller waits for `sync_to(position)` before
 acknowledging. After a crash, a torn last record of a `.open` segment is detected by its length
 or CRC and cut (`recover`), never touching the records before it.
+
+`append` never fsyncs (it runs on the collector's event loop): a segment that reaches its size
+is detached there and sealed (fsync, rename to `.seg`, directory fsync) by the background thread
+or the next `sync_to`; `seal_active` and `seal_if_older` seal before they return.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
+_pack_header = HEADER.pack
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".seg"
@@ -87,21 +95,32 @@ class Record:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SegmentInfo:
+    """A segment file: its id (the file's stem), path and size in bytes when listed."""
+
     segment_id: str
     path: Path
     size_bytes: int
 
 
 def frame(payload: bytes) -> bytes:
-    """One record's bytes on disk: header (length, CRC32) + payload."""
+    """One record's bytes on disk: header (length, CRC32) + payload.
+
+    Raises ValueError for an empty payload (a zero length is read as the end of the segment)
+    or one over MAX_RECORD_BYTES (16 MiB, which `scan` would refuse to read back).
+    """
+    if not payload:
+        raise ValueError("spool records cannot be empty")
+    if len(payload) > MAX_RECORD_BYTES:
+        raise ValueError(f"spool record of {len(payload)} bytes exceeds {MAX_RECORD_BYTES}")
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def scan(buf: bytes | memoryview, segment_id: str = "", start: int = 0) -> tuple[list[Record], int]:
     """Parse framed records from `buf[start:]` and return them with the end of the last valid one.
 
-    Stops at the first incomplete or CRC-failing record: for an `.open` segment that is the torn
-    tail; for a sealed one it is corruption (the caller compares the returned end to the size).
+    Stops at the first incomplete, zero-length or CRC-failing record: for an `.open` segment that
+    is the torn tail; for a sealed one it is corruption (the caller compares the returned end to
+    the size). Offsets are bytes from the start of the segment.
     """
     records: list[Record] = []
     pos = start
@@ -110,7 +129,7 @@ def scan(buf: bytes | memoryview, segment_id: str = "", start: int = 0) -> tuple
     while pos + HEADER.size <= size:
         length, crc = unpack(buf, pos)
         end = pos + HEADER.size + length
-        if length > MAX_RECORD_BYTES or end > size:
+        if length == 0 or length > MAX_RECORD_BYTES or end > size:
             break
         payload = bytes(buf[pos + HEADER.size : end])
         if zlib.crc32(payload) != crc:
@@ -189,20 +208,29 @@ class SpoolWriter:
         self._offset = 0
         self._opened_at = 0.0
         self._durable = SpoolPosition("", 0)
-        self._bytes_other = 0  # sealed segments' bytes, refreshed by rescans
+        self._bytes_other = 0  # sealed and detached segments' bytes, refreshed by rescans
+        self._detached: list[tuple[str, int, int]] = []  # (segment id, fd, size) awaiting their seal
+        self._dir_synced = ""  # the last segment whose directory entry was fsynced
         self._last_id_us = 0
         self._lock_fd: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.torn_bytes_cut = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> SpoolWriter:
         """Take the writer lock, recover torn tails, start the group-commit thread."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.directory / ".writer.lock")
-        self.torn_bytes_cut = recover(self.directory)
-        self._rescan()
+        lock_fd = _lock(self.directory / ".writer.lock")
+        try:
+            self.torn_bytes_cut = recover(self.directory)
+            self._rescan()
+        except BaseException:
+            os.close(lock_fd)  # a failed recovery must not keep the lock (nor leak the fd)
+            raise
+        self._lock_fd = lock_fd
+        self._closed = False
         self._stop.clear()
         self._thread = threading.Thread(target=self._background, name="spool-fsync", daemon=True)
         self._thread.start()
@@ -215,6 +243,8 @@ class SpoolWriter:
             self._thread.join()
             self._thread = None
         self.seal_active()
+        with self._lock:
+            self._closed = True  # an append after close would write without the lock
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -238,15 +268,24 @@ class SpoolWriter:
         """Append records to the active segment; return the position just past the last one.
 
         Records are durable against machine crashes once `durable_position() >= position`.
-        Raises SpoolFullError over `max_bytes`; OSError (e.g. ENOSPC) after rolling the partial
-        write back, so the segment never holds a half-written record from a live process.
+        Raises SpoolFullError over `max_bytes`; SpoolError after `close()`; ValueError for an
+        empty payload; OSError (e.g. ENOSPC) after rolling the partial write back, so the segment
+        never holds a half-written record from a live process.
         """
-        data = b"".join([frame(p) for p in payloads])
+        parts: list[bytes] = []
+        for payload in payloads:  # framed in one join: one copy of each payload
+            if not payload or len(payload) > MAX_RECORD_BYTES:
+                frame(payload)  # raises the ValueError
+            parts.append(_pack_header(len(payload), zlib.crc32(payload)))
+            parts.append(payload)
+        data = b"".join(parts)
         with self._lock:
+            if self._closed:
+                raise SpoolError(f"spool writer of {self.directory} is closed")
             if self.bytes_used >= self.max_bytes:
                 raise SpoolFullError(f"spool holds {self.bytes_used} bytes, quota {self.max_bytes}")
             if self._fd is not None and self._offset + len(data) > self.segment_max_bytes and self._offset:
-                self._seal_locked()
+                self._detach_locked()
             if self._fd is None:
                 self._new_segment_locked()
             assert self._fd is not None
@@ -263,80 +302,119 @@ class SpoolWriter:
             return SpoolPosition(self._segment_id, self._offset)
 
     def durable_position(self) -> SpoolPosition:
+        """Everything appended up to this position survives a machine crash (it is fsynced)."""
         return self._durable
 
     def written_position(self) -> SpoolPosition:
+        """The end of the last append (in the page cache: survives a process crash)."""
         with self._lock:
             return SpoolPosition(self._segment_id, self._offset)
 
     def sync_to(self, position: SpoolPosition) -> None:
-        """Block until `position` is fsynced (group commit: concurrent callers share one fsync)."""
+        """Block until `position` is fsynced (group commit: concurrent callers share one fsync).
+
+        Also seals any detached segment. Raises OSError when fsync fails.
+        """
         with self._sync_lock:
-            if self._durable >= position:
-                return
-            with self._lock:
-                if self._fd is None or self._segment_id != position.segment_id:
-                    return  # sealed since: sealing fsyncs, and `_durable` moved past it
-                fd = os.dup(self._fd)
-                target = SpoolPosition(self._segment_id, self._offset)
+            while True:
+                self._finish_detached()
+                if self._durable >= position:
+                    return
+                with self._lock:
+                    if self._fd is not None and self._segment_id == position.segment_id:
+                        fd = os.dup(self._fd)
+                        segment_id = self._segment_id
+                        target = SpoolPosition(segment_id, self._offset)
+                        break
+                    if not any(d[0] == position.segment_id for d in self._detached):
+                        return  # not written by this writer (or sealed before it): nothing to wait for
+                # detached since `_finish_detached` ran: seal it on the next turn
             try:
-                started = time.perf_counter()
-                os.fsync(fd)
-                if self._on_fsync is not None:
-                    self._on_fsync(time.perf_counter() - started)
+                self._timed_fsync(fd)
             finally:
                 os.close(fd)
-            self._durable = max(self._durable, target)
+            if self._dir_synced != segment_id:  # the new file's directory entry, once per segment
+                _fsync_dir(self.directory)
+                self._dir_synced = segment_id
+            with self._lock:  # sealing moves `_durable` too: never let it go backwards
+                self._durable = max(self._durable, target)
 
     def seal_active(self) -> str | None:
-        """Seal the active segment now if it holds records; return its id."""
+        """Seal the active segment now (fsync, rename to `.seg`) if it holds records; return its id."""
         with self._lock:
-            if self._fd is None:
-                return None
-            return self._seal_locked()
+            segment_id = self._detach_locked() if self._fd is not None else None
+        with self._sync_lock:
+            self._finish_detached()
+        return segment_id
 
     def seal_if_older(self, age_ms: float) -> str | None:
-        """Seal the active segment when it was opened more than `age_ms` ago."""
+        """Seal the active segment when it was opened more than `age_ms` ago; return its id."""
         with self._lock:
             if self._fd is None or (time.monotonic() - self._opened_at) * 1000 < age_ms:
                 return None
-            return self._seal_locked()
+            segment_id = self._detach_locked()
+        with self._sync_lock:
+            self._finish_detached()
+        return segment_id
 
     # -- internals -------------------------------------------------------------------------
     def _new_segment_locked(self) -> None:
+        # no directory fsync here (this runs on the event loop): `sync_to` and sealing do it
         now_us = max(time.time_ns() // 1000, self._last_id_us + 1)
         self._last_id_us = now_us
         self._segment_id = f"{now_us:017d}-{secrets.token_hex(4)}"
         path = self.directory / (self._segment_id + OPEN_SUFFIX)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        _fsync_dir(self.directory)
         self._offset = 0
         self._opened_at = time.monotonic()
 
-    def _seal_locked(self) -> str:
+    def _detach_locked(self) -> str:
+        """Stop appending to the active segment (no I/O); `_finish_detached` seals it."""
         assert self._fd is not None
         segment_id = self._segment_id
-        started = time.perf_counter()
-        os.fsync(self._fd)
-        if self._on_fsync is not None:
-            self._on_fsync(time.perf_counter() - started)
-        os.close(self._fd)
-        self._fd = None
-        path = self.directory / (segment_id + OPEN_SUFFIX)
-        path.rename(path.with_suffix(SEALED_SUFFIX))
-        _fsync_dir(self.directory)
-        self._durable = max(self._durable, SpoolPosition(segment_id, self._offset))
+        self._detached.append((segment_id, self._fd, self._offset))
         self._bytes_other += self._offset
+        self._fd = None
         self._offset = 0
         self._segment_id = ""
         return segment_id
 
+    def _finish_detached(self) -> None:
+        """Fsync, close and rename detached segments to `.seg`, in order (caller holds `_sync_lock`)."""
+        with self._lock:
+            detached, self._detached = self._detached, []
+        if not detached:
+            return
+        try:
+            for segment_id, fd, _ in detached:
+                try:
+                    self._timed_fsync(fd)
+                finally:
+                    os.close(fd)
+                path = self.directory / (segment_id + OPEN_SUFFIX)
+                path.rename(path.with_suffix(SEALED_SUFFIX))
+            _fsync_dir(self.directory)
+        except OSError:
+            log.exception("spool: sealing failed; the segments stay .open and are sealed at the next start")
+            raise
+        segment_id, _, size = detached[-1]
+        with self._lock:
+            self._durable = max(self._durable, SpoolPosition(segment_id, size))
+
+    def _timed_fsync(self, fd: int) -> None:
+        started = time.perf_counter()
+        os.fsync(fd)
+        if self._on_fsync is not None:
+            self._on_fsync(time.perf_counter() - started)
+
     def _rescan(self) -> None:
+        """Recount sealed bytes from disk (the flusher deletes segments) plus detached ones."""
         total = 0
         for path in self.directory.glob("*" + SEALED_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 total += path.stat().st_size
-        self._bytes_other = total
+        with self._lock:
+            self._bytes_other = total + sum(size for _, _, size in self._detached)
 
     def _background(self) -> None:
         interval_s = self.fsync_interval_ms / 1000 if self.fsync_interval_ms > 0 else 0.05
@@ -344,12 +422,14 @@ class SpoolWriter:
         while not self._stop.wait(interval_s):
             try:
                 if self.fsync_interval_ms > 0:
-                    self.sync_to(self.written_position())
+                    self.sync_to(self.written_position())  # seals detached segments first
+                else:
+                    with self._sync_lock:
+                        self._finish_detached()
                 self.seal_if_older(self.segment_max_age_ms)
                 now = time.monotonic()
                 if now - last_rescan >= 0.5:
-                    with self._lock:
-                        self._rescan()
+                    self._rescan()  # globs without the append lock: the event loop goes on
                     last_rescan = now
             except Exception:  # keep the group commit alive; the failure is logged, not hidden
                 log.exception("spool background step failed")
@@ -388,10 +468,16 @@ class SpoolReader:
         return records
 
     def iter_all(self) -> Iterator[Record]:
-        """Records of sealed then open segments (complete records only), oldest first."""
+        """Records of sealed then open segments (complete records only), oldest first.
+
+        Of a corrupt sealed segment, the intact records before the break are yielded.
+        """
         for seg in self.sealed_segments():
-            with contextlib.suppress(CorruptSegmentError, FileNotFoundError):
-                yield from self.records(seg)
+            try:
+                data = seg.path.read_bytes()
+            except FileNotFoundError:  # marked done meanwhile
+                continue
+            yield from scan(data, seg.segment_id)[0]
         for seg in self.open_segments():
             with contextlib.suppress(FileNotFoundError):
                 yield from scan(seg.path.read_bytes(), seg.segment_id)[0]

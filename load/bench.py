@@ -1,0 +1,36 @@
+"""`make bench`: `python -m load.bench [name ...]` runs the named benchmarks (default: all).
+
+Each entry of BENCHMARKS is a no-argument callable returning a JSON-able dict of results (and
+writing its own file under load/results/). Add a benchmark by adding an entry.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from load import bench_collector
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "collector": bench_collector.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks named in `argv` (all when empty); exit status 2 for an unknown name."""
+    names = list(argv if argv is not None else sys.argv[1:]) or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"== {name}", flush=True)
+        result = BENCHMARKS[name]()
+        if "results_file" in result:
+            print(f"results: {result['results_file']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
