@@ -17,8 +17,9 @@ VALIDATOR = EventValidator()
 
 
 def event(**overrides: object) -> dict[str, object]:
-    base: dict[str, object] = {"type": "page_view", "site_id": "example.com", "anonymous_id": "a", "session_id": "s",
-                               "ts": int(time.time() * 1000), "url": "https://example.com/", "event_id": str(uuid.uuid4())}
+    base: dict[str, object] = {"type": "page_view", "site_id": "example.com", "anonymous_id": "a",
+                               "session_id": "s", "ts": int(time.time() * 1000), "url": "https://example.com/",
+                               "event_id": str(uuid.uuid4())}
     base.update(overrides)
     return base
 
