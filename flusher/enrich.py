@@ -95,6 +95,32 @@ def record_keys(payload: bytes) -> tuple[str, str]:
     return str(event["event_id"]).lower(), str(event.get("user_agent", ""))
 
 
+def record_keys_raw(payload: bytes) -> tuple[bytes, bytes]:
+    """(event_id lower-cased, user_agent as JSON string content) of a spool record, as bytes.
+
+    The flusher's per-record call: no decoding on the fast path, and the User-Agent stays in its
+    JSON-escaped form, which is what `agent_fields_raw` caches on. Raises like `record_keys`.
+    """
+    if payload[:13] == _PREFIX and payload[49:65] == _UA_KEY:
+        end = payload.find(b'"', 65)
+        raw = payload[65:end]
+        if end > 0 and b"\\" not in raw:
+            return payload[13:49].lower(), raw
+    event_id, user_agent = record_keys(payload)
+    return event_id.encode(), orjson.dumps(user_agent)[1:-1]
+
+
+@lru_cache(maxsize=20000)
+def agent_fields_raw(user_agent_json: bytes) -> bytes:
+    """`agent_fields` keyed by the User-Agent's JSON string content (as it sits in the record)."""
+    return agent_fields(orjson.loads(b'"' + user_agent_json + b'"'))
+
+
+def position_prefix(segment_id: str) -> bytes:
+    """The part of `ingest_line` that is the same for every record of a segment."""
+    return b',"spool_segment":"' + segment_id.encode() + b'","spool_offset":'
+
+
 def ingest_line(payload: bytes, user_agent: str, segment_id: str, offset: int) -> bytes:
     """One `events_ingest` JSONEachRow line: the record's JSON object with the spool position and
     User-Agent fields appended. `payload` must be a JSON object as the collector writes it."""

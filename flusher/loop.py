@@ -117,7 +117,7 @@ class Flusher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
-        self._seen: dict[str, tuple[str, int]] = {}
+        self._seen: dict[bytes, tuple[str, int]] = {}
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher-prep")
         self._seen_max = settings.dedup_max_ids
         if client is not None:
@@ -129,9 +129,9 @@ class Flusher:
             "SELECT toString(event_id), spool_segment, spool_offset FROM events "
             "ORDER BY received_at DESC LIMIT {n:UInt64}", parameters={"n": self._seen_max}).result_rows
         for event_id, segment, offset in reversed(rows):
-            self._seen[event_id] = (segment, offset)
+            self._seen[str(event_id).encode()] = (segment, offset)
 
-    def _is_duplicate(self, event_id: str, record: Record) -> bool:
+    def _is_duplicate(self, event_id: bytes, record: Record) -> bool:
         """True when `event_id` was already flushed from another spool position. Remembers the
         last `dedup_max_ids` ids first seen (FIFO: a retry comes soon after the original)."""
         position = (record.segment_id, record.offset)
@@ -253,19 +253,25 @@ class Flusher:
         except FileNotFoundError:
             prepared.missing = True
             return prepared
+        # TRICKY: the hot loop of the flusher (~200k records/s): locals, bytes all the way, the
+        # per-segment prefix built once; equivalent to enrich.ingest_line (tested).
+        prefix = enrich.position_prefix(segment.segment_id)
+        keys, fields, join, seen = enrich.record_keys_raw, enrich.agent_fields_raw, b"".join, self._is_duplicate
         for start in range(0, len(records), self.max_rows):
             items: list[tuple[Record, bytes]] = []
+            append = items.append
             for record in records[start : start + self.max_rows]:
+                payload = record.payload
                 try:
-                    event_id, user_agent = enrich.record_keys(record.payload)
+                    event_id, user_agent = keys(payload)
+                    agent = fields(user_agent)
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
                     prepared.undecodable.append((record, f"enrich: {type(exc).__name__}: {exc}"))
                     continue
-                if self._is_duplicate(event_id, record):
+                if seen(event_id, record):
                     prepared.duplicates += 1
                     continue
-                items.append((record, enrich.ingest_line(record.payload, user_agent, record.segment_id,
-                                                         record.offset)))
+                append((record, join((payload[:-1], prefix, b"%d" % record.offset, agent, b"}"))))
             if items:
                 prepared.batches.append(items)
         return prepared

@@ -23,7 +23,9 @@ from typing import Any
 import orjson
 
 from clickstream.settings import Settings
+from collector.pipeline import process
 from collector.spool import SpoolReader, SpoolWriter
+from collector.validation import EventValidator
 from flusher import enrich
 from flusher.clickhouse import INSERT_SETTINGS, connect, migrate
 from flusher.loop import Flusher
@@ -33,11 +35,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _stamped_payloads(n_events: int, seed: int) -> list[bytes]:
+    """Spool records exactly as the collector writes them (collector.pipeline.process)."""
     traffic = generate(ModelConfig(seed=seed, visitors=max(1, n_events // 10)))
+    validator = EventValidator()
     now = int(time.time() * 1000)
-    out = []
+    out: list[bytes] = []
     for event, agent in traffic.events[:n_events]:
-        out.append(orjson.dumps({**event, "received_at": now, "user_agent": agent, "ip_hash": "0123456789abcdef"}))
+        outcome = process([dict(event)], validator, received_at_ms=now, user_agent=agent,
+                          ip_hash="0123456789abcdef", max_age_ms=100 * 3_600_000, max_skew_ms=3_600_000)
+        out.extend(outcome.records)
     return out
 
 

@@ -133,16 +133,13 @@ CREATE OR REPLACE VIEW v_variant_lift AS
 WITH
     exposed AS
     (
+        -- one level: the earliest (time, variant) over the unmerged rows is the earliest over the
+        -- merged ones, so the per-variant merge of variant_exposures is not needed first
         SELECT site_id, experiment_id, anonymous_id,
-               argMin(variant_id_, (variant_first_at, variant_id_)) AS variant_id,
-               min(variant_first_at) AS first_at
-        FROM
-        (
-            SELECT site_id, experiment_id, variant_id AS variant_id_, anonymous_id,
-                   min(first_exposed_at) AS variant_first_at
-            FROM variant_exposures
-            GROUP BY site_id, experiment_id, variant_id, anonymous_id
-        )
+               argMin(variant_id_, (first_exposed_at, variant_id_)) AS variant_id,
+               min(first_exposed_at) AS first_at
+        FROM (SELECT site_id, experiment_id, variant_id AS variant_id_, anonymous_id, first_exposed_at
+              FROM variant_exposures)
         GROUP BY site_id, experiment_id, anonymous_id
     ),
     per_variant AS

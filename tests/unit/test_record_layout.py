@@ -54,3 +54,18 @@ def test_records_lead_with_event_id_and_user_agent(user_agent: str, upper: bool,
 def test_other_layouts_are_still_read() -> None:
     legacy = orjson.dumps({"type": "page_view", "event_id": "8C7D7A8E-1B0E-4B59-9A52-3C1F8B3C5F11", "user_agent": "x"})
     assert enrich.record_keys(legacy) == ("8c7d7a8e-1b0e-4b59-9a52-3c1f8b3c5f11", "x")
+
+
+@given(user_agent=st.text(max_size=80))
+def test_raw_keys_and_agent_fields_match_the_decoded_ones(user_agent: str) -> None:
+    (record,) = records([event()], user_agent)
+    event_id, ua_json = enrich.record_keys_raw(record)
+    decoded_id, decoded_ua = enrich.record_keys(record)
+    assert event_id == decoded_id.encode()
+    assert enrich.agent_fields_raw(ua_json) == enrich.agent_fields(decoded_ua)
+    # the flusher's inlined line equals the reference ingest_line
+    inlined = b"".join((record[:-1], enrich.position_prefix("seg-1"), b"%d" % 42, enrich.agent_fields_raw(ua_json),
+                        b"}"))
+    assert inlined == enrich.ingest_line(record, decoded_ua, "seg-1", 42)
+    line = orjson.loads(inlined)
+    assert (line["spool_segment"], line["spool_offset"], line["user_agent"]) == ("seg-1", 42, user_agent)
