@@ -31,7 +31,7 @@ import orjson
 from clickstream.settings import Settings
 from collector.pipeline import parse_ts
 from collector.rejected import RejectedStore
-from collector.spool import SEALED_SUFFIX, frame
+from collector.spool import SEALED_SUFFIX, frame, fsync_dir
 from collector.validation import EventValidator, RejectReason
 
 IMPORT_NAMESPACE = uuid.UUID("6f1c7f8e-3b7a-4c1e-9a53-1f2d3c4b5a69")
@@ -60,11 +60,7 @@ def write_sealed_segment(directory: Path, payloads: list[bytes]) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.rename(directory / (segment_id + SEALED_SUFFIX))
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
     return segment_id
 
 

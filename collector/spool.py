@@ -142,7 +142,8 @@ def scan(buf: bytes | memoryview, segment_id: str = "", start: int = 0) -> tuple
     return records, pos
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that files created, renamed or deleted in it survive a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -181,7 +182,7 @@ def recover(directory: Path) -> int:
             path.unlink()
         else:
             path.rename(path.with_suffix(SEALED_SUFFIX))
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return cut
 
 
@@ -337,7 +338,7 @@ class SpoolWriter:
             finally:
                 os.close(fd)
             if self._dir_synced != segment_id:  # the new file's directory entry, once per segment
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
                 self._dir_synced = segment_id
             with self._lock:  # sealing moves `_durable` too: never let it go backwards
                 self._durable = max(self._durable, target)
@@ -396,7 +397,7 @@ class SpoolWriter:
                     os.close(fd)
                 path = self.directory / (segment_id + OPEN_SUFFIX)
                 path.rename(path.with_suffix(SEALED_SUFFIX))
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError:
             log.exception("spool: sealing failed; the segments stay .open and are sealed at the next start")
             raise
@@ -488,7 +489,7 @@ class SpoolReader:
     def mark_done(self, segment_id: str) -> None:
         """Delete a sealed segment whose every record ClickHouse confirmed (or dead-lettered)."""
         (self.directory / (segment_id + SEALED_SUFFIX)).unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def quarantine(self, segment_id: str) -> Path:
         """Move a corrupt sealed segment to `corrupt/` and return its new path."""

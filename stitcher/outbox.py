@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from collector.spool import fsync_dir
 
 FILENAME = "outbox.sqlite3"
 
@@ -75,14 +76,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Outbox:
     """Durable lead_id -> (request fingerprint, exact event bytes, delivery states)."""
 
@@ -94,7 +87,7 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        _fsync_dir(directory)  # the database file's own directory entry
+        fsync_dir(directory)  # the database file's own directory entry
 
     def close(self) -> None:
         with self._lock:

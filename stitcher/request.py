@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import re
 from functools import cache
 from typing import Any
 
@@ -19,12 +18,12 @@ import jsonschema_rs
 import orjson
 
 from clickstream import SCHEMAS_DIR
+from collector.pipeline import parse_ts
 from stitcher.errors import InvalidRequest
 
 REQUEST_SCHEMA_PATH = SCHEMAS_DIR / "stitch_request.schema.json"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_MS = dt.timedelta(milliseconds=1)
-_FRACTION = re.compile(r"\.(\d{6})\d+")
 #: Earliest accepted occurred_at (2000-01-01T00:00:00Z, ms): the `events` table refuses older ts too.
 MIN_OCCURRED_AT_MS = 946_684_800_000
 MAX_ERROR_CHARS = 240
@@ -65,23 +64,10 @@ def differing_fields(original: bytes, repeat: StitchRequest) -> list[str]:
 def parse_timestamp_ms(value: Any) -> int:
     """Epoch milliseconds (UTC) of a schema-valid timestamp: integer ms, or an RFC 3339 string.
 
-    Same rule as the collector's `ts` (collector.pipeline.parse_ts): fractions beyond microseconds
-    are truncated, the result is floored to the millisecond with integer arithmetic.
-    Raises ValueError for a bool, a non-integral number, a string without offset or a
-    pattern-valid but impossible instant (month 13, offset +99:00, ...).
+    The collector's rule for `ts` (collector.pipeline.parse_ts), so a lead's occurred_at and the
+    events it is compared with are read the same way. Raises ValueError like it.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a timestamp")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"{value!r} is not a whole number of milliseconds")
-        return int(value)
-    parsed = dt.datetime.fromisoformat(_FRACTION.sub(r".\1", str(value).upper()))
-    if parsed.tzinfo is None:
-        raise ValueError(f"{value!r} has no UTC offset")
-    return (parsed - _EPOCH) // _ONE_MS
+    return parse_ts(value)
 
 
 def format_timestamp(ms: int) -> str:

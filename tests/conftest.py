@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from load.procs import ROOT, free_port, start
 from load.procs import Proc as Server
 
 __all__ = ["ROOT", "Server", "free_port", "make_event", "now_ms", "start_server"]
+
+# No timing in a test's pass condition: Hypothesis' default 200 ms deadline per example is one
+# (a first call that loads ua-parser's regexes or starts chDB is slow and fails it at random).
+settings.register_profile("clickstream", deadline=None)
+settings.load_profile("clickstream")
 
 
 def now_ms() -> int:
