@@ -14,7 +14,7 @@ from hypothesis import settings
 from load.procs import ROOT, free_port, start
 from load.procs import Proc as Server
 
-__all__ = ["ROOT", "Server", "free_port", "make_event", "now_ms", "start_server"]
+__all__ = ["ROOT", "Server", "free_port", "make_event", "now_ms", "sql_rows", "start_server", "wait_for"]
 
 # No timing in a test's pass condition: Hypothesis' default 200 ms deadline per example is one
 # (a first call that loads ua-parser's regexes or starts chDB is slow and fails it at random).
@@ -39,6 +39,26 @@ def make_event(**overrides: Any) -> dict[str, Any]:
     }
     event.update(overrides)
     return event
+
+
+def sql_rows(server: Server, query: str, token: str = "adm") -> list[list[Any]]:
+    """Rows of one read query through the server's POST /sql (admin token `token`)."""
+    response = server.client().post("/sql", content=query, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    rows: list[list[Any]] = response.json()["rows"]
+    return rows
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:
+    """Poll until `condition()` is truthy and return it; fail after `timeout_s` (a deadline for a
+    test that would otherwise hang, not a pass condition)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_server(command: str, data_dir: Path, env: dict[str, str] | None = None, ready_path: str = "/healthz",

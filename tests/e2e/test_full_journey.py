@@ -31,12 +31,6 @@ RETARGET = {"utm_source": "newsletter", "utm_medium": "email", "utm_campaign": "
 EMAIL = "grace@example.org"
 
 
-def serve_available() -> bool:
-    from clickstream.cli import main
-
-    return "serve" in getattr(main, "commands", {})
-
-
 def sql(server: Server, query: str) -> list[dict[str, Any]]:
     """Rows of one read-only query, through `clickstream sql --format json` on the server's data
     directory (the server is stopped: the CLI opens the embedded ClickHouse itself)."""
@@ -65,8 +59,6 @@ def settle(page: Page, recorder: Recorder) -> None:
 def test_visit_expose_navigate_click_sign_up_then_revisit_leaves_the_lead_frozen(
         server_factory: Callable[..., Server], demo_factory: Callable[..., DemoSite],
         new_context: Callable[..., BrowserContext], recorder: Recorder) -> None:
-    if not serve_available():
-        pytest.skip("clickstream serve not available yet")
     serve = server_factory("serve", stitch_token=STITCH_TOKEN, admin_token=ADMIN_TOKEN)
     site = demo_factory(serve, stitch_token=STITCH_TOKEN)
     page = recorder.watch(new_context().new_page())

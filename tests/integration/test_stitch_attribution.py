@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -21,7 +20,7 @@ import orjson
 import pytest
 
 from clickstream import SCHEMAS_DIR
-from tests.conftest import Server, now_ms, start_server
+from tests.conftest import Server, now_ms, sql_rows, start_server, wait_for
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
@@ -199,21 +198,8 @@ def stitch(server: Server, body: dict[str, Any]) -> Any:
     return server.client().post("/stitch", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
-def sql(server: Server, query: str) -> list[list[Any]]:
-    response = server.client().post("/sql", content=query, headers={"Authorization": "Bearer adm"})
-    assert response.status_code == 200, response.text
-    rows: list[list[Any]] = response.json()["rows"]
-    return rows
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 # -- tests --------------------------------------------------------------------------------------------
@@ -266,8 +252,8 @@ def test_frozen_event_does_not_change_with_later_visits(server: Server) -> None:
     landing = f"SELECT landing_path, leads FROM v_landing_pages WHERE site_id = '{site}' ORDER BY landing_path"
     channels = (f"SELECT channel, utm_campaign, leads FROM v_channels WHERE site_id = '{site}' AND leads > 0 "
                 "ORDER BY channel")
-    wait_for(lambda: sql(server, lead_row))
-    before = {q: sql(server, q) for q in (lead_row, lift, landing, channels)}
+    wait_for(lambda: sql_rows(server, lead_row))
+    before = {q: sql_rows(server, q) for q in (lead_row, lift, landing, channels)}
     assert before[channels] == [["paid_social", "spring", 1]]
     assert [r[2:6] for r in before[lift]] == [  # variant_id, is_control, visitors, converters
         ["green", 1, 1, 0], ["red", 0, 1, 1], ["B", 0, 1, 0], ["control", 1, 1, 1]]
@@ -278,11 +264,11 @@ def test_frozen_event_does_not_change_with_later_visits(server: Server) -> None:
          "variants": {"hero": "B", "cta": "green", "promo": "x"}},
     ]
     collect(server, later)
-    wait_for(lambda: sql(server, "SELECT count() FROM events WHERE session_id = 'frozen-s2'")[0][0] == 1)
+    wait_for(lambda: sql_rows(server, "SELECT count() FROM events WHERE session_id = 'frozen-s2'")[0][0] == 1)
 
     repeat = stitch(server, {"lead_id": "L-frozen", "anonymous_id": "frozen-v"})
     assert (repeat.status_code, repeat.content) == (200, created.content)
-    after = {q: sql(server, q) for q in before}
+    after = {q: sql_rows(server, q) for q in before}
     assert after[lead_row] == before[lead_row]
     assert after[lift] == before[lift]
     assert after[channels] == before[channels]

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,21 +25,12 @@ from stitcher.metrics import StitcherMetrics
 from stitcher.outbox import Entry, Outbox, State, Target
 from stitcher.relay import ClickHouseDeliverer, Relay, WebhookDeliverer
 from stitcher.request import parse_request
-from tests.conftest import Server, make_event, now_ms
+from tests.conftest import Server, make_event, now_ms, sql_rows, wait_for
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 LEAD_SCHEMA = orjson.loads((SCHEMAS_DIR / "lead_created.schema.json").read_bytes())
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:
-    """Poll until `condition()` is truthy; fail after `timeout_s` (a deadline, not a pass condition)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Receiver:
@@ -166,11 +156,6 @@ def test_webhook_refusal_is_kept_as_failed_and_does_not_block_later_leads(tmp_pa
 
 
 # -- the crash ------------------------------------------------------------------------------------
-def sql(server: Server, query: str) -> list[list[Any]]:
-    response = server.client().post("/sql", content=query, headers={"Authorization": "Bearer adm"})
-    assert response.status_code == 200, response.text
-    rows: list[list[Any]] = response.json()["rows"]
-    return rows
 
 
 def test_sigkill_right_after_201_then_restart_delivers_once_to_clickhouse_and_at_least_once_to_webhook(
@@ -207,7 +192,7 @@ def test_sigkill_right_after_201_then_restart_delivers_once_to_clickhouse_and_at
     wait_for(lambda: 'clickstream_stitcher_relay_pending{target="clickhouse"} 0.0'
              in second.client().get("/metrics").text, what="the relay to drain")
     query = "SELECT count(), any(payload) FROM lead_events WHERE lead_id = 'crash-lead'"
-    assert sql(second, query) == [[1, created.content.decode()]]
+    assert sql_rows(second, query) == [[1, created.content.decode()]]
     assert second.stop() in (0, -signal.SIGTERM)
     client = connect(f"chdb://{data_dir / 'clickhouse'}")
     try:

@@ -8,7 +8,6 @@ client (sync and async) against the same server.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from clickstream import SCHEMAS_DIR
 from stitcher.client import AsyncStitchClient, StitchClient, StitchConflict, StitchRejected, StitchUnavailable
 from stitcher.event import event_id_for
-from tests.conftest import Server, free_port, make_event, now_ms, start_server
+from tests.conftest import Server, free_port, make_event, now_ms, sql_rows, start_server, wait_for
 
 UA = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
       "Safari/605.1.15")
@@ -47,21 +46,8 @@ def stitch(server: Server, body: Any, headers: dict[str, str] | None = None) -> 
     return server.client().post("/stitch", content=orjson.dumps(body), headers=AUTH if headers is None else headers)
 
 
-def sql(server: Server, query: str) -> list[list[Any]]:
-    response = server.client().post("/sql", content=query, headers={"Authorization": "Bearer adm"})
-    assert response.status_code == 200, response.text
-    rows: list[list[Any]] = response.json()["rows"]
-    return rows
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_without_a_configured_token_the_route_is_off_and_says_how_to_enable_it(
@@ -137,10 +123,10 @@ def test_fresh_landing_page_view_then_201_then_identical_200_then_409(server: Se
     assert stitch(server, {**body, "anonymous_id": "someone-else"}).json()["fields"] == ["anonymous_id"]
 
     query = "SELECT count(), any(payload), any(last_touch.utm_campaign) FROM lead_events WHERE lead_id = 'L-fresh'"
-    wait_for(lambda: sql(server, query)[0][0] >= 1)
-    assert sql(server, query) == [[1, created.content.decode(), "brand"]]
+    wait_for(lambda: sql_rows(server, query)[0][0] >= 1)
+    assert sql_rows(server, query) == [[1, created.content.decode(), "brand"]]
     # the identity link: the lead joins the visitor's sessions
-    linked = sql(server, "SELECT lead_id, entry_path, utm_campaign FROM v_lead_sessions WHERE lead_id = 'L-fresh'")
+    linked = sql_rows(server, "SELECT lead_id, entry_path, utm_campaign FROM v_lead_sessions WHERE lead_id = 'L-fresh'")
     assert linked == [["L-fresh", "/pricing", "brand"]]
     metrics = server.client().get("/metrics").text
     assert "clickstream_stitcher_repeats_total 1.0" in metrics
