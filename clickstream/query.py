@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +17,26 @@ from flusher.clickhouse import connect
 def _locked(exc: BaseException) -> bool:
     text = str(exc)
     return "Cannot lock file" in text or "Unable to open the chdb engine" in text
+
+
+def held_by_another_process(clickhouse_dir: Path) -> bool:
+    """True when a running ClickHouse (chDB) holds `clickhouse_dir`: ClickHouse keeps an exclusive
+    flock on its `status` file. Checked first so that the CLI goes to POST /sql without making
+    chDB print its lock error."""
+    status = clickhouse_dir / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _token_file(settings: Settings) -> str:
@@ -32,16 +55,19 @@ def run_cli_query(settings: Settings, sql: str, server_url: str | None = None) -
     """
     check_read_only(sql)
     url = settings.resolved_clickhouse_url
-    if server_url is None and url.startswith("chdb://"):
+    if server_url is None and not url.startswith("chdb://"):  # a ClickHouse server: query it directly
+        return run_query(connect(url, readonly_session=True, max_result_rows=settings.sql_max_result_rows), sql)
+    if server_url is None and not held_by_another_process(Path(url.removeprefix("chdb://"))):
         try:
             client = connect(url, readonly_session=True, max_result_rows=settings.sql_max_result_rows)
         except Exception as exc:
-            if not _locked(exc):
+            if not _locked(exc):  # taken between the check and the open: go through serve
                 raise
         else:
-            return run_query(client, sql)
-    elif server_url is None:
-        return run_query(connect(url, readonly_session=True, max_result_rows=settings.sql_max_result_rows), sql)
+            try:
+                return run_query(client, sql)
+            finally:
+                client.close()
     base = server_url or f"http://{settings.host}:{settings.port}"
     token = settings.admin_token or _token_file(settings)
     if not token:
