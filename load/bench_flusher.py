@@ -12,7 +12,6 @@ Reported: rows/s of each and the ratio flusher / baseline (target >= 0.8).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -30,8 +29,7 @@ from flusher import enrich
 from flusher.clickhouse import INSERT_SETTINGS, connect, migrate
 from flusher.loop import Flusher
 from load.model import ModelConfig, generate
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from load.results import write_result
 
 
 def _stamped_payloads(n_events: int, seed: int) -> list[bytes]:
@@ -104,11 +102,7 @@ def run(n_events: int = 200_000, batch_rows: int = 50_000, seed: int = 3) -> dic
         "engine": "chDB (embedded ClickHouse), same schema and materialized views",
         "cpus": os.cpu_count(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "flusher.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return {**result, "results_file": str(path)}
+    return write_result("flusher", result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ flusher has drained the spool, each process's VmHWM (peak resident set size) is 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import statistics
@@ -28,8 +27,8 @@ import aiohttp
 import orjson
 
 from load.procs import start
+from load.results import RESULTS, write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 SITE = "fresh.example"
 ADMIN = "bench-admin"
@@ -116,7 +115,7 @@ def run_freshness(rate: int = 2000, duration_s: float = 30.0, probes_per_s: int 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _plot(result)
-    return _write("freshness", result)
+    return write_result("freshness", result, hidden=("timeline", "acks"))
 
 
 async def _blast(url: str, n_events: int, batch: int, concurrency: int) -> float:
@@ -169,15 +168,7 @@ def run_rss(n_events: int = 1_000_000, batch: int = 50, concurrency: int = 16) -
             flusher.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _write("rss", result)
-
-
-def _write(name: str, result: dict[str, Any]) -> dict[str, Any]:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("timeline", "acks")}, indent=2))
-    return {**result, "results_file": str(path)}
+    return write_result("rss", result)
 
 
 def _plot(result: dict[str, Any]) -> None:

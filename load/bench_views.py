@@ -11,7 +11,6 @@ latency is reported with the ratio raw / view. Sizes: 1 M and 10 M events.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from flusher.clickhouse import INSERT_SETTINGS, connect, migrate
+from load.results import write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SITE = "bench.example"
 
 GENERATE = """
@@ -149,11 +148,7 @@ def run_size(n_events: int) -> dict[str, Any]:
 def run(sizes: tuple[int, ...] = (1_000_000, 10_000_000)) -> dict[str, Any]:
     results = {"benchmark": "dashboard_views", "engine": "chDB (embedded ClickHouse)", "cpus": os.cpu_count(),
                "sizes": [run_size(n) for n in sizes]}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "views.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    return {**results, "results_file": str(path)}
+    return write_result("views", results)
 
 
 if __name__ == "__main__":
