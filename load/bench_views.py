@@ -89,8 +89,8 @@ QUERIES: list[tuple[str, str, str]] = [
     ("v_landing_pages",
      "SELECT landing_path, sessions, visitors, leads FROM v_landing_pages WHERE site_id = '{site}' "
      "ORDER BY landing_path",
-     "SELECT entry_path, count(), uniqExact(anonymous_id), (SELECT uniqExact(lead_id) FROM lead_events AS l "
-     "WHERE l.site_id = '{site}' AND l.landing_path = s.entry_path) FROM (" + SESSIONS_RAW + ") AS s "
+     "SELECT entry_path, count(), uniqExact(anonymous_id), ifNull((SELECT uniqExact(lead_id) FROM lead_events AS l "
+     "WHERE l.site_id = '{site}' AND l.landing_path = s.entry_path), 0) FROM (" + SESSIONS_RAW + ") AS s "
      "GROUP BY entry_path ORDER BY entry_path"),
     ("v_channels",
      "SELECT channel, utm_source, utm_medium, utm_campaign, sessions, visitors FROM v_channels "
