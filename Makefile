@@ -1,18 +1,24 @@
-# clickstream — `make run` (install + serve on embedded ClickHouse), `make test` (every test).
+# clickstream — `make run` (install + serve on embedded ClickHouse), `make test` (sets itself up, runs every test).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint unit bench demo clean
+.PHONY: install system run test lint unit bench demo clean
 
+# Quiet unless something fails: pip's output goes to $(VENV)/install.log and is shown on failure.
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $@
+	@echo "installing clickstream and its test tools into $(VENV) (log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[test]'; } > $(VENV)/install.log 2>&1 \
+		|| { cat $(VENV)/install.log; echo "install failed (log above)"; exit 1; }
+	@touch $@
 
 install: $(VENV)/.installed
+
+# System packages the tests need (chromium, wrk, node/npm): installed as root on Debian, else explained.
+system:
+	@bash tests/setup-system.sh
 
 DATA_DIR ?= data
 
@@ -27,9 +33,10 @@ run: install $(DATA_DIR)/.admin_token $(DATA_DIR)/.stitch_token
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy clickstream collector flusher stitcher load deploy
+	$(BIN)/mypy clickstream collector flusher stitcher reports load deploy
+	$(BIN)/lint-imports
 
-test: install lint
+test: system install lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: install

@@ -1,10 +1,10 @@
-"""clickstream: beacon -> collector -> durable spool -> flusher -> ClickHouse, plus the lead stitcher."""
+"""clickstream: beacon -> collector -> durable spool -> flusher -> ClickHouse, plus the lead stitcher.
 
-from pathlib import Path
+Layers (docs/architecture.md): `clickstream.core` at the bottom; the components `collector`,
+`flusher`, `stitcher` and `reports` above it; `clickstream.cli`, `clickstream.runner` and
+`clickstream.web` on top.
+"""
 
-__version__ = "0.1.0"
+from clickstream.core.resources import version
 
-#: Repository root when installed editable (`pip install -e .`): schemas/ and sql/ live there.
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS_DIR = ROOT / "schemas"
-SQL_DIR = ROOT / "sql"
+__version__ = version()

@@ -1,6 +1,7 @@
-"""`clickstream` command line (click). Commands and options: shared/ARCHITECTURE.md "Command line".
+"""`clickstream` command line (click). Commands and options: docs/architecture.md "Command line".
 
-Every option is also `CLICKSTREAM_<OPTION>`; an option given on the command line wins.
+Every option is also `CLICKSTREAM_<OPTION>`; an option given on the command line wins. Help texts
+and defaults come from the settings themselves (clickstream.core.settings.describe).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from clickstream.settings import Settings, SettingsError
+from clickstream.core.settings import Settings, SettingsError, describe
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -30,12 +31,10 @@ def _logging(settings: Settings) -> None:
     )
 
 
-_host = click.option("--host", default=None, help="Bind address [CLICKSTREAM_HOST, default 127.0.0.1]")
-_port = click.option("--port", type=int, default=None, help="Port [CLICKSTREAM_PORT, default 8000]")
-_data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                         help="Data directory [CLICKSTREAM_DATA_DIR, default ./data]")
-_ch_url = click.option("--clickhouse-url", default=None,
-                       help="chdb:///path or http(s)://user:pass@host:8123/db [CLICKSTREAM_CLICKHOUSE_URL]")
+_host = click.option("--host", default=None, help=describe("host"))
+_port = click.option("--port", type=int, default=None, help=describe("port"))
+_data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=describe("data_dir"))
+_ch_url = click.option("--clickhouse-url", default=None, help=describe("clickhouse_url"))
 
 
 @click.group()
@@ -90,11 +89,11 @@ def flusher(host: str | None, port: int | None, data_dir: Path | None, clickhous
 @_ch_url
 def migrate(data_dir: Path | None, clickhouse_url: str | None) -> None:
     """Apply the sql/ migrations (idempotent) and print what was applied."""
-    from clickstream.runner import open_clickhouse
+    from clickstream.core.clickhouse import open_clickhouse
 
     settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
     _logging(settings)
-    open_clickhouse(settings)
+    open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days).close()
     click.echo("migrations up to date")
 
 
@@ -112,14 +111,14 @@ def sql(query: str, fmt: str, data_dir: Path | None, clickhouse_url: str | None,
     Against a ClickHouse server URL directly; on the embedded directory when no process holds it;
     else through the running `clickstream serve` (POST /sql with CLICKSTREAM_ADMIN_TOKEN).
     """
-    from clickstream.query import run_cli_query
+    from reports.query import run_cli_query
 
     settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
     try:
         result = run_cli_query(settings, query, server_url)
     except Exception as exc:  # every failure is shown as a message, not a traceback
         raise click.ClickException(str(exc)) from exc
-    from clickstream.sqlapi import dumps, format_table
+    from reports.sql import dumps, format_table
 
     if fmt == "json":
         for row in result["rows"]:
@@ -150,10 +149,10 @@ def import_(file: Path, user_agent: str | None, flush: bool, data_dir: Path | No
     result = import_file(settings, file, user_agent=user_agent or DEFAULT_USER_AGENT)
     summary = result.as_json()
     if flush:
-        from clickstream.runner import open_clickhouse
+        from clickstream.core.clickhouse import open_clickhouse
         from flusher.loop import Flusher
 
-        client = open_clickhouse(settings)
+        client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
         try:
             summary["flushed_rows"] = Flusher(settings, client).drain()
         finally:
@@ -172,7 +171,7 @@ def import_(file: Path, user_agent: str | None, flush: bool, data_dir: Path | No
 def experiments(site: str | None, experiment: str | None, fmt: str, data_dir: Path | None,
                 clickhouse_url: str | None) -> None:
     """Per variant: visitors, converters, rate, lift with 95% interval, p-value, chance to beat control, SRM."""
-    from stitcher.experiments import run_report
+    from reports.experiments import run_report
 
     settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
     try:
@@ -188,7 +187,7 @@ def experiments(site: str | None, experiment: str | None, fmt: str, data_dir: Pa
 @_ch_url
 def stitcher(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None) -> None:
     """Run the stitcher alone (POST /stitch) against a ClickHouse server."""
-    from stitcher.service import run_stitcher
+    from clickstream.runner import run_stitcher
 
     settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url)
     _logging(settings)
@@ -223,9 +222,9 @@ def load(url: str, events: int | None, rate: float | None, duration_s: float | N
     settings = _settings(data_dir=data_dir)
     given_dir = data_dir or (settings.data_dir if "CLICKSTREAM_DATA_DIR" in os.environ else None)
     options = LoadOptions(url=url.rstrip("/"), events=events, rate=rate, duration_s=duration_s, seed=seed,
-                          concurrency=concurrency, stitch_token=settings.stitch_token,
-                          admin_token=settings.admin_token, data_dir=given_dir, out_dir=out_dir, audit=audit,
-                          audit_timeout_s=audit_timeout_s)
+                          concurrency=concurrency, stitch_token=settings.stitch_token.get_secret_value(),
+                          admin_token=settings.admin_token.get_secret_value(), data_dir=given_dir,
+                          out_dir=out_dir, audit=audit, audit_timeout_s=audit_timeout_s)
     sys.exit(run(options))
 
 

@@ -1,18 +1,15 @@
-"""Compose an ASGI app from components (collector, flusher, stitcher, SQL endpoint).
+"""Compose an ASGI app from components (clickstream.core.component.Component).
 
-A component may provide `routes()`, `start()`, `stop()` (sync or async), `readiness()` ->
-[(check, ok, detail)] and `update_gauges()`. Components start in order and stop in reverse;
-`stop` of the collector runs before the flusher's so that `serve` on SIGTERM stops accepting,
-seals the spool, then flushes everything spooled (issue 3, `clickstream serve`).
+Components start in order and stop in reverse: `stop` of the collector runs before the
+flusher's, so that `serve` on SIGTERM stops accepting, seals the spool, then flushes everything
+spooled (docs/architecture.md "Command line").
 Also serves `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text format).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,11 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-
-async def _call(fn: Any) -> None:
-    result = fn()
-    if inspect.isawaitable(result):
-        await result
+from clickstream.core.component import Component
 
 
 class OriginOnlyCORS(CORSMiddleware):
@@ -50,7 +43,7 @@ class OriginOnlyCORS(CORSMiddleware):
 
 
 def create_app(
-    components: Sequence[Any],
+    components: Sequence[Component],
     registry: CollectorRegistry,
     *,
     cors_allow_origins: Sequence[str] = ("*",),
@@ -61,19 +54,18 @@ def create_app(
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
-        checks = [c for comp in components if hasattr(comp, "readiness") for c in comp.readiness()]
-        ok = all(passed for _, passed, _ in checks)
-        body = {"ready": ok, "checks": {name: {"ok": passed, "detail": detail} for name, passed, detail in checks}}
+        checks = [check for comp in components for check in comp.readiness()]
+        ok = all(check.ok for check in checks)
+        body = {"ready": ok, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}}
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
     async def metrics(request: Request) -> Response:
         for comp in components:
-            if hasattr(comp, "update_gauges"):
-                comp.update_gauges()
+            comp.update_gauges()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # the components' routes first: POST /collect, the hot path, is then matched at the first try
-    routes: list[BaseRoute] = [route for comp in components if hasattr(comp, "routes") for route in comp.routes()]
+    routes: list[BaseRoute] = [route for comp in components for route in comp.routes()]
     routes += [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -82,17 +74,15 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        started: list[Any] = []
+        started: list[Component] = []
         try:
             for comp in components:
-                if hasattr(comp, "start"):
-                    await _call(comp.start)
+                comp.start()
                 started.append(comp)
             yield
         finally:
             for comp in reversed(started):
-                if hasattr(comp, "stop"):
-                    await _call(comp.stop)
+                comp.stop()
 
     any_origin = "*" in cors_allow_origins
     middleware = [

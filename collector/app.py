@@ -1,7 +1,10 @@
 """The collector's HTTP side: `POST /collect`, `GET /beacon.js`, and its readiness check.
 
-Contract: shared/ARCHITECTURE.md "HTTP". Status mapping lives in one place (`_error_answer`):
-400 invalid, 413 too large, 415 unsupported media type, 503 + Retry-After for back-pressure.
+Contract: docs/architecture.md "HTTP". Refused requests raise clickstream.core.errors
+(400 invalid, 413 too large, 415 unsupported media type, 503 + Retry-After for back-pressure),
+turned into an answer in one place (`Collector.answer`), with the RejectReason as error code.
+A client that disconnects before its body arrived is counted
+(`clickstream_client_disconnects_total`) and not answered.
 """
 
 from __future__ import annotations
@@ -14,29 +17,30 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import orjson
 import rjsmin
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from clickstream.settings import Settings
+from clickstream.core import resources
+from clickstream.core.component import Check
+from clickstream.core.errors import ClickstreamError, HttpAnswer, Unavailable, UnsupportedMediaType
+from clickstream.core.http import ClientDisconnect, receive_body
+from clickstream.core.settings import Settings
+from clickstream.core.spool import SpoolError, SpoolFullError, SpoolWriter
 from collector.metrics import CollectorMetrics
-from collector.pipeline import IpHasher, RequestError, parse_body, process
+from collector.pipeline import IpHasher, parse_body, process, rejected_reason
 from collector.rejected import RejectedStore
-from collector.spool import SpoolError, SpoolFullError, SpoolWriter
 from collector.validation import EventValidator, RejectReason
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-_JSON = "application/json"
+_JSON_HEADERS = [(b"content-type", b"application/json")]
 _ACCEPTED_TYPES = ("application/json", "text/plain")
-RETRY_AFTER_S = "1"  # seconds a client should wait after a 503 (the flusher drains in ~1 s)
-
-
 _SECRET_BYTES = 32
 
 
@@ -65,51 +69,9 @@ def _secret(data_dir: Path) -> bytes:
     return value
 
 
-class BodyTooLarge(Exception):
-    """More than the body limit was declared (Content-Length) or received (streamed)."""
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or BodyTooLarge once more than `limit` bytes are declared or streamed
-    (a missing or lying Content-Length cannot get past it). Raises ClientDisconnect."""
-    return await receive_body(request.receive, request.headers.get("content-length"), limit)
-
-
-async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
-    """The body from ASGI `http.request` messages (`content_length`: the header's value or None).
-
-    Raises BodyTooLarge when more than `limit` bytes are declared or arrive, ClientDisconnect on
-    `http.disconnect` before the end.
-    """
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        if not message.get("more_body", False):
-            if not chunks:
-                return chunk  # the common case: one message, no copy
-            chunks.append(chunk)
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-class _Answer(NamedTuple):
-    status: int
-    body: bytes
-    retry_after: bool = False
-
-
 class _CollectEndpoint:
     """`POST /collect` as a raw ASGI app (Starlette routes to it directly: no Request/Response
-    objects on the hot path). Same statuses, bodies and headers as `Collector.collect`."""
+    objects on the hot path)."""
 
     def __init__(self, collector: Collector) -> None:
         self.collector = collector
@@ -126,10 +88,9 @@ class _CollectEndpoint:
         client = scope.get("client")
         answer = await self.collector.answer(receive, content_type, content_length, user_agent,
                                              client[0] if client else None)
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer.body))]
-        if answer.retry_after:
-            headers.append((b"retry-after", RETRY_AFTER_S.encode()))
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        if answer is None:  # the client is gone: nobody to answer
+            return
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.body})
 
 
@@ -169,13 +130,13 @@ class Collector:
         self.spool.close()
         self.rejected.close()
 
-    def readiness(self) -> list[tuple[str, bool, str]]:
-        """(check, ok, detail) for /readyz: spool directory writable, spool under its quota."""
+    def readiness(self) -> list[Check]:
+        """Checks for /readyz: spool directory writable, spool under its quota."""
         writable = os.access(self.settings.spool_dir, os.W_OK)
         under = not self.spool.over_quota()
         return [
-            ("spool_writable", writable, str(self.settings.spool_dir)),
-            ("spool_under_quota", under, f"{self.spool.bytes_used}/{self.spool.max_bytes} bytes"),
+            Check("spool_writable", writable, str(self.settings.spool_dir)),
+            Check("spool_under_quota", under, f"{self.spool.bytes_used}/{self.spool.max_bytes} bytes"),
         ]
 
     def update_gauges(self) -> None:
@@ -183,7 +144,7 @@ class Collector:
         self.metrics.spool_bytes.set(self.spool.bytes_used)
         self.metrics.spool_sealed_segments.set(len(list(self.settings.spool_dir.glob("*.seg"))))
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> Sequence[BaseRoute]:
         """`POST /collect` (raw ASGI, see `_CollectEndpoint`) and `GET /beacon.js`."""
         return [
             Route("/collect", _CollectEndpoint(self), methods=["POST"]),
@@ -191,48 +152,40 @@ class Collector:
         ]
 
     # -- handlers --------------------------------------------------------------------------
-    async def collect(self, request: Request) -> Response:
-        """`POST /collect` as a Starlette endpoint (the route uses the equivalent raw ASGI path)."""
-        client = request.client
-        answer = await self.answer(request.receive, request.headers.get("content-type"),
-                                   request.headers.get("content-length"), request.headers.get("user-agent"),
-                                   client.host if client else None)
-        headers = {"Retry-After": RETRY_AFTER_S} if answer.retry_after else None
-        return Response(answer.body, status_code=answer.status, media_type=_JSON, headers=headers)
-
     async def answer(self, receive: Receive, content_type: str | None, content_length: str | None,
-                     user_agent: str | None, client_host: str | None) -> _Answer:
-        """Run one `POST /collect`: parse -> validate -> stamp -> append -> answer (status, JSON body).
+                     user_agent: str | None, client_host: str | None) -> HttpAnswer | None:
+        """Run one `POST /collect`: parse -> validate -> stamp -> append -> answer.
 
         Header values are as received (None when absent); `client_host` is the peer address
-        (after uvicorn's proxy-header handling), hashed and never stored.
+        (after uvicorn's proxy-header handling), hashed and never stored. Returns the answer,
+        or None when the client disconnected before its body arrived (counted, nothing spooled).
         """
         try:
             return await self._collect(receive, content_type, content_length, user_agent, client_host)
-        except RequestError as exc:
-            return self._error_answer(exc)
-        except ClientDisconnect:  # page unload mid-upload: nobody reads the answer, nothing spooled
-            self.metrics.request(499)
-            return _Answer(400, b"")
+        except ClickstreamError as exc:  # the one place a refused request becomes an answer
+            exc.extra = {"accepted": 0, "rejected": 0, "errors": [], **exc.extra}  # the shape of POST /collect
+            self.metrics.request(exc.status)
+            self.metrics.rejected(rejected_reason(exc))
+            return exc.answer()
+        except ClientDisconnect:  # page unload mid-upload: nobody reads an answer
+            self.metrics.client_disconnects.inc()
+            return None
 
     async def _collect(self, receive: Receive, content_type: str | None, content_length: str | None,
-                       user_agent: str | None, client_host: str | None) -> _Answer:
+                       user_agent: str | None, client_host: str | None) -> HttpAnswer:
         ctype = (content_type or "text/plain").split(";", 1)[0].strip().lower()
         if ctype not in _ACCEPTED_TYPES:
-            raise RequestError(415, RejectReason.UNSUPPORTED_MEDIA_TYPE,
-                               f"Content-Type {ctype!r} not accepted: use application/json or text/plain")
+            raise UnsupportedMediaType(f"Content-Type {ctype!r} not accepted: use application/json or text/plain",
+                                       code=RejectReason.UNSUPPORTED_MEDIA_TYPE)
         if self.spool.over_quota():
-            raise RequestError(503, RejectReason.SPOOL_FULL, "spool over quota; retry later")
-        try:
-            body = await receive_body(receive, content_length, self.settings.max_body_bytes)
-        except BodyTooLarge:
-            raise RequestError(413, RejectReason.BODY_TOO_LARGE,
-                               f"body exceeds {self.settings.max_body_bytes} bytes") from None
+            raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL)
+        body = await receive_body(receive, content_length, self.settings.max_body_bytes,
+                                  code=RejectReason.BODY_TOO_LARGE)
         try:
             events = parse_body(body, self.settings.max_batch_events)
-        except RequestError as exc:
+        except ClickstreamError as exc:
             # malformed, empty or oversized batch: the body (<= max_body_bytes) is kept as sent
-            self.rejected.add([{"reason": exc.reason.value, "index": None, "path": "",
+            self.rejected.add([{"reason": exc.code, "index": None, "path": "",
                                 "message": exc.message, "body": body.decode("utf-8", "replace")}])
             raise
         outcome = process(
@@ -248,16 +201,16 @@ class Collector:
             try:
                 position = self.spool.append(outcome.records)
             except SpoolFullError:
-                raise RequestError(503, RejectReason.SPOOL_FULL, "spool over quota; retry later") from None
+                raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL) from None
             except (OSError, SpoolError) as exc:  # ENOSPC, EIO, closed at shutdown: back-pressure
-                raise RequestError(503, RejectReason.SPOOL_UNAVAILABLE,
-                                   f"spool cannot take writes ({exc}); retry later") from None
+                raise Unavailable(f"spool cannot take writes ({exc}); retry later",
+                                  code=RejectReason.SPOOL_UNAVAILABLE) from None
             if self.settings.spool_fsync_interval_ms == 0:
                 try:
                     await asyncio.to_thread(self.spool.sync_to, position)
                 except OSError as exc:  # written but not durable: the client retries (same event_id)
-                    raise RequestError(503, RejectReason.SPOOL_UNAVAILABLE,
-                                       f"spool cannot fsync ({exc}); retry later") from None
+                    raise Unavailable(f"spool cannot fsync ({exc}); retry later",
+                                      code=RejectReason.SPOOL_UNAVAILABLE) from None
             self.metrics.events_accepted.inc(len(outcome.records))
         if outcome.errors:
             self.rejected.add(outcome.rejected_entries, body=body)
@@ -265,20 +218,12 @@ class Collector:
                 self.metrics.rejected(err.reason)
         status = 202 if outcome.records else 400
         self.metrics.request(status)
-        payload = {
+        payload = orjson.dumps({
             "accepted": len(outcome.records),
             "rejected": len(outcome.errors),
             "errors": [e.as_json() for e in outcome.errors],
-        }
-        return _Answer(status, orjson.dumps(payload))
-
-    def _error_answer(self, exc: RequestError) -> _Answer:
-        """The one place a refused request becomes a status: 400, 413, 415, or 503 + Retry-After."""
-        self.metrics.request(exc.status)
-        self.metrics.rejected(exc.reason)
-        payload = {"accepted": 0, "rejected": 0, "errors": [], "error": exc.reason.value,
-                   "message": exc.message}
-        return _Answer(exc.status, orjson.dumps(payload), retry_after=exc.status == 503)
+        })
+        return HttpAnswer(status, [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))], payload)
 
     async def beacon(self, request: Request) -> Response:
         """`GET /beacon.js`: the tracker minified (rjsmin), gzip-encoded when the client accepts it,
@@ -306,7 +251,7 @@ class BeaconScript(NamedTuple):
 def beacon_script() -> BeaconScript:
     """collector/static/beacon.js minified once per process (readable source in the repo, ~2.9 KB
     gzipped on the wire). Raises FileNotFoundError when the file is missing."""
-    source = (STATIC_DIR / "beacon.js").read_text()
+    source = resources.static("collector", "beacon.js").read_text()
     minified = rjsmin.jsmin(source).encode()
     return BeaconScript(minified, gzip.compress(minified, 9, mtime=0),
                         '"' + hashlib.sha256(minified).hexdigest()[:16] + '"')

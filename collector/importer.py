@@ -17,8 +17,6 @@ flusher drops repeated event ids it still remembers; see flusher.loop).
 from __future__ import annotations
 
 import dataclasses
-import os
-import secrets
 import time
 import uuid
 from collections import Counter
@@ -28,14 +26,13 @@ from typing import Any
 
 import orjson
 
-from clickstream.settings import Settings
-from collector.pipeline import parse_ts
+from clickstream.core.settings import Settings
+from clickstream.core.spool import write_sealed_segment
+from clickstream.core.times import MIN_TS_MS, parse_ts
 from collector.rejected import RejectedStore
-from collector.spool import SEALED_SUFFIX, frame, fsync_dir
 from collector.validation import EventValidator, RejectReason
 
 IMPORT_NAMESPACE = uuid.UUID("6f1c7f8e-3b7a-4c1e-9a53-1f2d3c4b5a69")
-MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: the CHECK constraint of `events`
 DEFAULT_USER_AGENT = "Mozilla/5.0 (compatible; clickstream-import)"
 
 
@@ -49,19 +46,6 @@ class ImportResult:
 
     def as_json(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "rejected": dict(self.rejected), "segments": len(self.segments)}
-
-
-def write_sealed_segment(directory: Path, payloads: list[bytes]) -> str:
-    """Write records as one sealed segment (temp file, fsync, rename); return its id."""
-    segment_id = f"{time.time_ns() // 1000:017d}-{secrets.token_hex(4)}"
-    tmp = directory / f".import-{segment_id}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(b"".join(frame(p) for p in payloads))
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.rename(directory / (segment_id + SEALED_SUFFIX))
-    fsync_dir(directory)
-    return segment_id
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -16,6 +16,9 @@ class CollectorMetrics:
         r = self.registry
         self.requests = Counter("clickstream_requests", "HTTP requests to /collect by status", ["status"],
                                 registry=r)
+        self.client_disconnects = Counter("clickstream_client_disconnects",
+                                          "Requests whose client went away before the body arrived "
+                                          "(not answered, nothing spooled)", registry=r)
         self.events_accepted = Counter("clickstream_events_accepted", "Events appended to the spool",
                                        registry=r)
         self.events_rejected = Counter("clickstream_events_rejected",

@@ -10,11 +10,11 @@ ClickHouse has no function for:
 
 The record itself is not re-serialised: the collector wrote it with orjson as one JSON object,
 so the fields are appended to its bytes (`ingest_line`), which costs well under a microsecond.
+Everything here works on bytes as they sit in the record: no decode on the fast path.
 """
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -66,54 +66,36 @@ def agent(user_agent: str) -> Agent:
     )
 
 
-@lru_cache(maxsize=20000)
-def agent_fields(user_agent: str) -> bytes:
-    """`,"browser":…,"is_bot":0` — the parsed User-Agent as a JSON fragment, cached."""
-    return b"," + orjson.dumps(agent(user_agent)._asdict())[1:-1]
-
-
 _PREFIX = b'{"event_id":"'
 _UA_KEY = b'","user_agent":"'
 
 
-def record_keys(payload: bytes) -> tuple[str, str]:
-    """(event_id lower-cased, user_agent) of a spool record.
-
-    Fast path (~0.3 µs): the collector writes `event_id` and `user_agent` as the record's first
-    two keys (collector.pipeline), so both are sliced from fixed offsets. Any other layout, or a
-    User-Agent with JSON escapes, falls back to a full orjson parse. Raises orjson.JSONDecodeError,
-    KeyError or TypeError for a record that is not a JSON object with an event_id.
-    """
-    if payload.startswith(_PREFIX) and payload[49:65] == _UA_KEY:
-        end = payload.find(b'"', 65)
-        raw = payload[65:end]
-        if end > 0 and b"\\" not in raw:
-            return payload[13:49].decode().lower(), raw.decode()
-    event = orjson.loads(payload)
-    if not isinstance(event, dict):
-        raise TypeError("spool record is not a JSON object")
-    return str(event["event_id"]).lower(), str(event.get("user_agent", ""))
-
-
-def record_keys_raw(payload: bytes) -> tuple[bytes, bytes]:
+def record_keys(payload: bytes) -> tuple[bytes, bytes]:
     """(event_id lower-cased, user_agent as JSON string content) of a spool record, as bytes.
 
-    The flusher's per-record call: no decoding on the fast path, and the User-Agent stays in its
-    JSON-escaped form, which is what `agent_fields_raw` caches on. Raises like `record_keys`.
+    Fast path (~0.3 µs): the collector writes `event_id` and `user_agent` as the record's first
+    two keys (collector.pipeline.RECORD_LAYOUT), so both are sliced from fixed offsets and the
+    User-Agent stays in its JSON-escaped form, which is what `agent_fields` caches on. Any other
+    layout, or a User-Agent with JSON escapes, falls back to a full orjson parse. Raises
+    orjson.JSONDecodeError, KeyError or TypeError for a record that is not a JSON object with an
+    event_id.
     """
     if payload[:13] == _PREFIX and payload[49:65] == _UA_KEY:
         end = payload.find(b'"', 65)
         raw = payload[65:end]
         if end > 0 and b"\\" not in raw:
             return payload[13:49].lower(), raw
-    event_id, user_agent = record_keys(payload)
-    return event_id.encode(), orjson.dumps(user_agent)[1:-1]
+    event = orjson.loads(payload)
+    if not isinstance(event, dict):
+        raise TypeError("spool record is not a JSON object")
+    return str(event["event_id"]).lower().encode(), orjson.dumps(str(event.get("user_agent", "")))[1:-1]
 
 
 @lru_cache(maxsize=20000)
-def agent_fields_raw(user_agent_json: bytes) -> bytes:
-    """`agent_fields` keyed by the User-Agent's JSON string content (as it sits in the record)."""
-    return agent_fields(orjson.loads(b'"' + user_agent_json + b'"'))
+def agent_fields(user_agent_json: bytes) -> bytes:
+    """`,"browser":…,"is_bot":0`: the parsed User-Agent as a JSON fragment, keyed by the User-Agent's
+    JSON string content (as it sits in the record), cached."""
+    return b"," + orjson.dumps(agent(orjson.loads(b'"' + user_agent_json + b'"'))._asdict())[1:-1]
 
 
 def position_prefix(segment_id: str) -> bytes:
@@ -121,14 +103,8 @@ def position_prefix(segment_id: str) -> bytes:
     return b',"spool_segment":"' + segment_id.encode() + b'","spool_offset":'
 
 
-def ingest_line(payload: bytes, user_agent: str, segment_id: str, offset: int) -> bytes:
-    """One `events_ingest` JSONEachRow line: the record's JSON object with the spool position and
-    User-Agent fields appended. `payload` must be a JSON object as the collector writes it."""
-    return b"".join((payload[:-1], b',"spool_segment":"', segment_id.encode(), b'","spool_offset":',
-                     str(offset).encode(), agent_fields(user_agent), b"}"))
-
-
-def ch_datetime(ms: int) -> str:
-    """Epoch ms -> 'YYYY-MM-DD hh:mm:ss.mmm' (UTC), the unambiguous DateTime64(3) text form
-    (ClickHouse reads a bare JSON integer for DateTime64 as seconds)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+def ingest_line(payload: bytes, prefix: bytes, offset: int, fields: bytes) -> bytes:
+    """One `events_ingest` JSONEachRow line: the record's JSON object with the spool position
+    (`prefix` from `position_prefix`, `offset`) and User-Agent `fields` (`agent_fields`) appended.
+    `payload` must be a JSON object as the collector writes it."""
+    return b"".join((payload[:-1], prefix, b"%d" % offset, fields, b"}"))

@@ -3,25 +3,25 @@
 Rows go to `events_ingest` (sql/0007_ingest.sql), whose materialized view enriches them into
 `events`; the flusher only appends the spool position and the parsed User-Agent (flusher.enrich).
 
-Exactly once (ARCHITECTURE.md "Exactly once"): a segment is cut into batches of at most
+Exactly once (docs/architecture.md "Exactly once"): a segment is cut into batches of at most
 `flush_max_rows` records from offset 0, so the batches of a sealed segment are the same on every
 run; each batch is inserted with `insert_deduplication_token = "<segment>:<first offset>-<end>"`
 and the segment is deleted only after ClickHouse confirmed every batch. A crash between insert
 and delete re-inserts the same ranges with the same tokens, which ClickHouse drops (the window
 is set on `events` and on every materialized-view target).
 
-Failures (issue 3): a transient error (connection, timeout, too many parts: any error that is
+Failures: a transient error (connection, timeout, too many parts: any error that is
 not a data error) is retried with capped, jittered exponential backoff (tenacity) while the
-spool keeps the data; a data error (flusher.clickhouse.DATA_ERROR_CODES) splits the batch in
+spool keeps the data; a data error (clickstream.core.clickhouse.DATA_ERROR_CODES) splits the batch in
 halves until the offending rows are alone, and those go to `dead_letters` with the error.
 Nothing is skipped without a counted reason (`clickstream_flusher_dead_letters_total{reason}`).
 
-Client retries (issue 5: "event_id per event so retries cannot double count"): a browser that
-lost a 202 sends the same events again, so the same `event_id` can sit at two spool positions.
-The flusher remembers the spool position of the last `dedup_max_ids` event ids (rebuilt from
-`events` at start) and drops a record whose event_id it already holds at another position,
-counted as `clickstream_flusher_duplicates_total`. The same record at the same position (a
-re-flush after a crash) is not a duplicate: the dedup token takes care of it.
+Client retries: a browser that lost a 202 sends the same events again, so the same `event_id`
+can sit at two spool positions. The flusher remembers the spool position of the last
+`dedup_max_ids` event ids (rebuilt from `events` at start; first in, first out, evicted in O(1))
+and drops a record whose event_id it already holds at another position, counted as
+`clickstream_flusher_duplicates_total`. The same record at the same position (a re-flush after a
+crash) is not a duplicate: the dedup token takes care of it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,18 +39,21 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import BaseRoute
 from tenacity import Retrying, retry_if_exception, stop_any, stop_when_event_set, wait_random_exponential
 
-from clickstream.settings import Settings
-from collector.spool import CorruptSegmentError, Record, SegmentInfo, SpoolReader, SpoolWriter, scan
+from clickstream.core.clickhouse import ClickHouseSink, Sink, error_code, is_data_error, ping_check
+from clickstream.core.component import Check
+from clickstream.core.settings import Settings
+from clickstream.core.spool import CorruptSegmentError, Record, SegmentInfo, SpoolReader, SpoolWriter, scan
+from clickstream.core.times import ch_datetime
 from flusher import enrich
-from flusher.clickhouse import ClickHouseSink, Sink, error_code, is_data_error
 
 log = logging.getLogger(__name__)
 
 
 class FlusherMetrics:
-    """Rows flushed, batches, retries, dead letters by reason, flush lag (issue 3 "Metrics")."""
+    """Rows flushed, batches, retries, dead letters by reason, duplicates, flush lag."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
@@ -83,11 +87,6 @@ class _Prepared:
     missing: bool = False
 
 
-def segment_created_s(segment_id: str) -> float:
-    """Creation time (epoch seconds) encoded in a segment id `<µs>-<hex>`."""
-    return int(segment_id.split("-", 1)[0]) / 1e6
-
-
 class Flusher:
     """Moves sealed spool segments into ClickHouse; a `web.create_app` component in `serve`."""
 
@@ -117,7 +116,10 @@ class Flusher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
-        self._seen: dict[bytes, tuple[str, int]] = {}
+        # TRICKY: an OrderedDict, not a dict: evicting the oldest of a plain dict with
+        # `del d[next(iter(d))]` is O(n) (iteration walks the deleted slots at the front), 96 µs
+        # per event at 1M ids; popitem(last=False) is O(1) (BENCHMARKS.md "Flusher dedup memory").
+        self._seen: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher-prep")
         self._seen_max = settings.dedup_max_ids
         if client is not None:
@@ -140,7 +142,7 @@ class Flusher:
             return known != position
         self._seen[event_id] = position
         if len(self._seen) > self._seen_max:
-            del self._seen[next(iter(self._seen))]
+            self._seen.popitem(last=False)
         return False
 
     # -- component lifecycle ---------------------------------------------------------------
@@ -174,19 +176,15 @@ class Flusher:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def readiness(self) -> list[tuple[str, bool, str]]:
-        if self.client is None:
-            return []
-        try:
-            ok = bool(self.client.ping())
-        except Exception as exc:  # readiness reports, it does not raise
-            return [("clickhouse_reachable", False, str(exc)[:200])]
-        return [("clickhouse_reachable", ok, "")]
+    def routes(self) -> list[BaseRoute]:
+        return []
+
+    def readiness(self) -> list[Check]:
+        return [] if self.client is None else [ping_check(self.client)]
 
     def update_gauges(self) -> None:
-        oldest = [s.segment_id for s in self.reader.sealed_segments()[:1]]
-        oldest += [s.segment_id for s in self.reader.open_segments()[:1]]
-        self.metrics.lag.set(max(0.0, time.time() - min(segment_created_s(s) for s in oldest)) if oldest else 0.0)
+        oldest = self.reader.sealed_segments()[:1] + self.reader.open_segments()[:1]
+        self.metrics.lag.set(max(0.0, time.time() - min(s.created_s for s in oldest)) if oldest else 0.0)
 
     # -- flushing --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -237,10 +235,6 @@ class Flusher:
             total += self.flush_once(seal=True)
         return total
 
-    def flush_segment(self, segment: SegmentInfo) -> int:
-        """Insert every record of one sealed segment, then delete it. Returns rows inserted."""
-        return self._commit(self._prepare(segment))
-
     def _prepare(self, segment: SegmentInfo) -> _Prepared:
         """Read a segment and turn its records into `events_ingest` lines, in batches (no I/O to
         ClickHouse: runs on the prep thread)."""
@@ -254,9 +248,9 @@ class Flusher:
             prepared.missing = True
             return prepared
         # TRICKY: the hot loop of the flusher (~200k records/s): locals, bytes all the way, the
-        # per-segment prefix built once; equivalent to enrich.ingest_line (tested).
+        # per-segment prefix built once.
         prefix = enrich.position_prefix(segment.segment_id)
-        keys, fields, join, seen = enrich.record_keys_raw, enrich.agent_fields_raw, b"".join, self._is_duplicate
+        keys, fields, line, seen = enrich.record_keys, enrich.agent_fields, enrich.ingest_line, self._is_duplicate
         for start in range(0, len(records), self.max_rows):
             items: list[tuple[Record, bytes]] = []
             append = items.append
@@ -271,7 +265,7 @@ class Flusher:
                 if seen(event_id, record):
                     prepared.duplicates += 1
                     continue
-                append((record, join((payload[:-1], prefix, b"%d" % record.offset, agent, b"}"))))
+                append((record, line(payload, prefix, record.offset, agent)))
             if items:
                 prepared.batches.append(items)
         return prepared
@@ -320,7 +314,7 @@ class Flusher:
         now = time.time()
         rows = b"\n".join(
             orjson.dumps({
-                "failed_at": enrich.ch_datetime(int(now * 1000)), "error_code": code, "error": error,
+                "failed_at": ch_datetime(int(now * 1000)), "error_code": code, "error": error,
                 "spool_segment": r.segment_id, "spool_offset": r.offset,
                 "payload": r.payload.decode("utf-8", "replace"),
             })

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from collector.rejected import RejectedStore
 from load.driver import Ledger
 from load.model import Truth
+from reports.query import query_server
 
 Query = Callable[[str], list[dict[str, Any]]]
 CHUNKS = 16
@@ -30,12 +29,8 @@ def http_query(base_url: str, admin_token: str) -> Query:
     """Run SQL through a running serve's POST /sql (read only)."""
 
     def query(sql: str) -> list[dict[str, Any]]:
-        response = httpx.post(f"{base_url}/sql", content=sql.encode(), timeout=300,
-                              headers={"Authorization": f"Bearer {admin_token}"})
-        body = response.json()
-        if response.status_code != 200:
-            raise RuntimeError(f"POST /sql {response.status_code}: {body.get('message')}")
-        return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+        result = query_server(base_url, admin_token, sql)
+        return [dict(zip(result["columns"], row, strict=True)) for row in result["rows"]]
 
     return query
 

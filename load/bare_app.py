@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from clickstream.core.settings import Settings
 from clickstream.runner import run_uvicorn
-from clickstream.settings import Settings
 
 _ANSWER = b'{"accepted":1,"rejected":0,"errors":[]}'
 

@@ -1,4 +1,4 @@
-"""Benchmark of `POST /collect` against a bare Starlette endpoint (issue 2), driven by wrk.
+"""Benchmark of `POST /collect` against a bare Starlette endpoint, driven by wrk.
 
 Both servers run in the same run with the same uvicorn settings (`clickstream.runner.run_uvicorn`:
 uvloop, httptools, no access log, one worker), pinned to CPU 0 with `taskset -c 0`; wrk is pinned
@@ -14,7 +14,7 @@ round's ratio. Each run also records the server's CPU time per request (user + s
 threads, from /proc/<pid>/stat): unlike requests/s it barely moves when other processes share
 the core, so `cpu_ratio` (bare CPU per request / collector CPU per request) is reported beside it.
 
-Targets (issue 2): single events >= 0.85 x the bare endpoint's requests/s; 50-event batches
+Targets: single events >= 0.85 x the bare endpoint's requests/s; 50-event batches
 >= 100,000 events/s on one core. A run with non-2xx answers or socket errors is marked invalid.
 Results: a JSON file in load/results/ (gitignored) and a Markdown table on stdout.
 """
@@ -38,7 +38,8 @@ from typing import Any
 
 import orjson
 
-from collector.spool import SpoolReader
+from clickstream.core.spool import SpoolReader
+from load.procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "load" / "results"
@@ -73,13 +74,6 @@ def beacon_event(now_ms: int, n: int) -> dict[str, Any]:
         "screen": {"w": 1440, "h": 900},
         "lang": "en-US",
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -171,7 +165,7 @@ def run() -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
     env["CLICKSTREAM_LOG_LEVEL"] = "warning"
     env["CLICKSTREAM_SPOOL_MAX_BYTES"] = str(64 * 1024**3)
-    ports = {"bare": _free_port(), "collector": _free_port()}
+    ports = {"bare": free_port(), "collector": free_port()}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     started = dt.datetime.now(dt.UTC)
     results: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Flusher throughput vs ClickHouse's own insert of the same rows (issue 3 benchmark).
+"""Flusher throughput vs ClickHouse's own insert of the same rows.
 
 Method, in one process and one run, on embedded ClickHouse (chDB), each side on a fresh data
 directory with the full schema (events + every materialized view):
@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from clickstream.settings import Settings
+from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
+from clickstream.core.settings import Settings
+from clickstream.core.spool import SpoolReader, SpoolWriter
 from collector.pipeline import process
-from collector.spool import SpoolReader, SpoolWriter
 from collector.validation import EventValidator
 from flusher import enrich
-from flusher.clickhouse import INSERT_SETTINGS, connect, migrate
 from flusher.loop import Flusher
 from load.model import ModelConfig, generate
 from load.results import write_result
@@ -64,7 +62,8 @@ def run(n_events: int = 200_000, batch_rows: int = 50_000, seed: int = 3) -> dic
         writer.close()
         records = [r for seg in SpoolReader(work / "a" / "spool").sealed_segments()
                    for r in SpoolReader(work / "a" / "spool").records(seg)]
-        lines = [enrich.ingest_line(r.payload, orjson.loads(r.payload)["user_agent"], r.segment_id, r.offset)
+        lines = [enrich.ingest_line(r.payload, enrich.position_prefix(r.segment_id), r.offset,
+                                    enrich.agent_fields(enrich.record_keys(r.payload)[1]))
                  for r in records]
 
         client = connect(f"chdb://{work / 'a' / 'clickhouse'}")

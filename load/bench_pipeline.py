@@ -1,12 +1,12 @@
 """Pipeline benchmarks over HTTP: freshness at a steady rate, and peak RSS after 1 M events.
 
-freshness (issue 3): `clickstream serve` on embedded ClickHouse; an open-loop aiohttp sender
+freshness: `clickstream serve` on embedded ClickHouse; an open-loop aiohttp sender
 offers `rate` events/s in `probes_per_s` requests a second for `duration_s`; the first event of
 each request is a probe page view with its own session id. A poller asks POST /sql every 25 ms
 which probe sessions `v_sessions` shows. Freshness of a probe = time it became visible - time its
 202 arrived (resolution 25 ms). Reported: p50, p99, max, achieved rate; target p99 <= 2 s.
 
-rss (issue 6): `clickstream collector` and `clickstream flusher` as separate processes on one data
+rss: `clickstream collector` and `clickstream flusher` as separate processes on one data
 directory; 1 M events sent in 50-event batches as fast as 16 concurrent requests go; when the
 flusher has drained the spool, each process's VmHWM (peak resident set size) is read from /proc.
 """

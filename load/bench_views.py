@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flusher.clickhouse import INSERT_SETTINGS, connect, migrate
+from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
 from load.results import write_result
 
 SITE = "bench.example"

@@ -6,7 +6,7 @@ views, SPA page views, clicks, custom events), take part in two concurrent exper
 configurable true effect, and some convert (a stitch call). A fraction are bots and a fraction
 of events are invalid. The model knows what it generated (each session's channel, landing page,
 bounce, each visitor's variant), so `Truth` says what every view must show without using any
-code of the pipeline (no ClickHouse, no flusher.channel): an independent computation.
+code of the pipeline (no ClickHouse, no channel rules of the pipeline): an independent computation.
 
 Units: timestamps are epoch milliseconds (UTC). Sessions lie in
 [now - span_hours, now - 15 minutes], inside the collector's 72 h clock policy.

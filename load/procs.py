@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,15 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
+#: How a checkout runs the CLI; an installed wheel is `[<venv>/bin/clickstream]`.
+CLI = (sys.executable, "-m", "clickstream.cli")
+
+
 def start(command: str, data_dir: Path, env: dict[str, str] | None = None, ready_path: str = "/healthz",
-          timeout: float = 60, taskset: str = "") -> Proc:
-    """Start `python -m clickstream.cli <command>` on a free port and wait until `ready_path`
-    answers 200. Raises RuntimeError (with the log) when it exits or does not get ready."""
+          timeout: float = 60, taskset: str = "", program: Sequence[str] = CLI, cwd: Path = ROOT) -> Proc:
+    """Start `<program> <command>` (default `python -m clickstream.cli`) in `cwd` on a free port and
+    wait until `ready_path` answers 200. Raises RuntimeError (with the log) when it exits or does
+    not get ready."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
     full_env.update({"CLICKSTREAM_PORT": str(port), "CLICKSTREAM_HOST": "127.0.0.1",
@@ -73,8 +79,8 @@ def start(command: str, data_dir: Path, env: dict[str, str] | None = None, ready
     log_path = data_dir.parent / f"{data_dir.name}-{command.replace(' ', '-')}-{port}.log"
     prefix = ["taskset", "-c", taskset] if taskset else []
     with open(log_path, "wb") as log_fh:
-        proc = subprocess.Popen([*prefix, sys.executable, "-m", "clickstream.cli", *command.split()], env=full_env,
-                                stdout=log_fh, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen([*prefix, *program, *command.split()], env=full_env,
+                                stdout=log_fh, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

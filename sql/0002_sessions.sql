@@ -1,6 +1,6 @@
 -- Sessions, pre-aggregated per (site_id, session_id) as events arrive (PostHog's
 -- sessions table works the same way). A session is what the beacon's session_id groups
--- (ARCHITECTURE.md "Definitions"); its events may arrive in several flushes, so every column
+-- (docs/architecture.md "Definitions"); its events may arrive in several flushes, so every column
 -- is an aggregate state merged at read time by v_sessions:
 --   SimpleAggregateFunction(min/max/sum/any): the merge is the function itself, stored plain;
 --   argMin/argMax states for entry/exit path and first touch: "value at the earliest/latest

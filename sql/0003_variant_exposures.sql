@@ -1,7 +1,7 @@
 -- Variant exposures: per (site_id, experiment_id, variant_id) the exact set of exposed
 -- anonymous ids, each with its first exposure time. One row per visitor and variant, so counts
 -- are exact (uniqExact over the key), never HyperLogLog estimates: lift statistics on
--- approximate counts mislead at small samples (issue 3).
+-- approximate counts mislead at small samples.
 -- An exposure is any non-bot event carrying `variants` {experiment_id: variant_id}.
 -- SimpleAggregateFunction(min): merging keeps the earliest exposure.
 -- Dedup window: see 0002_sessions.sql.

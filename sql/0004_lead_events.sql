@@ -32,7 +32,7 @@ SETTINGS non_replicated_deduplication_window = 10000
 
 -- Conversions per visitor: how many leads and when the first and last happened. A visitor
 -- exposed at time t is a converter when some lead happened at or after t, which is exactly
--- last_lead_at >= t (ARCHITECTURE.md: converters have a lead_created after first exposure).
+-- last_lead_at >= t (docs/architecture.md: converters have a lead_created after first exposure).
 CREATE TABLE IF NOT EXISTS conversions
 (
     site_id        LowCardinality(String),

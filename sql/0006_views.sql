@@ -1,4 +1,4 @@
--- Dashboard views: the contract of ARCHITECTURE.md ("Views are the dashboard contract").
+-- Dashboard views: the contract of docs/architecture.md ("Views are the dashboard contract").
 -- CREATE OR REPLACE keeps the migration idempotent and lets a later release redefine a view.
 -- Bots (crawlerdetect / ua-parser "Spider") are kept in v_sessions with is_bot = 1 and left out
 -- of every other view.

@@ -1,6 +1,6 @@
 """Attribution at stitch time: the visitor's sessions and exposures -> first/last touch, landing, variants.
 
-Rules (issue 4, "Attribution"), for one anonymous id, up to `occurred_at`:
+Rules, for one anonymous id, up to `occurred_at`:
 - sessions are those of the visitor's non-bot events with ts <= occurred_at, grouped by the
   beacon's session_id, that started within the lookback window
   (`CLICKSTREAM_ATTRIBUTION_LOOKBACK_DAYS`); a session's touch is its earliest event's UTM,

@@ -23,7 +23,7 @@ import httpx
 import orjson
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from clickstream import __version__
+from clickstream.core.resources import version
 
 #: Backoff between attempts: random in [0, min(cap, multiplier * 2**attempt)] seconds.
 BACKOFF_MULTIPLIER_S = 0.2
@@ -128,7 +128,7 @@ class _Base:
         self.headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
-            "User-Agent": f"clickstream-stitch-client/{__version__}",
+            "User-Agent": f"clickstream-stitch-client/{version()}",
         }
 
     def _policy(self) -> dict[str, Any]:

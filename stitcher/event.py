@@ -12,14 +12,14 @@ import uuid
 from functools import cache
 from typing import Any
 
-import jsonschema_rs
 import orjson
 
-from clickstream import SCHEMAS_DIR
+from clickstream.core.resources import load_schema
+from clickstream.core.schema import SchemaValidator
+from clickstream.core.times import ch_datetime, parse_ts, rfc3339
 from stitcher.attribution import Attribution, Touch
-from stitcher.request import StitchRequest, format_timestamp, parse_timestamp_ms
+from stitcher.request import StitchRequest
 
-LEAD_SCHEMA_PATH = SCHEMAS_DIR / "lead_created.schema.json"
 SCHEMA_ID = "https://clickstream.dev/schemas/lead_created/1-0-0.json"
 #: Namespace of event ids: uuid5(NAMESPACE_URL, "https://clickstream.dev/lead_created"), fixed
 #: forever (changing it would give every lead a second event_id and break idempotency).
@@ -32,8 +32,8 @@ def event_id_for(lead_id: str) -> str:
 
 
 @cache
-def _validator() -> Any:
-    return jsonschema_rs.validator_for(orjson.loads(LEAD_SCHEMA_PATH.read_bytes()))
+def _validator() -> SchemaValidator:
+    return SchemaValidator(load_schema("lead_created.schema.json"))
 
 
 def _touch(touch: Touch) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def _touch(touch: Touch) -> dict[str, Any]:
         "referrer_host": touch.referrer_host,
         "channel": touch.channel,
         "landing_path": touch.landing_path,
-        "ts": None if touch.ts_ms is None else format_timestamp(touch.ts_ms),
+        "ts": None if touch.ts_ms is None else rfc3339(touch.ts_ms),
     }
 
 
@@ -63,27 +63,22 @@ def build_event(request: StitchRequest, attribution: Attribution, *, occurred_at
         "site_id": attribution.site_id,
         "anonymous_id": request.anonymous_id,
         "session_id": attribution.session_id,
-        "occurred_at": format_timestamp(occurred_at_ms),
+        "occurred_at": rfc3339(occurred_at_ms),
         "landing_path": attribution.landing_path,
         "first_touch": _touch(attribution.first_touch),
         "last_touch": _touch(attribution.last_touch),
         "variants": attribution.variants,
         "properties": request.properties,
-        "emitted_at": format_timestamp(emitted_at_ms),
+        "emitted_at": rfc3339(emitted_at_ms),
     }
-    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in _validator().iter_errors(event)]
+    errors = [f"{path}: {message}" for path, message in _validator().errors(event)]
     if errors:
         raise ValueError(f"lead_created does not satisfy {SCHEMA_ID}: {'; '.join(errors[:5])}")
     return orjson.dumps(event)
 
 
-def _ch_time(rfc3339: str | None) -> str | None:
-    # TRICKY: DateTime64 from JSONEachRow as "<seconds>.<millis>": unambiguous (epoch, UTC), while a
-    # bare JSON integer would be read as seconds and a date text in the server's zone settings.
-    if rfc3339 is None:
-        return None
-    ms = parse_timestamp_ms(rfc3339)
-    return f"{ms // 1000}.{ms % 1000:03d}"
+def _ch_time(rfc3339_text: str | None) -> str | None:
+    return None if rfc3339_text is None else ch_datetime(parse_ts(rfc3339_text))
 
 
 def lead_events_row(payload: bytes) -> bytes:

@@ -11,6 +11,9 @@ class StitcherMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.requests = Counter("clickstream_stitcher_requests", "POST /stitch answers", ["status"], registry=r)
+        self.client_disconnects = Counter("clickstream_stitcher_client_disconnects",
+                                          "POST /stitch requests whose client went away before the body "
+                                          "arrived (not answered)", registry=r)
         self.leads_created = Counter("clickstream_stitcher_leads_created",
                                      "lead_created events emitted (201)", registry=r)
         self.repeats = Counter("clickstream_stitcher_repeats",

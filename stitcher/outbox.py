@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from collector.spool import fsync_dir
+from clickstream.core.files import fsync_dir
 
 FILENAME = "outbox.sqlite3"
 

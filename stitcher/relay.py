@@ -28,8 +28,8 @@ import httpx
 from clickhouse_connect.driver.client import Client
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_random_exponential
 
-from clickstream import __version__
-from flusher.clickhouse import INSERT_SETTINGS, error_code, is_data_error
+from clickstream.core.clickhouse import INSERT_SETTINGS, error_code, is_data_error
+from clickstream.core.resources import version
 from stitcher.event import lead_events_row
 from stitcher.metrics import StitcherMetrics
 from stitcher.outbox import Entry, Outbox, State, Target
@@ -86,7 +86,7 @@ class WebhookDeliverer:
         self.url = url
         self.secret = secret.encode()
         self.http = httpx.Client(timeout=timeout_s, follow_redirects=False,
-                                 headers={"User-Agent": f"clickstream-stitcher/{__version__}"})
+                                 headers={"User-Agent": f"clickstream-stitcher/{version()}"})
 
     def deliver(self, entry: Entry) -> None:
         headers = {"Content-Type": "application/json", "Idempotency-Key": entry.event_id}

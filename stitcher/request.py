@@ -9,29 +9,21 @@ equal). `fingerprint` is the SHA-256 of its canonical JSON (sorted keys), kept i
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 from functools import cache
 from typing import Any
 
-import jsonschema_rs
 import orjson
 
-from clickstream import SCHEMAS_DIR
-from collector.pipeline import parse_ts
-from stitcher.errors import InvalidRequest
-
-REQUEST_SCHEMA_PATH = SCHEMAS_DIR / "stitch_request.schema.json"
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_ONE_MS = dt.timedelta(milliseconds=1)
-#: Earliest accepted occurred_at (2000-01-01T00:00:00Z, ms): the `events` table refuses older ts too.
-MIN_OCCURRED_AT_MS = 946_684_800_000
-MAX_ERROR_CHARS = 240
+from clickstream.core.errors import InvalidRequest
+from clickstream.core.resources import load_schema
+from clickstream.core.schema import SchemaValidator
+from clickstream.core.times import MIN_TS_MS, parse_ts
 
 
 @cache
-def _validator() -> Any:
-    return jsonschema_rs.validator_for(orjson.loads(REQUEST_SCHEMA_PATH.read_bytes()))
+def _validator() -> SchemaValidator:
+    return SchemaValidator(load_schema("stitch_request.schema.json"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,29 +53,6 @@ def differing_fields(original: bytes, repeat: StitchRequest) -> list[str]:
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
-def parse_timestamp_ms(value: Any) -> int:
-    """Epoch milliseconds (UTC) of a schema-valid timestamp: integer ms, or an RFC 3339 string.
-
-    The collector's rule for `ts` (collector.pipeline.parse_ts), so a lead's occurred_at and the
-    events it is compared with are read the same way. Raises ValueError like it.
-    """
-    return parse_ts(value)
-
-
-def format_timestamp(ms: int) -> str:
-    """RFC 3339 UTC with milliseconds, `2024-06-01T12:00:00.000Z`, from epoch ms (integer arithmetic)."""
-    moment = _EPOCH + dt.timedelta(milliseconds=ms)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
-
-
-def _clip(message: str) -> str:
-    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
-
-
-def _pointer(parts: Any) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
 def _invalid(path: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"{path or 'body'}: {message}",
                           errors=[{"index": 0, "path": path, "message": message}])
@@ -100,21 +69,18 @@ def parse_request(body: bytes, *, now_ms: int, max_skew_ms: int) -> StitchReques
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise _invalid("", f"malformed JSON: {exc}") from exc
-    validator = _validator()
-    try:
-        found = sorted((_pointer(e.instance_path), _clip(str(e.message))) for e in validator.iter_errors(value))
-    except ValueError:  # TRICKY: nested too deeply for jsonschema-rs; not a 500
-        found = [("", "value nested too deeply to validate")]
+    found = _validator().errors(value)
     if found:
         errors = [{"index": 0, "path": path, "message": message} for path, message in found]
         raise InvalidRequest("; ".join(f"{e['path'] or 'body'}: {e['message']}" for e in errors[:5]), errors=errors)
     occurred_at_ms: int | None = None
     if "occurred_at" in value:
         try:
-            occurred_at_ms = parse_timestamp_ms(value["occurred_at"])
+            # the collector's rule for `ts`, so a lead's occurred_at and its events are read alike
+            occurred_at_ms = parse_ts(value["occurred_at"])
         except ValueError as exc:
             raise _invalid("/occurred_at", f"not a valid timestamp: {exc}") from exc
-        if occurred_at_ms < MIN_OCCURRED_AT_MS:
+        if occurred_at_ms < MIN_TS_MS:
             raise _invalid("/occurred_at", "occurred_at is before 2000-01-01")
         if occurred_at_ms > now_ms + max_skew_ms:
             raise _invalid("/occurred_at", f"occurred_at is more than {max_skew_ms // 1000} s in the future")

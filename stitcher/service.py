@@ -1,4 +1,4 @@
-"""`POST /stitch`: a conversion becomes a frozen `lead_created` event (issue 4).
+"""`POST /stitch`: a conversion becomes a frozen `lead_created` event (docs/architecture.md "HTTP").
 
 Pipeline of one request: authenticate -> read body -> parse and validate -> repeat? (outbox) ->
 fresh (flush the spool) -> attribute (ClickHouse) -> build event -> outbox (fsync) -> 201 -> relay.
@@ -14,7 +14,8 @@ fresh (flush the spool) -> attribute (ClickHouse) -> build event -> outbox (fsyn
   share a flush when it started after they arrived. Standalone (`clickstream stitcher`), the
   separate flusher's interval bounds what is seen.
 
-Also `run_stitcher` for `clickstream stitcher` (standalone against a ClickHouse server).
+Refusals raise clickstream.core.errors (answered by `Stitcher.handle`, the one place); a client
+that disconnects before its body arrived is counted, not answered.
 """
 
 from __future__ import annotations
@@ -33,23 +34,16 @@ from typing import Any, Protocol, TypeVar
 
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from clickstream.settings import ENV_PREFIX, Settings, SettingsError
-from flusher.clickhouse import connect
+from clickstream.core.clickhouse import connect, ping_check
+from clickstream.core.component import Check
+from clickstream.core.errors import ClickstreamError, Conflict, Disabled, Unauthorized, Unavailable, Unprocessable
+from clickstream.core.http import ClientDisconnect, bearer_matches, receive_body
+from clickstream.core.settings import Settings
 from stitcher.attribution import attribute
-from stitcher.errors import (
-    BodyTooLarge,
-    Conflict,
-    Disabled,
-    InvalidRequest,
-    NothingToAttribute,
-    StitchError,
-    Unauthorized,
-    Unavailable,
-)
 from stitcher.event import build_event, event_id_for
 from stitcher.metrics import StitcherMetrics
 from stitcher.outbox import Entry, Outbox, Target
@@ -73,16 +67,6 @@ class FreshnessSource(Protocol):
     def flush_now(self) -> int: ...
 
 
-def check_settings(settings: Settings) -> None:
-    """Raise SettingsError (naming the variable) for a stitcher setting that cannot work."""
-    url = settings.lead_webhook_url
-    if url and not url.startswith(("http://", "https://")):
-        raise SettingsError(f"{ENV_PREFIX}LEAD_WEBHOOK_URL must start with http:// or https://, got {url!r}")
-    for name in ("lead_webhook_timeout_s", "stitch_max_body_bytes", "stitch_flush_timeout_s", "relay_retry_max_s"):
-        if getattr(settings, name) <= 0:
-            raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be > 0, got {getattr(settings, name)!r}")
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -98,7 +82,6 @@ class Stitcher:
 
     def __init__(self, settings: Settings, client: Client | None, *, flusher: FreshnessSource | None = None,
                  registry: CollectorRegistry | None = None) -> None:
-        check_settings(settings)
         self.settings = settings
         self.client = client
         self.flusher = flusher
@@ -114,7 +97,7 @@ class Stitcher:
         self._flushed_from = 0  # arrival number at which the last completed flush started
 
     # -- component lifecycle ---------------------------------------------------------------
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         return [Route("/stitch", self.handle, methods=["POST"])]
 
     def start(self) -> None:
@@ -125,7 +108,7 @@ class Stitcher:
         if self.settings.lead_webhook_url:
             deliverers.append(WebhookDeliverer(self.settings.lead_webhook_url,
                                                timeout_s=self.settings.lead_webhook_timeout_s,
-                                               secret=self.settings.lead_webhook_secret))
+                                               secret=self.settings.lead_webhook_secret.get_secret_value()))
         else:
             waiting = self.outbox.count(Target.WEBHOOK)
             if waiting:
@@ -133,7 +116,7 @@ class Stitcher:
                             "not set; they stay pending in %s", waiting, self.outbox.path)
         self.relay = Relay(self.outbox, deliverers, self.metrics, self.settings.relay_retry_max_s)
         self.relay.start()
-        if not self.settings.stitch_token:
+        if not self.settings.stitch_token.get_secret_value():
             log.warning("stitcher: %s", DISABLED_MESSAGE)
 
     def stop(self) -> None:
@@ -147,14 +130,11 @@ class Stitcher:
         if self._reader is not None:
             self._reader.close()
 
-    def readiness(self) -> list[tuple[str, bool, str]]:
+    def readiness(self) -> list[Check]:
         directory = self.settings.outbox_dir
-        checks = [("outbox_writable", os.access(directory, os.W_OK), str(directory))]
+        checks = [Check("outbox_writable", os.access(directory, os.W_OK), str(directory))]
         if self.flusher is None and self.client is not None:  # in serve the flusher reports ClickHouse
-            try:
-                checks.append(("clickhouse_reachable", bool(self.client.ping()), ""))
-            except Exception as exc:  # readiness reports, it does not raise
-                checks.append(("clickhouse_reachable", False, str(exc)[:200]))
+            checks.append(ping_check(self.client))
         return checks
 
     def update_gauges(self) -> None:
@@ -165,11 +145,14 @@ class Stitcher:
 
     # -- the request pipeline ------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
-        """POST /stitch: 201 + new event, 200 + original event, or a StitchError's response."""
+        """POST /stitch: 201 + new event, 200 + original event, or the refusal's answer."""
         try:
             response = await self._stitch(request)
-        except StitchError as exc:
+        except ClickstreamError as exc:  # the one place a refusal becomes an answer
             response = exc.response()
+        except ClientDisconnect:  # the hook went away before its body arrived: nobody to answer
+            self.metrics.client_disconnects.inc()
+            return Response(status_code=499)
         self.metrics.requests.labels(status=str(response.status_code)).inc()
         return response
 
@@ -199,29 +182,15 @@ class Stitcher:
         return Response(stored.event, status_code=201, media_type="application/json")
 
     def _authenticate(self, request: Request) -> None:
-        token = self.settings.stitch_token
+        token = self.settings.stitch_token.get_secret_value()
         if not token:
             raise Disabled(DISABLED_MESSAGE)
-        supplied = request.headers.get("authorization", "")
-        if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+        if not bearer_matches(request.headers.get("authorization"), token):
             raise Unauthorized("missing or wrong Authorization: Bearer <CLICKSTREAM_STITCH_TOKEN>")
 
     async def _read_body(self, request: Request) -> bytes:
-        limit = self.settings.stitch_max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise BodyTooLarge(f"body exceeds {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(f"body exceeds {limit} bytes")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise InvalidRequest("client disconnected before the body was complete") from None
-        return b"".join(chunks)
+        return await receive_body(request.receive, request.headers.get("content-length"),
+                                  self.settings.stitch_max_body_bytes)
 
     def _repeat(self, stored: Entry, stitch: StitchRequest) -> Response:
         if hmac.compare_digest(stored.fingerprint, stitch.fingerprint()):
@@ -276,10 +245,10 @@ class Stitcher:
             raise Unavailable(f"ClickHouse could not be read ({type(exc).__name__}); nothing was emitted, "
                               "retry") from exc
         if found is None:
-            raise NothingToAttribute(
+            raise Unprocessable(
                 f"no session of anonymous_id {stitch.anonymous_id!r} in the last "
                 f"{self.settings.attribution_lookback_days} days up to occurred_at, so the lead's site is "
-                "unknown: pass site_id to record it without attribution"
+                "unknown: pass site_id to record it without attribution", code="no_visitor_data"
             )
         attribution, occurred_ms = found
         return build_event(stitch, attribution, occurred_at_ms=occurred_ms, emitted_at_ms=_now_ms())
@@ -292,19 +261,3 @@ class Stitcher:
     @staticmethod
     async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
-
-def run_stitcher(settings: Settings) -> None:
-    """`clickstream stitcher`: POST /stitch (+ health, readiness, metrics) against a ClickHouse server.
-
-    Without a flusher in the process, attribution sees what the separate flusher has inserted.
-    """
-    from clickstream.runner import open_clickhouse, run_uvicorn
-    from clickstream.web import create_app
-
-    check_settings(settings)
-    registry = CollectorRegistry()
-    client = open_clickhouse(settings)
-    stitcher = Stitcher(settings, client, flusher=None, registry=registry)
-    # No CORS: /stitch is server to server.
-    run_uvicorn(create_app([stitcher], registry, cors_allow_origins=()), settings)

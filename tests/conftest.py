@@ -14,7 +14,10 @@ from hypothesis import settings
 from load.procs import ROOT, free_port, start
 from load.procs import Proc as Server
 
-__all__ = ["ROOT", "Server", "free_port", "make_event", "now_ms", "sql_rows", "start_server", "wait_for"]
+__all__ = ["ROOT", "SCHEMAS_DIR", "Server", "free_port", "make_event", "now_ms", "sql_rows", "start_server", "wait_for"]
+
+#: The repository's schemas/ folder (fixtures live there; the package reads it as clickstream.schemas).
+SCHEMAS_DIR = ROOT / "schemas"
 
 # No timing in a test's pass condition: Hypothesis' default 200 ms deadline per example is one
 # (a first call that loads ua-parser's regexes or starts chDB is slow and fails it at random).

@@ -1,6 +1,6 @@
 /*! clickstream beacon.js */
 // Browser tracker. Event fields: schemas/event.schema.json (values clipped to its bounds);
-// behaviour: issue 5. <script defer src="https://collector.example/beacon.js" data-site="example.com">
+// <script defer src="https://collector.example/beacon.js" data-site="example.com">
 // data-site: site_id (default: host); data-api: collect URL (default: "collect" beside this src);
 // data-respect-dnt: with Global Privacy Control or Do Not Track on, send and store nothing.
 // API: clickstream.track(type, props) .expose(experiment, variant) .anonymousId() .sessionId()
@@ -24,7 +24,7 @@
   };
 
   // Storage (keys "cs_*"): localStorage (throws when blocked), else a first-party cookie:
-  // 1 year, SameSite=Lax, Secure on https (issue 5).
+  // 1 year, SameSite=Lax, Secure on https.
   const cookie = (k, v) => {
     if (v === undefined) return decodeURIComponent((d.cookie.match("(?:^|; )cs_" + k + "=([^;]*)") || [])[1] || "");
     d.cookie = `cs_${k}=${encodeURIComponent(v)}; max-age=31536000; path=/; SameSite=Lax${loc.protocol == "https:" ? "; Secure" : ""}`;
@@ -51,7 +51,7 @@
   }
 
   // Session {i: id, t: last activity, u: its campaign}: new after 30 minutes without events, or
-  // when the URL carries a campaign (utm_*) other than the session's (ARCHITECTURE.md
+  // when the URL carries a campaign (utm_*) other than the session's (docs/architecture.md
   // "Definitions"; GA's rules). The session's UTM rides on all its events.
   const session = now => {
     let s = obj(load("s"));

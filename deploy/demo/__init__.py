@@ -1,4 +1,4 @@
-"""The demo site of issue 5: two landing pages, UTM links, an A/B hero, SPA navigation, a tracked
+"""The demo site: two landing pages, UTM links, an A/B hero, SPA navigation, a tracked
 button and a signup form whose handler is the conversion hook (it calls the stitcher).
 
 `python -m deploy.demo` (what `make demo` runs) starts `clickstream serve` and this site together;

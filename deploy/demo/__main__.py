@@ -28,13 +28,6 @@ READY_TIMEOUT_S = 120.0  # the embedded ClickHouse's first start (migrations) ta
 STOP_TIMEOUT_S = 120.0  # SIGTERM makes serve flush everything spooled before it exits
 
 
-def pipeline_command() -> str:
-    """`serve` when this version of the CLI has it, else `collector` (events then stay in the spool)."""
-    from clickstream.cli import main
-
-    return "serve" if "serve" in getattr(main, "commands", {}) else "collector"
-
-
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -65,10 +58,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return int(proc.returncode)
 
 
-def _hint(command: str, pipeline_url: str, admin_token: str) -> str:
-    if command == "collector":
-        return ("`clickstream serve` is not available in this version: events are kept in the spool\n"
-                "(<data-dir>/spool) and the signup form cannot reach a stitcher.")
+def _hint(pipeline_url: str, admin_token: str) -> str:
     return (f"export CLICKSTREAM_ADMIN_TOKEN={admin_token}  # lets `clickstream sql` query the running serve\n"
             "clickstream sql \"SELECT session_id, entry_path, pageviews, utm_source, utm_campaign FROM v_sessions\"\n"
             "clickstream sql \"SELECT lead_id, landing_path, first_touch, variants FROM lead_events\"\n"
@@ -82,14 +72,13 @@ def main() -> int:
     demo_host = os.environ.get("DEMO_HOST", "127.0.0.1")
     demo_port = env_port(dict(os.environ), "DEMO_PORT", 8001)
     admin_token = os.environ.get("CLICKSTREAM_ADMIN_TOKEN") or DEFAULT_ADMIN_TOKEN
-    command = pipeline_command()
     env = {**os.environ, "CLICKSTREAM_STITCH_TOKEN": config.stitch_token or DEFAULT_STITCH_TOKEN,
            "CLICKSTREAM_ADMIN_TOKEN": admin_token}
     # Its own session: Ctrl-C reaches only this process, which stops the child in order.
-    proc = subprocess.Popen([sys.executable, "-m", "clickstream.cli", command], env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "clickstream.cli", "serve"], env=env, start_new_session=True)
     try:
         _wait_ready(config.stitch_url, proc, READY_TIMEOUT_S)
-        config = dataclasses.replace(config, pipeline_hint=_hint(command, config.stitch_url, admin_token))
+        config = dataclasses.replace(config, pipeline_hint=_hint(config.stitch_url, admin_token))
         server = uvicorn.Server(uvicorn.Config(create_app(config), host=demo_host, port=demo_port,
                                                log_level="warning", access_log=False))
 
@@ -98,7 +87,7 @@ def main() -> int:
             server.should_exit = True
 
         threading.Thread(target=watch, daemon=True).start()
-        print(f"clickstream {command}: {config.stitch_url}\n"
+        print(f"clickstream serve: {config.stitch_url}\n"
               f"demo site:          http://{demo_host}:{demo_port}/   (Ctrl-C stops both)", flush=True)
         server.run()
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""The demo site as a Starlette app; `POST /signup` is the conversion hook of issue 5.
+"""The demo site as a Starlette app; `POST /signup` is the conversion hook.
 
 The hook turns the form into a lead: `lead_id` derived from the email (so a repeated signup is
 the same lead and the stitcher answers 200 with the original event), `anonymous_id` and

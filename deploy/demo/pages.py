@@ -1,6 +1,6 @@
 """HTML of the demo site: plain strings with every dynamic value escaped (no template engine).
 
-The beacon tag follows issue 5: `<script defer src="<collector>/beacon.js" data-site="...">`,
+The beacon tag: `<script defer src="<collector>/beacon.js" data-site="...">`,
 preceded by the optional loader stub so the hero exposure made in the page head is replayed
 before the first page view (which then carries the variant).
 """

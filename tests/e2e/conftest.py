@@ -2,7 +2,7 @@
 and readers of what the beacon sent (`/collect` request bodies) and what the collector kept
 (its spool on disk, the observable outcome before ClickHouse).
 
-Chromium is never downloaded: `executable_path` points at the system binary (issue 5).
+Chromium is never downloaded: `executable_path` points at the system binary.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from playwright.sync_api import Browser, BrowserContext, Page, Request, sync_playwright
 
-from collector.spool import SpoolReader
+from clickstream.core.spool import SpoolReader
 from deploy.demo import DemoConfig, create_app
 from tests.conftest import ROOT, Server, free_port
 

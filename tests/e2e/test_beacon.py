@@ -1,4 +1,4 @@
-"""beacon.js in a real headless Chromium against a real collector (issue 5, sections 1 and 3).
+"""beacon.js in a real headless Chromium against a real collector.
 
 Pages come from the demo site; the beacon is the file the collector serves at `GET /beacon.js`.
 The observable outcome is the collector's spool (before the flusher exists); every test ends
@@ -205,7 +205,7 @@ def test_retry_after_503_delivers_each_event_exactly_once(site: DemoSite, page: 
 
     def collect(route: Route) -> None:
         bodies.append(json.loads(route.request.post_data or "[]"))
-        if len(bodies) == 1:  # the collector's back-pressure answer (ARCHITECTURE.md POST /collect)
+        if len(bodies) == 1:  # the collector's back-pressure answer (docs/architecture.md POST /collect)
             route.fulfill(status=503, headers={"Access-Control-Allow-Origin": "*", "Retry-After": "1"},
                           content_type="application/json",
                           body='{"accepted":0,"rejected":0,"errors":[],"error":"spool_full"}')
@@ -326,7 +326,7 @@ def test_beacon_js_is_served_cacheable_and_small(site: DemoSite) -> None:
     assert response.headers["content-type"].startswith("application/javascript")
     assert "max-age" in response.headers["cache-control"]
     assert response.headers["content-encoding"] == "gzip"
-    assert int(response.headers["content-length"]) < 3 * 1024  # issue 5: under 3 KB gzipped on the wire
+    assert int(response.headers["content-length"]) < 3 * 1024  # under 3 KB gzipped on the wire (README)
     assert response.content == raw.content  # httpx decodes the gzip: the same minified script
     assert "content-encoding" not in raw.headers
     assert again.status_code == 304

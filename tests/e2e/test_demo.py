@@ -1,4 +1,4 @@
-"""The demo site (issue 5, section 2): `python -m deploy.demo` runs the pipeline and the site
+"""The demo site: `python -m deploy.demo` runs the pipeline and the site
 together, and the signup form hands the beacon's ids to the conversion hook."""
 
 from __future__ import annotations

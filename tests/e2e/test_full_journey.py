@@ -1,4 +1,4 @@
-"""The whole path of issue 5, section 3, in a real browser: beacon -> collector -> spool ->
+"""The whole path in a real browser: beacon -> collector -> spool ->
 flusher -> ClickHouse, and the demo's conversion hook -> stitcher -> `lead_created`.
 
 Scenario: land from a paid campaign, exposed to hero variant B -> SPA navigation -> the tracked

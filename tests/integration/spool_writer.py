@@ -13,7 +13,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from collector.spool import SpoolPosition, SpoolWriter
+from clickstream.core.spool import SpoolPosition, SpoolWriter
 
 
 def payload(i: int) -> bytes:

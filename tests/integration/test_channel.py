@@ -11,8 +11,8 @@ from clickhouse_connect.driver.client import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flusher.channel import SEARCH_ENGINES, SOCIAL_NETWORKS, classify, site_label
-from flusher.clickhouse import connect, migrate
+from clickstream.core.clickhouse import connect, migrate
+from tests.channel_reference import SEARCH_ENGINES, SOCIAL_NETWORKS, classify, site_label
 
 CASES = [
     # (utm_source, utm_medium, referrer_host) -> channel

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from clickstream.core.spool import SpoolReader
 from collector.rejected import RejectedStore
-from collector.spool import SpoolReader
 from tests.conftest import Server, make_event, now_ms, start_server
 
 JSON = {"Content-Type": "application/json"}

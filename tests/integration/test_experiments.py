@@ -1,6 +1,6 @@
 """Lift: a generated experiment with a known true effect, through /collect and /stitch on a real serve;
 v_variant_lift and `clickstream experiments --format json` against statsmodels, and an injected
-sample-ratio mismatch flagged (issue 4)."""
+sample-ratio mismatch flagged."""
 
 from __future__ import annotations
 

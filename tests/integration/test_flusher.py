@@ -1,4 +1,4 @@
-"""Flusher on real chDB and real spool files: exactly once, failures, dead letters (issue 3)."""
+"""Flusher on real chDB and real spool files: exactly once, failures, dead letters."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from clickstream.settings import Settings
-from collector.spool import SpoolReader, SpoolWriter
-from flusher.clickhouse import ClickHouseSink, connect, migrate
+from clickstream.core.clickhouse import ClickHouseSink, connect, migrate
+from clickstream.core.settings import Settings
+from clickstream.core.spool import SpoolReader, SpoolWriter
 from flusher.loop import Flusher
 from tests.conftest import ROOT, make_event, now_ms
 
@@ -143,8 +143,8 @@ def test_sigkill_between_insert_and_ack_then_restart(data_dir: Path, tmp_path: P
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from clickstream.settings import Settings
-        from flusher.clickhouse import connect, migrate
+        from clickstream.core.settings import Settings
+        from clickstream.core.clickhouse import connect, migrate
         from flusher.loop import Flusher
         data_dir = Path({str(data_dir)!r})
         client = connect(f"chdb://{{data_dir / 'clickhouse'}}")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 
-from clickstream.settings import Settings
+from clickstream.core.clickhouse import connect
+from clickstream.core.settings import Settings
 from collector.rejected import RejectedStore
-from flusher.clickhouse import connect
 from tests.conftest import ROOT, make_event
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from clickstream.settings import Settings
-from flusher.clickhouse import connect
+from clickstream.core.clickhouse import connect
+from clickstream.core.settings import Settings
 from tests.conftest import ROOT, Server
 
 STITCH, ADMIN = "stitch-secret", "admin-secret"

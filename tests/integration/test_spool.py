@@ -1,4 +1,4 @@
-"""The durable spool (collector.spool) on a real disk: crash safety, torn tails, sealing, reader, quota, lock.
+"""The durable spool (clickstream.core.spool) on a real disk: crash safety, torn tails, sealing, reader, quota, lock.
 
 Every assertion reads bytes back from the segment files; nothing inspects the writer's internals.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.spool import (
+from clickstream.core.spool import (
     HEADER,
     CorruptSegmentError,
     SpoolError,

@@ -1,6 +1,6 @@
 """Attribution through the real path (POST /collect -> spool -> flusher -> chDB -> POST /stitch) against
 an independent plain-Python computation over the same generated visitor histories; and "frozen
-means frozen" (issue 4).
+means frozen".
 
 The generator knows each session's traffic source by construction (direct, organic search by
 referrer, paid search and email by UTM), so the expectation never calls the code under test.
@@ -19,8 +19,7 @@ import jsonschema
 import orjson
 import pytest
 
-from clickstream import SCHEMAS_DIR
-from tests.conftest import Server, now_ms, sql_rows, start_server, wait_for
+from tests.conftest import SCHEMAS_DIR, Server, now_ms, sql_rows, start_server, wait_for
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"

@@ -1,5 +1,5 @@
 """Relay delivery on real parts: chDB `lead_events` exactly once, a real local webhook receiver, and
-`clickstream serve` killed with SIGKILL right after a 201 (issue 4, "Crash")."""
+`clickstream serve` killed with SIGKILL right after a 201."""
 
 from __future__ import annotations
 
@@ -17,15 +17,14 @@ import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from clickstream import SCHEMAS_DIR
-from flusher.clickhouse import connect, migrate
+from clickstream.core.clickhouse import connect, migrate
 from stitcher.attribution import Attribution, Touch
 from stitcher.event import build_event, event_id_for
 from stitcher.metrics import StitcherMetrics
 from stitcher.outbox import Entry, Outbox, State, Target
 from stitcher.relay import ClickHouseDeliverer, Relay, WebhookDeliverer
 from stitcher.request import parse_request
-from tests.conftest import Server, make_event, now_ms, sql_rows, wait_for
+from tests.conftest import SCHEMAS_DIR, Server, make_event, now_ms, sql_rows, wait_for
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 LEAD_SCHEMA = orjson.loads((SCHEMAS_DIR / "lead_created.schema.json").read_bytes())

@@ -15,10 +15,9 @@ import jsonschema
 import orjson
 import pytest
 
-from clickstream import SCHEMAS_DIR
 from stitcher.client import AsyncStitchClient, StitchClient, StitchConflict, StitchRejected, StitchUnavailable
 from stitcher.event import event_id_for
-from tests.conftest import Server, free_port, make_event, now_ms, sql_rows, start_server, wait_for
+from tests.conftest import SCHEMAS_DIR, Server, free_port, make_event, now_ms, sql_rows, start_server, wait_for
 
 UA = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
       "Safari/605.1.15")

@@ -1,5 +1,5 @@
 """`clickstream serve` end to end over HTTP, and every dashboard view against an independent
-computation (load.model.Truth) over the same generated workload (issue 3)."""
+computation (load.model.Truth) over the same generated workload."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from flusher.clickhouse import INSERT_SETTINGS, connect
-from flusher.enrich import ch_datetime
+from clickstream.core.clickhouse import INSERT_SETTINGS, connect
+from clickstream.core.times import ch_datetime
 from load.model import ModelConfig, Traffic, Truth, generate
 from load.send import post_events
 from tests.conftest import ROOT, Server, start_server

@@ -15,9 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clickstream.settings import Settings
-from collector.pipeline import IpHasher, RequestError, check_clock, parse_body, parse_ts, process
-from collector.validation import TOO_DEEP_MESSAGE, EventValidator, RejectReason
+from clickstream.core.errors import ClickstreamError
+from clickstream.core.schema import TOO_DEEP_MESSAGE
+from clickstream.core.settings import Settings
+from clickstream.core.times import parse_ts
+from collector.pipeline import IpHasher, check_clock, parse_body, process
+from collector.validation import EventValidator, RejectReason
 from tests.conftest import make_event
 
 VALIDATOR = EventValidator()
@@ -51,16 +54,16 @@ def test_parse_body_scalar_becomes_one_candidate() -> None:
 
 
 def test_parse_body_empty_array_is_400() -> None:
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ClickstreamError) as info:
         parse_body(b"[]", 100)
-    assert (info.value.status, info.value.reason) == (400, RejectReason.EMPTY_BATCH)
+    assert (info.value.status, info.value.code) == (400, RejectReason.EMPTY_BATCH)
 
 
 def test_parse_body_batch_limit_is_inclusive() -> None:
     assert len(parse_body(orjson.dumps([{}] * 5), 5)) == 5
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ClickstreamError) as info:
         parse_body(orjson.dumps([{}] * 6), 5)
-    assert (info.value.status, info.value.reason) == (413, RejectReason.BATCH_TOO_LARGE)
+    assert (info.value.status, info.value.code) == (413, RejectReason.BATCH_TOO_LARGE)
     assert "6" in info.value.message and "5" in info.value.message
 
 
@@ -69,9 +72,9 @@ def test_parse_body_batch_limit_is_inclusive() -> None:
                          ids=["empty", "unclosed", "trailing-comma", "not-utf8", "lone-surrogate", "nan",
                               "infinity", "too-deep", "two-values"])
 def test_parse_body_malformed_is_400_with_message(body: bytes) -> None:
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ClickstreamError) as info:
         parse_body(body, 100)
-    assert (info.value.status, info.value.reason) == (400, RejectReason.MALFORMED_JSON)
+    assert (info.value.status, info.value.code) == (400, RejectReason.MALFORMED_JSON)
     assert info.value.message.startswith("malformed JSON: ")
     assert len(info.value.message) > len("malformed JSON: ")
 

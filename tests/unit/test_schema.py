@@ -27,14 +27,16 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from clickstream import SCHEMAS_DIR
-from collector.validation import TOO_DEEP_MESSAGE, EventValidator, clip_message, load_schema
+from clickstream.core.resources import load_schema
+from clickstream.core.schema import TOO_DEEP_MESSAGE, clip_message
+from collector.validation import EventValidator
+from tests.conftest import SCHEMAS_DIR
 
 FIXTURES = SCHEMAS_DIR / "fixtures"
 SCHEMA_FILES = sorted(SCHEMAS_DIR.glob("*.schema.json"))
 VALID: list[dict[str, Any]] = orjson.loads((FIXTURES / "events.valid.json").read_bytes())
 INVALID: list[dict[str, Any]] = orjson.loads((FIXTURES / "events.invalid.json").read_bytes())
-SCHEMA = load_schema()
+SCHEMA = load_schema("event.schema.json")
 
 RS = EventValidator()
 

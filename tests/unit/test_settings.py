@@ -1,4 +1,4 @@
-"""Settings from `CLICKSTREAM_*` (clickstream.settings): types, units, and errors naming the variable."""
+"""Settings from `CLICKSTREAM_*` (clickstream.core.settings): types, units, and errors naming the variable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clickstream.settings import Settings, SettingsError
+from clickstream.core.settings import Settings, SettingsError
 from tests.conftest import ROOT
 
 
@@ -70,8 +70,23 @@ def test_bad_value_names_the_variable(var: str, value: str) -> None:
 
 def test_secrets_are_hidden_from_repr() -> None:
     s = Settings.from_env({"CLICKSTREAM_STITCH_TOKEN": "s3cret-stitch", "CLICKSTREAM_ADMIN_TOKEN": "s3cret-admin"})
-    assert s.stitch_token == "s3cret-stitch" and s.admin_token == "s3cret-admin"
-    assert "s3cret" not in repr(s)
+    assert s.stitch_token.get_secret_value() == "s3cret-stitch"
+    assert s.admin_token.get_secret_value() == "s3cret-admin"
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s)
+
+
+def test_bad_secret_is_named_without_its_value() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"CLICKSTREAM_STITCH_TOKEN": "s3cret", "CLICKSTREAM_LEAD_WEBHOOK_URL": "ftp://x"})
+    assert "CLICKSTREAM_LEAD_WEBHOOK_URL" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_cli_help_shows_the_settings_defaults() -> None:
+    proc = subprocess.run([sys.executable, "-m", "clickstream.cli", "serve", "--help"], capture_output=True,
+                          text=True, timeout=60, check=True)
+    text = " ".join(proc.stdout.split())  # click wraps long help lines
+    assert "[CLICKSTREAM_PORT, default 8000]" in text
+    assert "[CLICKSTREAM_DATA_DIR, default data]" in text
 
 
 def test_collector_fails_at_start_naming_the_variable(tmp_path: Path) -> None:

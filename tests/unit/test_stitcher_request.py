@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clickstream import SCHEMAS_DIR
+from clickstream.core.errors import InvalidRequest
+from clickstream.core.times import parse_ts, rfc3339
 from stitcher.attribution import Attribution, Touch
-from stitcher.errors import InvalidRequest
 from stitcher.event import LEAD_NAMESPACE, build_event, event_id_for, lead_events_row
-from stitcher.request import StitchRequest, differing_fields, format_timestamp, parse_request, parse_timestamp_ms
+from stitcher.request import StitchRequest, differing_fields, parse_request
+from tests.conftest import SCHEMAS_DIR
 
 NOW = 1_780_000_000_000
 LEAD_SCHEMA = orjson.loads((SCHEMAS_DIR / "lead_created.schema.json").read_bytes())
@@ -69,8 +70,8 @@ def test_differing_fields_names_what_changed() -> None:
 
 @given(st.integers(min_value=946_684_800_000, max_value=7_258_118_399_999))
 def test_timestamp_round_trip(ms: int) -> None:
-    text = format_timestamp(ms)
-    assert parse_timestamp_ms(text) == ms
+    text = rfc3339(ms)
+    assert parse_ts(text) == ms
     assert dt.datetime.fromisoformat(text).timestamp() * 1000 == pytest.approx(ms, abs=1)
 
 
@@ -90,8 +91,8 @@ def test_built_event_validates_and_maps_to_a_lead_events_row() -> None:
     assert event["occurred_at"] == "2026-05-28T20:26:40.000Z"
     row = orjson.loads(lead_events_row(payload))
     assert row["payload"].encode() == payload
-    assert row["occurred_at"] == f"{NOW // 1000}.000"
-    assert row["first_touch"]["ts"] == "1779999000.123"
+    assert row["occurred_at"] == "2026-05-28 20:26:40.000"
+    assert row["first_touch"]["ts"] == "2026-05-28 20:10:00.123"
     assert orjson.loads(row["properties"]) == {"plan": "pro", "seats": 3}
     no_touch = Attribution("example.com", "", "", Touch(), Touch(), {})
     empty = orjson.loads(build_event(request, no_touch, occurred_at_ms=NOW, emitted_at_ms=NOW))

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from stitcher import stats
-from stitcher.experiments import build_report
+from reports import stats
+from reports.experiments import build_report
 
 
 @st.composite

@@ -1,4 +1,4 @@
-// Demo site behaviour (issue 5): SPA navigation with history.pushState between the sections of
+// Demo site behaviour: SPA navigation with history.pushState between the sections of
 // the page, the CTA filling the form, and the signup form's hidden anonymous_id / session_id
 // fields read from the beacon, so the server's conversion hook can call the stitcher.
 (() => {

@@ -1,6 +1,6 @@
 """ClickHouse access, only through clickhouse-connect: connect, migrate, classify errors, insert.
 
-`CLICKSTREAM_CLICKHOUSE_URL` picks the engine (ARCHITECTURE.md): `chdb:///path` is embedded
+`CLICKSTREAM_CLICKHOUSE_URL` picks the engine (docs/architecture.md): `chdb:///path` is embedded
 ClickHouse in this process (chDB locks its directory: one process per directory);
 `http(s)://user:password@host:8123/clickstream` is a server or cluster. Same DDL and queries.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -19,7 +19,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from clickstream import SQL_DIR
+from clickstream.core import resources
+from clickstream.core.component import Check
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +112,39 @@ def connect(url: str, *, readonly_session: bool = False, max_result_rows: int = 
     return client
 
 
+def open_clickhouse(url: str, *, retention_days: int = 0) -> Client:
+    """Connect, migrate, log the engine and check the settings exactly-once depends on.
+
+    Raises RuntimeError when a dedup window is missing (retries would double count), and
+    ClickHouseError when a migration fails.
+    """
+    client = connect(url)
+    applied = migrate(client, retention_days=retention_days)
+    log.info("ClickHouse: %s; migrations applied now: %s", describe(client, url), applied or "none")
+    problems = check_guarantees(client)
+    if problems:
+        client.close()
+        raise RuntimeError("; ".join(problems))
+    return client
+
+
 def split_statements(text: str) -> list[str]:
     """Statements of a migration file: separated by `;` at the end of a line."""
     return [s.strip() for s in re.split(r";\s*$", text, flags=re.MULTILINE) if s.strip()]
 
 
-def migrations(sql_dir: Path = SQL_DIR) -> list[tuple[int, str, Path]]:
-    """(version, name, path) of every `NNNN_name.sql` file, in version order."""
-    found = []
-    for path in sorted(sql_dir.glob("[0-9][0-9][0-9][0-9]_*.sql")):
-        found.append((int(path.name[:4]), path.stem, path))
-    return found
+def migrations(sql_dir: Traversable | None = None) -> list[tuple[int, str, Traversable]]:
+    """(version, name, file) of every `NNNN_name.sql` migration, in version order.
+
+    `sql_dir` defaults to the migrations shipped with the package (clickstream.core.resources).
+    """
+    folder = sql_dir if sql_dir is not None else resources.migrations()
+    found = [(int(f.name[:4]), f.name.removesuffix(".sql"), f) for f in folder.iterdir()
+             if re.fullmatch(r"\d{4}_\w+\.sql", f.name)]
+    return sorted(found, key=lambda item: item[0])
 
 
-def migrate(client: Client, *, retention_days: int = 0, sql_dir: Path = SQL_DIR) -> list[str]:
+def migrate(client: Client, *, retention_days: int = 0, sql_dir: Traversable | None = None) -> list[str]:
     """Apply pending migrations (each file idempotent) and the events TTL; return applied names.
 
     Records every applied file in `schema_migrations` (version, name, sha256). Raises
@@ -182,6 +202,14 @@ def check_guarantees(client: Client) -> list[str]:
     return problems
 
 
+def ping_check(client: Client) -> Check:
+    """Readiness of a ClickHouse connection (`/readyz`): `clickhouse_reachable`, never raises."""
+    try:
+        return Check("clickhouse_reachable", bool(client.ping()))
+    except Exception as exc:  # readiness reports, it does not raise
+        return Check("clickhouse_reachable", False, str(exc)[:200])
+
+
 def describe(client: Client, url: str) -> str:
     """'chdb 26.9.2.1 (embedded, /path)' or 'clickhouse 25.3 (http://host:8123)' for the start log."""
     version = client.query("SELECT version()").result_rows[0][0]
@@ -206,7 +234,3 @@ class ClickHouseSink:
     def insert(self, table: str, rows: bytes, token: str) -> None:
         self.client.raw_insert(table, None, rows, fmt="JSONEachRow",
                                settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
-
-
-def query_rows(client: Client, sql: str, parameters: dict[str, Any] | None = None) -> Sequence[Sequence[Any]]:
-    return client.query(sql, parameters=parameters).result_rows

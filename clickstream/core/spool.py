@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from clickstream.core.files import fsync_dir
+
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
@@ -104,6 +106,11 @@ class SegmentInfo:
     path: Path
     size_bytes: int
 
+    @property
+    def created_s(self) -> float:
+        """When the segment was created (epoch seconds), from its id."""
+        return segment_created_us(self.segment_id) / 1e6
+
 
 def frame(payload: bytes) -> bytes:
     """One record's bytes on disk: header (length, CRC32) + payload.
@@ -142,13 +149,34 @@ def scan(buf: bytes | memoryview, segment_id: str = "", start: int = 0) -> tuple
     return records, pos
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so that files created, renamed or deleted in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def new_segment_id(after_us: int = 0) -> str:
+    """A fresh segment id `<µs since epoch, 17 digits>-<8 hex>`, later than `after_us` (µs)."""
+    now_us = max(time.time_ns() // 1000, after_us + 1)
+    return f"{now_us:017d}-{secrets.token_hex(4)}"
+
+
+def segment_created_us(segment_id: str) -> int:
+    """Creation time (µs since epoch) encoded in a segment id."""
+    return int(segment_id.split("-", 1)[0])
+
+
+def write_sealed_segment(directory: Path, payloads: Sequence[bytes]) -> str:
+    """Write `payloads` as one new sealed segment (temp file, fsync, rename, directory fsync).
+
+    For writers other than the collector (`clickstream import`): the flusher picks the segment up
+    like any other. Returns the segment id. Raises ValueError for an empty or oversized payload,
+    OSError when the disk refuses.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    segment_id = new_segment_id()
+    tmp = directory / f".{segment_id}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(b"".join(frame(p) for p in payloads))
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.rename(directory / (segment_id + SEALED_SUFFIX))
+    fsync_dir(directory)
+    return segment_id
 
 
 def _lock(path: Path) -> int:
@@ -364,9 +392,8 @@ class SpoolWriter:
     # -- internals -------------------------------------------------------------------------
     def _new_segment_locked(self) -> None:
         # no directory fsync here (this runs on the event loop): `sync_to` and sealing do it
-        now_us = max(time.time_ns() // 1000, self._last_id_us + 1)
-        self._last_id_us = now_us
-        self._segment_id = f"{now_us:017d}-{secrets.token_hex(4)}"
+        self._segment_id = new_segment_id(self._last_id_us)
+        self._last_id_us = segment_created_us(self._segment_id)
         path = self.directory / (self._segment_id + OPEN_SUFFIX)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._offset = 0

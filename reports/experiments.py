@@ -1,15 +1,15 @@
-"""`clickstream experiments`: per-variant report of every A/B experiment (issue 4, item 6).
+"""`clickstream experiments`: per-variant report of every A/B experiment.
 
 Counts come from v_variant_lift (sql/0006_views.sql: a visitor belongs to the variant of their
 first exposure; a converter has a lead_created at or after it), read with
-`clickstream.query.run_cli_query`, so the report works on the embedded directory, a ClickHouse
+`reports.query.run_cli_query`, so the report works on the embedded directory, a ClickHouse
 server, or through a running `serve` (POST /sql). `--site` / `--experiment` filter in Python: no
 user input ever goes into the SQL text.
 
 Per variant: visitors, converters, conversion rate, lift against control with its 95% interval,
 z and two-sided p-value (pooled two-proportion z-test), the difference's 95% interval as
 v_variant_lift computes it, and the Bayesian chance to beat control. Per experiment: the
-sample-ratio-mismatch check. Formulas and sources: stitcher.stats.
+sample-ratio-mismatch check. Formulas and sources: reports.stats.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from clickstream.query import run_cli_query
-from clickstream.settings import Settings
-from clickstream.sqlapi import format_table
-from stitcher import stats
+from clickstream.core.settings import Settings
+from reports import stats
+from reports.query import run_cli_query
+from reports.sql import format_table
 
 LIFT_SQL = """
 SELECT site_id, experiment_id, variant_id, is_control, visitors, converters,

@@ -1,7 +1,7 @@
 """Read-only SQL for dashboards and `clickstream sql`: `POST /sql` on `serve`, and the CLI output.
 
 chDB lets one process own a data directory, so while `serve` runs, `clickstream sql` goes through
-this endpoint (issue 3). Guarded three ways: `Authorization: Bearer <CLICKSTREAM_ADMIN_TOKEN>`
+this endpoint. Guarded three ways: `Authorization: Bearer <CLICKSTREAM_ADMIN_TOKEN>`
 compared in constant time (401 otherwise; the route answers 503 when no token is configured);
 only read statements are accepted (400); and the query runs on a ClickHouse session pinned to
 readonly=1 with `max_result_rows` = CLICKSTREAM_SQL_MAX_RESULT_ROWS (overflow is an error, not a
@@ -13,7 +13,6 @@ Response: `{"columns": [name], "types": [ClickHouse type], "rows": [[value]]}`.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 import threading
 from collections.abc import Sequence
@@ -24,7 +23,11 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+
+from clickstream.core.component import Check
+from clickstream.core.errors import ClickstreamError, Disabled, InvalidRequest, Unauthorized
+from clickstream.core.http import bearer_matches
 
 READ_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 _LEADING = re.compile(r"^(\s+|--[^\n]*\n?|/\*.*?\*/|\()+", re.DOTALL)
@@ -100,34 +103,47 @@ class SqlEndpoint:
         self.token = token
         self._lock = threading.Lock()
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         return [Route("/sql", self.handle, methods=["POST"])]
 
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def readiness(self) -> list[Check]:
+        return []
+
+    def update_gauges(self) -> None:
+        pass
+
     async def handle(self, request: Request) -> Response:
+        try:
+            return await self._handle(request)
+        except ClickstreamError as exc:
+            return exc.response()
+
+    async def _handle(self, request: Request) -> Response:
         if not self.token or self.client is None:
-            return _error(503, "disabled", "POST /sql is off: set CLICKSTREAM_ADMIN_TOKEN to enable it")
-        supplied = request.headers.get("authorization", "")
-        if not hmac.compare_digest(supplied.encode(), f"Bearer {self.token}".encode()):
-            return _error(401, "unauthorized", "missing or wrong Authorization: Bearer <CLICKSTREAM_ADMIN_TOKEN>")
+            raise Disabled("POST /sql is off: set CLICKSTREAM_ADMIN_TOKEN to enable it")
+        if not bearer_matches(request.headers.get("authorization"), self.token):
+            raise Unauthorized("missing or wrong Authorization: Bearer <CLICKSTREAM_ADMIN_TOKEN>")
         body = await request.body()
         sql = body.decode("utf-8", "replace")
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
                 sql = str(orjson.loads(body)["query"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                return _error(400, "bad_request", 'JSON body must be {"query": "SELECT ..."}')
+                raise InvalidRequest('JSON body must be {"query": "SELECT ..."}', code="bad_request") from None
         client = self.client
         try:
             result = await asyncio.to_thread(self._run, client, sql)
         except QueryError as exc:
-            return _error(400, "query_failed", str(exc))
+            raise InvalidRequest(str(exc), code="query_failed") from None
         return Response(dumps(result), media_type="application/json")
 
     def _run(self, client: Client, sql: str) -> dict[str, Any]:
         with self._lock:
             return run_query(client, sql)
-
-
-def _error(status: int, error: str, message: str) -> Response:
-    return Response(orjson.dumps({"error": error, "message": message}), status_code=status,
-                    media_type="application/json", headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from clickstream.settings import Settings
-from clickstream.sqlapi import check_read_only, run_query
-from flusher.clickhouse import connect
+from clickstream.core.clickhouse import connect
+from clickstream.core.settings import Settings
+from reports.sql import check_read_only, run_query
 
 
 def _locked(exc: BaseException) -> bool:
@@ -69,16 +69,24 @@ def run_cli_query(settings: Settings, sql: str, server_url: str | None = None) -
             finally:
                 client.close()
     base = server_url or f"http://{settings.host}:{settings.port}"
-    token = settings.admin_token or _token_file(settings)
+    token = settings.admin_token.get_secret_value() or _token_file(settings)
     if not token:
         raise RuntimeError(
             f"{url} is held by a running process; set CLICKSTREAM_ADMIN_TOKEN (the one `clickstream serve` "
             "was started with, or write it to <data-dir>/.admin_token) to query it through POST /sql"
         )
-    response = httpx.post(f"{base}/sql", content=sql.encode(), timeout=300,
+    return query_server(base, token, sql)
+
+
+def query_server(base_url: str, token: str, sql: str) -> dict[str, Any]:
+    """Run a read query through a running serve's `POST /sql`; {"columns", "types", "rows"}.
+
+    Raises RuntimeError with the server's message when it refuses the query.
+    """
+    response = httpx.post(f"{base_url}/sql", content=sql.encode(), timeout=300,
                           headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
     body = response.json()
     if response.status_code != 200:
-        raise RuntimeError(f"{response.status_code} {body.get('error')}: {body.get('message')}")
+        raise RuntimeError(f"POST /sql {response.status_code} {body.get('error')}: {body.get('message')}")
     result: dict[str, Any] = body
     return result

@@ -1,0 +1,201 @@
+"""One typed settings object per process, read from `CLICKSTREAM_*` environment variables.
+
+Built on pydantic-settings: every field `name` is read from `CLICKSTREAM_<NAME>` (uvicorn's
+`UVICORN_*` convention, docs/architecture.md "Settings"); command-line options override the
+environment. Units are in the names (`_ms`, `_bytes`, `_s`, `_days`). Bounds are declared on the
+fields and checked once, at start: a value that does not parse or is out of bounds raises
+`SettingsError` naming the variable. Secrets are `SecretStr`, hidden from `repr` and logs
+(`.get_secret_value()` reads them). The CLI's help shows each default from here (`describe`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "CLICKSTREAM_"
+
+MiB = 1024 * 1024
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _origins(value: Any) -> Any:
+    """`a, b,` -> ("a", "b"): the comma-separated form of list settings (CORS origins)."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Configuration of every clickstream process (collector, flusher, stitcher, serve)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Data directory: spool/, rejected/, outbox/, clickhouse/")
+    host: str = Field("127.0.0.1", description="Bind address of the HTTP listener")
+    port: int = Field(8000, gt=0, le=65535, description="Port of the HTTP listener")
+    clickhouse_url: str = Field("", description="chdb:///path or http(s)://user:pass@host:8123/db "
+                                                "[default chdb://<data-dir>/clickhouse]")
+    log_level: str = Field("info", description="Log level (debug, info, warning, error)")
+
+    # collector
+    max_body_bytes: Positive = Field(64 * 1024, description="Larger POST /collect bodies get 413")
+    max_batch_events: Positive = Field(100, description="Events per POST /collect request")
+    max_event_age_s: Positive = Field(72 * 3600, description="Older ts rejected (ts_too_old)")
+    max_clock_skew_s: NonNegative = Field(300, description="ts further ahead rejected (ts_in_future)")
+    cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("*",), description="Comma-separated origins allowed to POST /collect; * echoes any origin")
+    rejected_max_bytes: Positive = Field(64 * MiB, description="Bound of rejected/ (oldest files evicted, counted)")
+    rejected_file_max_bytes: Positive = Field(8 * MiB, description="Rotation size of rejected/ files")
+
+    # spool
+    spool_fsync_interval_ms: NonNegative = Field(20, description="Group commit interval; 0 = fsync before each 202")
+    spool_segment_max_bytes: Positive = Field(16 * MiB, description="A segment is sealed at this size")
+    spool_segment_max_age_ms: Positive = Field(1000, description="A segment is sealed this old")
+    spool_max_bytes: Positive = Field(1024 * MiB, description="Over it: 503 + Retry-After")
+
+    # flusher
+    flush_interval_ms: Positive = Field(1000, description="The active segment is flushed once this old")
+    flush_max_rows: Positive = Field(50_000, description="Rows per insert")
+    flush_retry_max_s: PositiveSeconds = Field(30.0, description="Cap of the jittered backoff on transient errors")
+    retention_days: NonNegative = Field(0, description="TTL of events in days; 0 keeps forever")
+    dedup_max_ids: Positive = Field(1_000_000, description="Event ids remembered to drop client retries (~120 B each)")
+
+    # stitcher
+    stitch_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /stitch (off until set)")
+    attribution_lookback_days: Positive = Field(90, description="Sessions considered for first/last touch")
+    lead_webhook_url: str = Field("", description="Where lead_created is POSTed at least once (http(s)://)")
+    lead_webhook_secret: SecretStr = Field(SecretStr(""), description="HMAC-SHA256 key of the webhook signature")
+    lead_webhook_timeout_s: PositiveSeconds = Field(10.0, description="Timeout of one webhook delivery")
+    stitch_max_body_bytes: Positive = Field(32 * 1024, description="Larger POST /stitch bodies get 413")
+    stitch_flush_timeout_s: PositiveSeconds = Field(30.0, description="Freshness flush bound before attribution; "
+                                                                      "503 past it")
+    relay_retry_max_s: PositiveSeconds = Field(60.0, description="Cap of the relay's jittered backoff")
+
+    # dashboards
+    admin_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /sql (off until set)")
+    sql_max_result_rows: Positive = Field(100_000, description="Larger results are an error, not a truncation")
+
+    #: Names of the settings whose values are secrets (never logged, never in /metrics).
+    SECRETS: ClassVar[tuple[str, ...]] = ("stitch_token", "lead_webhook_secret", "admin_token")
+
+    _split_origins = field_validator("cors_allow_origins", mode="before")(_origins)
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _engine_url(cls, url: str) -> str:
+        if url and not url.startswith(("chdb://", "http://", "https://")):
+            raise ValueError(f"must start with chdb://, http:// or https://, got {url!r}")
+        return url
+
+    @field_validator("lead_webhook_url")
+    @classmethod
+    def _webhook_url(cls, url: str) -> str:
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _log_level_known(self) -> Settings:
+        if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError(f"log_level: unknown level {self.log_level!r}")
+        return self
+
+    # -- derived paths -----------------------------------------------------------------------
+    @property
+    def resolved_clickhouse_url(self) -> str:
+        """The ClickHouse URL, defaulting to the embedded engine under the data directory."""
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.data_dir / "rejected"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Settings from `environ` (default `os.environ`), then the non-None `overrides`.
+
+        Raises SettingsError naming `CLICKSTREAM_<NAME>` for each value that does not parse or
+        is out of bounds.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            var = ENV_PREFIX + name.upper()
+            if var in env:
+                values[name] = env[var]
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            return _FromValues(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe_errors(exc, values)) from None
+
+
+class _FromValues(Settings):
+    """Settings validated from explicit values only: `from_env` has already read the mapping it
+    was given, so the process environment must not fill in what that mapping lacks."""
+
+    def __repr_name__(self) -> str:
+        return "Settings"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def _describe_errors(exc: ValidationError, values: Mapping[str, Any]) -> str:
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if not name:  # a model-level check: its message starts with the field name
+            name, _, message = str(error["msg"]).removeprefix("Value error, ").partition(": ")
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+        shown = "<secret>" if name in Settings.SECRETS else repr(values.get(name))
+        parts.append(f"{ENV_PREFIX}{name.upper()}={shown}: {message}")
+    return "; ".join(parts)
+
+
+def describe(name: str) -> str:
+    """Help text of setting `name` for the CLI: its description, variable and default."""
+    field = Settings.model_fields[name]
+    default = field.default
+    if isinstance(default, SecretStr):
+        default = "unset" if not default.get_secret_value() else "set"
+    elif isinstance(default, tuple):
+        default = ",".join(default)
+    if default == "":
+        return f"{field.description} [{ENV_PREFIX}{name.upper()}]"
+    return f"{field.description} [{ENV_PREFIX}{name.upper()}, default {default}]"
