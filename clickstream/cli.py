@@ -129,34 +129,55 @@ def sql(query: str, fmt: str, data_dir: Path | None, clickhouse_url: str | None,
 
 @main.command(name="import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "ga4"]), default="jsonl", show_default=True,
+              help="jsonl: events (or envelopes) one per line; ga4: a GA4 BigQuery export as JSON lines")
+@click.option("--site", "site_id", default=None, help="site_id of GA4 rows [the host of page_location]")
 @click.option("--user-agent", default=None, help="User-Agent for events without one [a browser-like import UA]")
+@click.option("--workers", type=int, default=None, help="Validating processes [one per core]")
 @click.option("--flush/--no-flush", default=False, show_default=True,
-              help="Also flush into ClickHouse now (only when no serve/flusher holds the data directory)")
+              help="Also flush into ClickHouse while reading (only when no serve/flusher holds the data directory)")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [on when stderr is a terminal]")
 @_data_dir
 @_ch_url
-def import_(file: Path, user_agent: str | None, flush: bool, data_dir: Path | None, clickhouse_url: str | None) -> None:
-    """Bulk-load historical events (JSONL) through the collector's validation into the spool.
+def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, workers: int | None, flush: bool,
+            progress: bool | None, data_dir: Path | None, clickhouse_url: str | None) -> None:
+    """Bulk-load historical events (JSONL, or a GA4 BigQuery export; gzip or zstd compressed or not)
+    through the collector's validation into the spool.
 
     A running serve or flusher picks the segments up; otherwise the next one does, or --flush now.
-    Rejected lines are kept in <data-dir>/rejected/ with their reason and line number.
+    Rejected lines are kept in <data-dir>/rejected/ with their reason and line number. Prints a JSON
+    summary (accepted, rejected by reason, events/s) as its last line.
     """
     import json
+    import time
 
     from collector.importer import DEFAULT_USER_AGENT, import_file
 
     settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
     _logging(settings)
-    result = import_file(settings, file, user_agent=user_agent or DEFAULT_USER_AGENT)
-    summary = result.as_json()
+    flusher = None
+    client = None
     if flush:
         from clickstream.core.clickhouse import open_clickhouse
         from flusher.loop import Flusher
 
         client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
-        try:
-            summary["flushed_rows"] = Flusher(settings, client).drain()
-        finally:
+        flusher = Flusher(settings, client)
+        flusher.start()  # streams: inserts each segment as soon as the import seals it
+    started = time.perf_counter()
+    try:
+        result = import_file(settings, file, user_agent=user_agent or DEFAULT_USER_AGENT, fmt=fmt,
+                             site_id=site_id, workers=workers, progress=progress)
+    finally:
+        if flusher is not None:
+            flusher.stop()  # drains what is left (or, after an error, what was sealed)
+        if client is not None:
             client.close()
+    summary = result.as_json()
+    if flusher is not None:
+        seconds = time.perf_counter() - started
+        summary.update(flushed_rows=flusher.rows_flushed, seconds_with_flush=round(seconds, 2),
+                       events_per_s_with_flush=round(result.accepted / seconds))
     click.echo(json.dumps(summary))
     if result.rejected:
         sys.exit(1 if not result.accepted else 0)

@@ -199,7 +199,7 @@ class Collector:
         )
         if outcome.records:
             try:
-                position = self.spool.append(outcome.records)
+                position = self.spool.append_block(outcome.ids, outcome.records)
             except SpoolFullError:
                 raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL) from None
             except (OSError, SpoolError) as exc:  # ENOSPC, EIO, closed at shutdown: back-pressure

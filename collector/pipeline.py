@@ -23,6 +23,7 @@ import orjson
 
 from clickstream.core.errors import ClickstreamError, InvalidRequest, TooLarge
 from clickstream.core.times import EPOCH, parse_ts
+from clickstream.core.useragent import agent_fragment
 from collector.validation import EventError, EventValidator, RejectReason
 
 
@@ -102,17 +103,37 @@ class IpHasher:
 
 @dataclasses.dataclass(slots=True)
 class Outcome:
-    """What the pipeline made of one request: spool records and per-event errors."""
+    """What the pipeline made of one request: the accepted events as `events_ingest` rows with their
+    event ids (the spool's block record, clickstream.core.spool), and per-event errors."""
 
     records: list[bytes]
+    ids: list[bytes]
     errors: list[EventError]
     rejected_entries: list[dict[str, Any]]
 
 
-#: Spool record layout: one JSON object whose first two keys are `event_id` (36-character UUID) and
-#: `user_agent`, then the client's fields and the stamps (flusher.enrich.record_keys reads the two at
-#: fixed offsets; any other layout is still read, by a full parse).
-RECORD_LAYOUT = ("event_id", "user_agent")
+def request_stamp(received_at_ms: int, user_agent: str, ip_hash: str) -> bytes:
+    """What the collector adds to every event of one request, as JSON object members with a
+    leading comma: `,"received_at":<ms>,"user_agent":"…",<User-Agent fields>[,"ip_hash":"…"]`.
+
+    The User-Agent fields (browser, os, device type, bot flag: clickstream.core.useragent) are
+    memoised per User-Agent, so a request pays one look-up; `ip_hash` is left out when empty.
+    """
+    stamp = b',"received_at":%d,' % received_at_ms + agent_fragment(user_agent)
+    if ip_hash:
+        stamp += b',"ip_hash":"' + ip_hash.encode() + b'"'
+    return stamp
+
+
+def ingest_row(event: dict[str, Any], stamp: bytes) -> bytes:
+    """One `events_ingest` row: the event's JSON object (its fields as sent, compact, one line)
+    with the request's `stamp` appended."""
+    return orjson.dumps(event)[:-1] + stamp + b"}"
+
+
+def event_id_key(event_id: str) -> bytes:
+    """The spool's and the flusher's key of an event id: its canonical text, lower case (ASCII)."""
+    return event_id.lower().encode()
 
 
 def process(
@@ -125,18 +146,17 @@ def process(
     max_age_ms: int,
     max_skew_ms: int,
 ) -> Outcome:
-    """Validate and stamp each event; return spool payloads and errors (index, path, message).
+    """Validate and stamp each event; return `events_ingest` rows, their ids, and errors.
 
-    Stamping adds `received_at` (UTC epoch ms), `event_id` (UUID4) when absent, `user_agent`,
-    `ip_hash` (when not empty), and normalises `ts` to epoch ms. Accepted events are changed in
-    place; rejected ones are left as sent (they go to rejected/ raw).
+    Stamping: `event_id` (UUID4) when absent, `ts` normalised to epoch ms, then `request_stamp`
+    (received_at in UTC epoch ms, the User-Agent and its fields, `ip_hash` when not empty).
+    Accepted events are changed in place; rejected ones are left as sent (they go to rejected/ raw).
     """
     records: list[bytes] = []
+    ids: list[bytes] = []
     errors: list[EventError] = []
     rejected: list[dict[str, Any]] = []
-    stamp: dict[str, Any] = {"received_at": received_at_ms}
-    if ip_hash:
-        stamp["ip_hash"] = ip_hash
+    stamp = request_stamp(received_at_ms, user_agent, ip_hash)
     dumps = orjson.dumps
     # one validator call for a whole batch (the common, all-valid case); per event otherwise
     all_valid = len(events) > 1 and validator.all_valid(events)
@@ -144,12 +164,12 @@ def process(
         if all_valid or validator.is_valid(event):
             checked = _check_clock(event, index, received_at_ms, max_age_ms, max_skew_ms)
             if isinstance(checked, int):
-                # TRICKY: event_id and user_agent lead every record (RECORD_LAYOUT): the flusher
-                # slices them at fixed offsets instead of parsing the JSON. `ts` becomes epoch
-                # ms in place, keeping its position.
-                event["ts"] = checked
-                event_id = event.get("event_id") or str(uuid.uuid4())
-                records.append(dumps({"event_id": event_id, "user_agent": user_agent, **event, **stamp}))
+                event["ts"] = checked  # in place: keeps its position among the fields
+                event_id = event.get("event_id")
+                if event_id is None:
+                    event_id = event["event_id"] = str(uuid.uuid4())
+                ids.append(event_id.lower().encode())
+                records.append(dumps(event)[:-1] + stamp + b"}")
                 continue
             error = checked
         else:
@@ -158,7 +178,7 @@ def process(
         errors.append(error)
         rejected.append({"reason": error.reason.value, "index": index, "path": error.path,
                          "message": error.message, "event": event})
-    return Outcome(records, errors, rejected)
+    return Outcome(records, ids, errors, rejected)
 
 
 def _check_clock(event: dict[str, Any], index: int, received_at_ms: int, max_age_ms: int,

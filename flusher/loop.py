@@ -1,27 +1,29 @@
-"""The flusher: sealed spool segments -> enriched rows -> ClickHouse `events`, exactly once.
+"""The flusher: sealed spool segments -> ClickHouse `events`, exactly once.
 
 Rows go to `events_ingest` (sql/0007_ingest.sql), whose materialized view enriches them into
-`events`; the flusher only appends the spool position and the parsed User-Agent (flusher.enrich).
+`events`. Block records (clickstream.core.spool) already hold those rows, with the spool position
+and the User-Agent fields, so the flusher checks each record's CRC and sends byte ranges of the
+segment file; records of the previous format are completed row by row (flusher.legacy), so a
+spool written before an upgrade drains.
 
-Exactly once (docs/architecture.md "Exactly once"): a segment is cut into batches of at most
-`flush_max_rows` records from offset 0, so the batches of a sealed segment are the same on every
-run; each batch is inserted with `insert_deduplication_token = "<segment>:<first offset>-<end>"`
-and the segment is deleted only after ClickHouse confirmed every batch. A crash between insert
-and delete re-inserts the same ranges with the same tokens, which ClickHouse drops (the window
-is set on `events` and on every materialized-view target).
+Exactly once (docs/architecture.md "Exactly once"): a segment is cut into batches of whole frames
+from offset 0, each closed once it holds `flush_max_rows` rows, so the batches of a sealed segment
+are the same on every run; each is inserted with `insert_deduplication_token =
+"<segment>:<first frame's offset>-<last frame's end>"` and the segment is deleted only after
+ClickHouse confirmed every batch. A crash between insert and delete re-inserts the same ranges
+with the same tokens, which ClickHouse drops (the window is set on `events` and on every
+materialized-view target).
 
 Failures: a transient error (connection, timeout, too many parts: any error that is
 not a data error) is retried with capped, jittered exponential backoff (tenacity) while the
-spool keeps the data; a data error (clickstream.core.clickhouse.DATA_ERROR_CODES) splits the batch in
-halves until the offending rows are alone, and those go to `dead_letters` with the error.
-Nothing is skipped without a counted reason (`clickstream_flusher_dead_letters_total{reason}`).
+spool keeps the data; a data error (clickstream.core.clickhouse.DATA_ERROR_CODES) splits the batch
+into rows and halves it until the offending rows are alone, and those go to `dead_letters` with
+the error. Nothing is skipped without a counted reason (`clickstream_flusher_dead_letters_total{reason}`).
 
-Client retries: a browser that lost a 202 sends the same events again, so the same `event_id`
-can sit at two spool positions. The flusher remembers the spool position of the last
-`dedup_max_ids` event ids (rebuilt from `events` at start; first in, first out, evicted in O(1))
-and drops a record whose event_id it already holds at another position, counted as
-`clickstream_flusher_duplicates_total`. The same record at the same position (a re-flush after a
-crash) is not a duplicate: the dedup token takes care of it.
+Client retries: a record whose event_id the flusher already flushed from another spool position
+is dropped and counted as `clickstream_flusher_duplicates_total` (flusher.dedup: what is
+remembered, why it is exact across restarts). The same record at the same position (a re-flush
+after a crash) is not a duplicate: the dedup token takes care of it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,9 +46,20 @@ from tenacity import Retrying, retry_if_exception, stop_any, stop_when_event_set
 from clickstream.core.clickhouse import ClickHouseSink, Sink, error_code, is_data_error, ping_check
 from clickstream.core.component import Check
 from clickstream.core.settings import Settings
-from clickstream.core.spool import CorruptSegmentError, Record, SegmentInfo, SpoolReader, SpoolWriter, scan
+from clickstream.core.spool import (
+    HEADER,
+    Block,
+    Record,
+    SegmentInfo,
+    SpoolReader,
+    SpoolWriter,
+    block_at,
+    frames,
+    position_tail,
+)
 from clickstream.core.times import ch_datetime
-from flusher import enrich
+from flusher import legacy
+from flusher.dedup import EventIdMemory
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +87,34 @@ class FlusherMetrics:
                                         registry=r)
 
 
+class _Batch:
+    """Consecutive spool frames inserted together: the rows to send as byte ranges, with each
+    range's positions. `parts[i]` holds whole rows (each ending in a newline) from position
+    `firsts[i]` on, the last of them ending at `ends[i]`; `rows` counts them."""
+
+    __slots__ = ("ends", "firsts", "parts", "rows", "start", "stop")
+
+    def __init__(self, start: int) -> None:
+        self.start = start  # offset of the batch's first frame: with `stop`, its dedup token
+        self.stop = start
+        self.parts: list[bytes | memoryview] = []
+        self.firsts: list[int] = []
+        self.ends: list[int] = []
+        self.rows = 0
+
+    def add(self, part: bytes | memoryview, first: int, end: int, rows: int) -> None:
+        self.parts.append(part)
+        self.firsts.append(first)
+        self.ends.append(end)
+        self.rows += rows
+
+
 @dataclasses.dataclass
 class _Prepared:
-    """A segment read and framed for insertion, not yet sent."""
+    """A segment read and cut into batches, not yet sent."""
 
     segment: SegmentInfo
-    batches: list[list[tuple[Record, bytes]]] = dataclasses.field(default_factory=list)
+    batches: list[_Batch] = dataclasses.field(default_factory=list)
     undecodable: list[tuple[Record, str]] = dataclasses.field(default_factory=list)
     duplicates: int = 0
     corrupt_at: int | None = None
@@ -98,6 +132,7 @@ class Flusher:
         sink: Sink | None = None,
         writer: SpoolWriter | None = None,
         metrics: FlusherMetrics | None = None,
+        memory: EventIdMemory | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -116,34 +151,10 @@ class Flusher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
-        # TRICKY: an OrderedDict, not a dict: evicting the oldest of a plain dict with
-        # `del d[next(iter(d))]` is O(n) (iteration walks the deleted slots at the front), 96 µs
-        # per event at 1M ids; popitem(last=False) is O(1) (BENCHMARKS.md "Flusher dedup memory").
-        self._seen: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+        self.memory = memory if memory is not None else EventIdMemory(settings.dedup_max_ids)
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher-prep")
-        self._seen_max = settings.dedup_max_ids
-        if client is not None:
-            self._load_seen(client)
-
-    def _load_seen(self, client: Client) -> None:
-        """Remember the spool positions of the most recently received event ids in ClickHouse."""
-        rows = client.query(
-            "SELECT toString(event_id), spool_segment, spool_offset FROM events "
-            "ORDER BY received_at DESC LIMIT {n:UInt64}", parameters={"n": self._seen_max}).result_rows
-        for event_id, segment, offset in reversed(rows):
-            self._seen[str(event_id).encode()] = (segment, offset)
-
-    def _is_duplicate(self, event_id: bytes, record: Record) -> bool:
-        """True when `event_id` was already flushed from another spool position. Remembers the
-        last `dedup_max_ids` ids first seen (FIFO: a retry comes soon after the original)."""
-        position = (record.segment_id, record.offset)
-        known = self._seen.get(event_id)
-        if known is not None:
-            return known != position
-        self._seen[event_id] = position
-        if len(self._seen) > self._seen_max:
-            self._seen.popitem(last=False)
-        return False
+        if client is not None and memory is None:
+            self.memory.load(client)
 
     # -- component lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +186,11 @@ class Flusher:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    @property
+    def rows_flushed(self) -> int:
+        """Rows ClickHouse confirmed since this flusher was created."""
+        return int(self.metrics.rows._value.get())
 
     def routes(self) -> list[BaseRoute]:
         return []
@@ -236,39 +252,75 @@ class Flusher:
         return total
 
     def _prepare(self, segment: SegmentInfo) -> _Prepared:
-        """Read a segment and turn its records into `events_ingest` lines, in batches (no I/O to
-        ClickHouse: runs on the prep thread)."""
+        """Read a segment and cut it into batches of rows for `events_ingest` (no I/O to ClickHouse:
+        runs on the prep thread).
+
+        A batch is whole frames from the segment's start until it holds `flush_max_rows` rows or
+        more (client retries included in the count), so the batches of a segment, and their dedup
+        tokens, are the same on every run. Block records go as byte ranges of the file, unparsed;
+        records of the previous format are completed row by row (flusher.legacy).
+        """
         prepared = _Prepared(segment)
         try:
-            records = self.reader.records(segment)
-        except CorruptSegmentError as exc:
-            records, _ = scan(segment.path.read_bytes(), segment.segment_id)
-            prepared.corrupt_at = exc.offset
+            data = segment.path.read_bytes()
         except FileNotFoundError:
             prepared.missing = True
             return prepared
-        # TRICKY: the hot loop of the flusher (~200k records/s): locals, bytes all the way, the
-        # per-segment prefix built once.
-        prefix = enrich.position_prefix(segment.segment_id)
-        keys, fields, line, seen = enrich.record_keys, enrich.agent_fields, enrich.ingest_line, self._is_duplicate
-        for start in range(0, len(records), self.max_rows):
-            items: list[tuple[Record, bytes]] = []
-            append = items.append
-            for record in records[start : start + self.max_rows]:
-                payload = record.payload
-                try:
-                    event_id, user_agent = keys(payload)
-                    agent = fields(user_agent)
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                    prepared.undecodable.append((record, f"enrich: {type(exc).__name__}: {exc}"))
-                    continue
-                if seen(event_id, record):
-                    prepared.duplicates += 1
-                    continue
-                append((record, line(payload, prefix, record.offset, agent)))
-            if items:
-                prepared.batches.append(items)
+        spans, valid_end = frames(data)
+        if valid_end != len(data):
+            prepared.corrupt_at = valid_end
+        view = memoryview(data)
+        segment_id = segment.segment_id
+        admit_block, max_rows = self.memory.admit_block, self.max_rows
+        batch: _Batch | None = None
+        seen_rows = 0  # rows of the current batch's frames, retries included
+        for pos, end in spans:
+            if batch is None:
+                batch, seen_rows = _Batch(pos), 0
+            block = block_at(data, pos, end)
+            if block is not None:
+                count = block.rows
+                retries = admit_block(data, block.ids_start, count, segment_id, pos)
+                if not retries:
+                    batch.add(view[block.rows_start : end], pos, end, count)
+                else:
+                    prepared.duplicates += len(retries)
+                    self._add_rows(batch, data, block, set(retries))
+            else:
+                count = 1
+                self._add_legacy(batch, prepared, segment_id, data, pos, end)
+            seen_rows += count
+            batch.stop = end
+            if seen_rows >= max_rows:
+                prepared.batches.append(batch)
+                batch = None
+        if batch is not None:
+            prepared.batches.append(batch)
         return prepared
+
+    @staticmethod
+    def _add_rows(batch: _Batch, data: bytes, block: Block, skip: set[int]) -> None:
+        """Add the rows of `block` but those at indexes `skip`, one range each."""
+        rows = data[block.rows_start : block.end].split(b"\n")[:-1]
+        last = len(rows) - 1
+        for i, row in enumerate(rows):
+            if i not in skip:
+                batch.add(row + b"\n", block.offset + i, block.end if i == last else block.offset + i + 1, 1)
+
+    def _add_legacy(self, batch: _Batch, prepared: _Prepared, segment_id: str, data: bytes, pos: int,
+                    end: int) -> None:
+        """Complete a record of the previous format into a row (flusher.legacy) and add it."""
+        payload = data[pos + HEADER.size : end]
+        try:
+            event_id, user_agent = legacy.record_keys(payload)
+            fields = legacy.agent_fields(user_agent)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            prepared.undecodable.append((Record(segment_id, pos, end, payload), f"enrich: {type(exc).__name__}: {exc}"))
+            return
+        if not self.memory.admit(event_id, segment_id, pos):
+            prepared.duplicates += 1
+            return
+        batch.add(legacy.ingest_line(payload, position_tail(segment_id), pos, fields) + b"\n", pos, end, 1)
 
     def _commit(self, prepared: _Prepared) -> int:
         """Insert a prepared segment's batches, then delete (or quarantine) the segment."""
@@ -277,7 +329,10 @@ class Flusher:
         segment = prepared.segment
         for record, error in prepared.undecodable:
             self._dead_letter([record], 0, error, "undecodable")
-        inserted = sum(self._insert_items(batch) for batch in prepared.batches)
+        inserted = 0
+        for batch in prepared.batches:
+            if batch.rows:
+                inserted += self._insert_batch(segment.segment_id, batch)
         if self._abort.is_set():
             return inserted
         self.metrics.duplicates.inc(prepared.duplicates)
@@ -292,10 +347,36 @@ class Flusher:
         self.metrics.segments.inc()
         return inserted
 
+    def _insert_batch(self, segment_id: str, batch: _Batch) -> int:
+        """Insert a batch's rows in one `INSERT` with the token `<segment>:<first frame>-<end>`; on
+        a data error, split it into rows and bisect (`_insert_items`)."""
+        token = f"{segment_id}:{batch.start}-{batch.stop}"
+        body = b"".join(batch.parts)
+        try:
+            self._with_retries(lambda: self.sink.insert("events_ingest", body, token))
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            return self._insert_items(self._rows_of(segment_id, batch))
+        self.metrics.rows.inc(batch.rows)
+        self.metrics.batches.inc()
+        return batch.rows
+
+    @staticmethod
+    def _rows_of(segment_id: str, batch: _Batch) -> list[tuple[Record, bytes]]:
+        """A batch row by row: (its record, its line with the newline)."""
+        items: list[tuple[Record, bytes]] = []
+        for part, first, end in zip(batch.parts, batch.firsts, batch.ends, strict=True):
+            rows = bytes(part).split(b"\n")[:-1]
+            last = len(rows) - 1
+            items += [(Record(segment_id, first + i, end if i == last else first + i + 1, row), row + b"\n")
+                      for i, row in enumerate(rows)]
+        return items
+
     def _insert_items(self, items: Sequence[tuple[Record, bytes]]) -> int:
         first, last = items[0][0], items[-1][0]
         token = f"{first.segment_id}:{first.offset}-{last.end}"
-        body = b"\n".join(row for _, row in items)
+        body = b"".join(row for _, row in items)
         try:
             self._with_retries(lambda: self.sink.insert("events_ingest", body, token))
         except Exception as exc:

@@ -24,7 +24,6 @@ from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolReader, SpoolWriter
 from collector.pipeline import process
 from collector.validation import EventValidator
-from flusher import enrich
 from flusher.loop import Flusher
 from load.model import ModelConfig, generate
 from load.results import write_result
@@ -62,16 +61,12 @@ def run(n_events: int = 200_000, batch_rows: int = 50_000, seed: int = 3) -> dic
         writer.close()
         records = [r for seg in SpoolReader(work / "a" / "spool").sealed_segments()
                    for r in SpoolReader(work / "a" / "spool").records(seg)]
-        lines = [enrich.ingest_line(r.payload, enrich.position_prefix(r.segment_id), r.offset,
-                                    enrich.agent_fields(enrich.record_keys(r.payload)[1]))
-                 for r in records]
+        lines = [r.payload for r in records]
 
         client = connect(f"chdb://{work / 'a' / 'clickhouse'}")
         migrate(client)
         _warm_up(client, lines[:100])
         flusher = Flusher(Settings(data_dir=work / "a", flush_max_rows=batch_rows), client)
-        enrich.agent.cache_clear()
-        enrich.agent_fields.cache_clear()
         started = time.perf_counter()
         flushed = flusher.flush_once()
         flusher_s = time.perf_counter() - started

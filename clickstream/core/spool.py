@@ -28,6 +28,33 @@ or CRC and cut (`recover`), never touching the records before it.
 `append` never fsyncs (it runs on the collector's event loop): a segment that reaches its size
 is detached there and sealed (fsync, rename to `.seg`, directory fsync) by the background thread
 or the next `sync_to`; `seal_active` and `seal_if_older` seal before they return.
+
+Block records (the format the collector and `clickstream import` write): one framed record per
+request (or per import chunk) whose payload is already what ClickHouse ingests, so the flusher
+checks the CRC and hands byte ranges to `INSERT INTO events_ingest FORMAT JSONEachRow` without a
+Python object per event:
+
+    BLOCK_MAGIC (4 bytes) | n (u32 little-endian) | n event ids (36 ASCII bytes each, lower case)
+    | n JSONEachRow rows, each ending with b"\n"
+
+Row i is the event as `events_ingest` takes it (sql/0007_ingest.sql: the client's fields as sent,
+plus the collector's stamps and the User-Agent fields) with its spool position as its last two
+fields: `"spool_segment":"<segment id>","spool_offset":<B + i>` where B is the byte offset of the
+block's frame. The event ids are the rows' `event_id`s in ClickHouse's canonical text form, the
+key of the flusher's client-retry memory (flusher.dedup), readable without parsing a row.
+
+Spool positions: every event has a unique, deterministic position (segment id, offset):
+- a block at byte B holding n rows gives row i the offset B + i; B + i < B + 8 + payload length
+  (each row has at least one byte), so offsets never collide with the next record's;
+- offsets grow in arrival order within a segment, and segment ids sort by creation time, so
+  (segment id, offset) is the arrival order across one spool (docs/architecture.md "Order of
+  events" breaks `ts` ties with it);
+- the position is written into the row when the block is appended, so every re-flush of the
+  segment (after a crash) sends the same rows with the same positions and dedup tokens; imported
+  history gets its positions the same way, in the sealed segments `write_sealed_segment` writes.
+A record that is not a block (the previous version wrote one JSON object per record) is at
+(segment id, B); `SpoolReader.records` reads both, one `Record` per event, so a spool written
+by the previous version drains after an upgrade.
 """
 
 from __future__ import annotations
@@ -42,7 +69,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -53,6 +80,11 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct("<II")
 _pack_header = HEADER.pack
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+#: First bytes of a block record's payload (a JSON object record starts with `{`).
+BLOCK_MAGIC = b"\x00cs1"
+BLOCK_HEAD = struct.Struct("<4sI")
+#: An event id in a block: the canonical text form of a UUID (8-4-4-4-12 hex digits, lower case).
+EVENT_ID_BYTES = 36
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".seg"
 
@@ -125,28 +157,107 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def scan(buf: bytes | memoryview, segment_id: str = "", start: int = 0) -> tuple[list[Record], int]:
-    """Parse framed records from `buf[start:]` and return them with the end of the last valid one.
+def frames(buf: bytes, start: int = 0) -> tuple[list[tuple[int, int]], int]:
+    """(offset, end) of each valid framed record of `buf[start:]`, and the end of the last valid one.
 
+    Zero-copy: the CRC is checked on a memoryview; a record's payload is `buf[offset + 8 : end]`.
     Stops at the first incomplete, zero-length or CRC-failing record: for an `.open` segment that
     is the torn tail; for a sealed one it is corruption (the caller compares the returned end to
     the size). Offsets are bytes from the start of the segment.
     """
-    records: list[Record] = []
+    spans: list[tuple[int, int]] = []
+    append = spans.append
+    view = memoryview(buf)
     pos = start
     size = len(buf)
     unpack = HEADER.unpack_from
+    crc32 = zlib.crc32
     while pos + HEADER.size <= size:
         length, crc = unpack(buf, pos)
         end = pos + HEADER.size + length
-        if length == 0 or length > MAX_RECORD_BYTES or end > size:
+        if length == 0 or length > MAX_RECORD_BYTES or end > size or crc32(view[pos + HEADER.size : end]) != crc:
             break
-        payload = bytes(buf[pos + HEADER.size : end])
-        if zlib.crc32(payload) != crc:
-            break
-        records.append(Record(segment_id, pos, end, payload))
+        append((pos, end))
         pos = end
-    return records, pos
+    return spans, pos
+
+
+def scan(buf: bytes, segment_id: str = "", start: int = 0) -> tuple[list[Record], int]:
+    """The framed records of `buf[start:]` (one `Record` per frame, payload copied) and the end of
+    the last valid one; see `frames` for where it stops."""
+    spans, end = frames(buf, start)
+    return [Record(segment_id, pos, stop, bytes(buf[pos + HEADER.size : stop])) for pos, stop in spans], end
+
+
+# -- block records ---------------------------------------------------------------------------
+def position_tail(segment_id: str) -> bytes:
+    """The part of every row's position suffix that is the same for a whole segment."""
+    return b',"spool_segment":"' + segment_id.encode() + b'","spool_offset":'
+
+
+def block_payload(segment_id: str, offset: int, ids: Sequence[bytes], rows: Sequence[bytes]) -> bytes:
+    """A block record's payload for a frame at byte `offset` of segment `segment_id`.
+
+    `ids[i]` is row i's event id (36 ASCII bytes, lower case); `rows[i]` one compact JSON object
+    (no newline, ending with `}`), to which the position `"spool_segment"`, `"spool_offset": offset + i`
+    is appended. Raises ValueError for no rows, mismatched lengths, an id that is not 36 bytes or a
+    row that is not a one-line JSON object.
+    """
+    n = len(rows)
+    if not n or len(ids) != n:
+        raise ValueError(f"a block needs as many event ids as rows (ids {len(ids)}, rows {n})")
+    tail = position_tail(segment_id)
+    parts = [BLOCK_HEAD.pack(BLOCK_MAGIC, n)]
+    for event_id in ids:
+        if len(event_id) != EVENT_ID_BYTES:
+            raise ValueError(f"event id {event_id!r} is not {EVENT_ID_BYTES} bytes")
+    parts += ids
+    for i, row in enumerate(rows):
+        if row[-1:] != b"}" or b"\n" in row:
+            raise ValueError(f"row {i} is not a one-line JSON object")
+        parts += (row[:-1], tail, b"%d}\n" % (offset + i))
+    return b"".join(parts)
+
+
+class Block(NamedTuple):
+    """A block record, read without copying: its frame's offset and end, the number of rows, and
+    where in the segment's bytes its event ids and rows lie (`[ids_start, rows_start)`,
+    `[rows_start, end)`). Row i is at position (segment id, offset + i)."""
+
+    offset: int
+    end: int
+    rows: int
+    ids_start: int
+    rows_start: int
+
+
+def block_at(buf: bytes, offset: int, end: int) -> Block | None:
+    """The block record framed at `buf[offset:end]`, or None when that record is not a well-formed
+    block (a record of the previous format, or a block whose row count does not match)."""
+    start = offset + HEADER.size
+    if buf[start : start + 4] != BLOCK_MAGIC:
+        return None
+    _, n = BLOCK_HEAD.unpack_from(buf, start)
+    rows_start = start + BLOCK_HEAD.size + n * EVENT_ID_BYTES
+    if not n or rows_start >= end or buf[end - 1] != 0x0A or buf.count(b"\n", rows_start, end) != n:
+        return None
+    return Block(offset, end, n, start + BLOCK_HEAD.size, rows_start)
+
+
+def records_of(segment_id: str, buf: bytes, spans: Sequence[tuple[int, int]]) -> list[Record]:
+    """One `Record` per event of the framed records at `spans` of `buf`: a block gives one per row
+    (payload: the row without its newline; offset B + i, end B + i + 1, the last row's end the
+    frame's end), any other record itself (its payload)."""
+    out: list[Record] = []
+    for pos, end in spans:
+        block = block_at(buf, pos, end)
+        if block is None:
+            out.append(Record(segment_id, pos, end, bytes(buf[pos + HEADER.size : end])))
+            continue
+        rows = buf[block.rows_start : end - 1].split(b"\n")
+        last = len(rows) - 1
+        out += [Record(segment_id, pos + i, end if i == last else pos + i + 1, row) for i, row in enumerate(rows)]
+    return out
 
 
 def new_segment_id(after_us: int = 0) -> str:
@@ -160,22 +271,43 @@ def segment_created_us(segment_id: str) -> int:
     return int(segment_id.split("-", 1)[0])
 
 
-def write_sealed_segment(directory: Path, payloads: Sequence[bytes]) -> str:
-    """Write `payloads` as one new sealed segment (temp file, fsync, rename, directory fsync).
-
-    For writers other than the collector (`clickstream import`): the flusher picks the segment up
-    like any other. Returns the segment id. Raises ValueError for an empty or oversized payload,
-    OSError when the disk refuses.
-    """
+def write_segment(directory: Path, segment_id: str, blocks: Iterable[tuple[Sequence[bytes], Sequence[bytes]]]) -> int:
+    """Write `blocks` ((event ids, rows) pairs, see `block_payload`) as segment `segment_id` into a
+    hidden temp file `.<segment_id>.tmp` of `directory`, fsynced; `publish_segment` seals it.
+    Returns the number of rows. Raises ValueError for a malformed block (the temp file is
+    removed), OSError when the disk refuses."""
     directory.mkdir(parents=True, exist_ok=True)
-    segment_id = new_segment_id()
     tmp = directory / f".{segment_id}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(b"".join(frame(p) for p in payloads))
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.rename(directory / (segment_id + SEALED_SUFFIX))
+    rows_written = 0
+    try:
+        with open(tmp, "wb") as fh:
+            offset = 0
+            for ids, rows in blocks:
+                payload = block_payload(segment_id, offset, ids, rows)
+                fh.write(frame(payload))
+                offset += HEADER.size + len(payload)
+                rows_written += len(rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows_written
+
+
+def publish_segment(directory: Path, segment_id: str) -> None:
+    """Seal a segment written by `write_segment`: rename it to `<segment_id>.seg`, fsync the directory."""
+    (directory / f".{segment_id}.tmp").rename(directory / (segment_id + SEALED_SUFFIX))
     fsync_dir(directory)
+
+
+def write_sealed_segment(directory: Path, blocks: Iterable[tuple[Sequence[bytes], Sequence[bytes]]]) -> str:
+    """Write `blocks` as one new sealed segment (temp file, fsync, rename, directory fsync) and
+    return its id: for writers other than the collector (`clickstream import`); the flusher picks
+    it up like any other. Errors as `write_segment`."""
+    segment_id = new_segment_id()
+    write_segment(directory, segment_id, blocks)
+    publish_segment(directory, segment_id)
     return segment_id
 
 
@@ -197,7 +329,7 @@ def recover(directory: Path) -> int:
     cut = 0
     for path in sorted(directory.glob("*" + OPEN_SUFFIX)):
         data = path.read_bytes()
-        _, valid_end = scan(data, path.stem)
+        _, valid_end = frames(data)
         if valid_end < len(data):
             cut += len(data) - valid_end
             log.warning("spool: cut torn tail of %s at byte %d (%d bytes)", path.name, valid_end,
@@ -312,26 +444,51 @@ class SpoolWriter:
             parts.append(payload)
         data = b"".join(parts)
         with self._lock:
-            if self._closed:
-                raise SpoolError(f"spool writer of {self.directory} is closed")
-            if self.bytes_used >= self.max_bytes:
-                raise SpoolFullError(f"spool holds {self.bytes_used} bytes, quota {self.max_bytes}")
-            if self._fd is not None and self._offset + len(data) > self.segment_max_bytes and self._offset:
-                self._detach_locked()
-            if self._fd is None:
-                self._new_segment_locked()
-            assert self._fd is not None
-            start = self._offset
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
-            except OSError:
-                os.ftruncate(self._fd, start)
-                raise
-            self._offset = start + len(data)
-            return SpoolPosition(self._segment_id, self._offset)
+            self._prepare_locked(len(data))
+            return self._write_locked(data)
+
+    def append_block(self, ids: Sequence[bytes], rows: Sequence[bytes]) -> SpoolPosition:
+        """Append one block record (the rows of one request, see the module docstring) and return
+        the position just past it. Row i gets the position (segment, block offset + i), stamped
+        into the row here, where the offset is known.
+
+        Same durability and errors as `append`, plus ValueError for a malformed block
+        (`block_payload`).
+        """
+        estimate = HEADER.size + BLOCK_HEAD.size + sum(map(len, rows)) + len(rows) * (EVENT_ID_BYTES + 72)
+        with self._lock:
+            self._prepare_locked(estimate)
+            payload = block_payload(self._segment_id, self._offset, ids, rows)
+            if len(payload) > MAX_RECORD_BYTES:
+                raise ValueError(f"block of {len(payload)} bytes exceeds {MAX_RECORD_BYTES}")
+            return self._write_locked(_pack_header(len(payload), zlib.crc32(payload)) + payload)
+
+    def _prepare_locked(self, size: int) -> None:
+        """Check the writer is open and under quota; start a new segment when `size` more bytes
+        would overflow the active one (a record larger than a segment is kept whole)."""
+        if self._closed:
+            raise SpoolError(f"spool writer of {self.directory} is closed")
+        if self.bytes_used >= self.max_bytes:
+            raise SpoolFullError(f"spool holds {self.bytes_used} bytes, quota {self.max_bytes}")
+        if self._fd is not None and self._offset + size > self.segment_max_bytes and self._offset:
+            self._detach_locked()
+        if self._fd is None:
+            self._new_segment_locked()
+
+    def _write_locked(self, data: bytes) -> SpoolPosition:
+        """`write(2)` all of `data` at the active segment's end; roll back a partial write."""
+        assert self._fd is not None
+        start = self._offset
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            os.ftruncate(self._fd, start)
+            raise
+        self._offset = start + len(data)
+        return SpoolPosition(self._segment_id, self._offset)
 
     def durable_position(self) -> SpoolPosition:
         """Everything appended up to this position survives a machine crash (it is fsynced)."""
@@ -490,28 +647,30 @@ class SpoolReader:
         return out
 
     def records(self, segment: SegmentInfo) -> list[Record]:
-        """Every record of a segment in order. Raises CorruptSegmentError (with the good prefix
-        readable again by `scan`) when a sealed segment's framing breaks before its end."""
+        """Every event of a segment in order, one `Record` each (block records are read row by row,
+        see `records_of`). Raises CorruptSegmentError (with the good prefix readable again by
+        `frames`) when a sealed segment's framing breaks before its end."""
         data = segment.path.read_bytes()
-        records, end = scan(data, segment.segment_id)
+        spans, end = frames(data)
         if end != len(data) and segment.path.suffix == SEALED_SUFFIX:
             raise CorruptSegmentError(segment.segment_id, end)
-        return records
+        return records_of(segment.segment_id, data, spans)
 
     def iter_all(self) -> Iterator[Record]:
-        """Records of sealed then open segments (complete records only), oldest first.
+        """Events of sealed then open segments (complete records only), oldest first.
 
-        Of a corrupt sealed segment, the intact records before the break are yielded.
+        Of a corrupt sealed segment, the events of the intact records before the break are yielded.
         """
-        for seg in self.sealed_segments():
-            try:
-                data = seg.path.read_bytes()
-            except FileNotFoundError:  # marked done meanwhile
-                continue
-            yield from scan(data, seg.segment_id)[0]
-        for seg in self.open_segments():
-            with contextlib.suppress(FileNotFoundError):
-                yield from scan(seg.path.read_bytes(), seg.segment_id)[0]
+        for listing in (self.sealed_segments, self.open_segments):
+            for seg in listing():
+                try:
+                    data = seg.path.read_bytes()
+                except FileNotFoundError:  # marked done, or sealed since it was listed
+                    try:
+                        data = seg.path.with_suffix(SEALED_SUFFIX).read_bytes()
+                    except FileNotFoundError:
+                        continue
+                yield from records_of(seg.segment_id, data, frames(data)[0])
 
     def mark_done(self, segment_id: str) -> None:
         """Delete a sealed segment whose every record ClickHouse confirmed (or dead-lettered)."""

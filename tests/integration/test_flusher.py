@@ -20,6 +20,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from clickstream.core.clickhouse import ClickHouseSink, connect, migrate
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolReader, SpoolWriter
+from collector.pipeline import event_id_key, ingest_row, request_stamp
 from flusher.loop import Flusher
 from tests.conftest import ROOT, make_event, now_ms
 
@@ -46,13 +47,38 @@ def session_events(n_sessions: int, per_session: int) -> list[dict[str, Any]]:
     return events
 
 
+#: The spool format `spool` writes, set for each test by the `spool_format` fixture: every test
+#: runs against block records (what the collector writes) and against records of the previous
+#: format (a spool left by the previous version, drained after an upgrade).
+_FORMAT = {"name": "block"}
+
+
+@pytest.fixture(autouse=True, params=["block", "legacy"])
+def spool_format(request: pytest.FixtureRequest) -> Iterator[str]:
+    _FORMAT["name"] = request.param
+    yield request.param
+    _FORMAT["name"] = "block"
+
+
+def block_of(event: dict[str, Any]) -> tuple[list[bytes], list[bytes]]:
+    """One event as the collector spools a request of one event: (its id, its events_ingest row)."""
+    sent = {k: v for k, v in event.items() if k not in ("user_agent", "received_at")}
+    return [event_id_key(sent["event_id"])], [ingest_row(sent, request_stamp(event["received_at"],
+                                                                              event["user_agent"], ""))]
+
+
 def spool(data_dir: Path, events: list[dict[str, Any]], per_segment: int = 0) -> list[str]:
-    """Write events to sealed spool segments (per_segment records each; 0: one segment)."""
+    """Write events to sealed spool segments (per_segment records each; 0: one segment), one
+    request of one event each (block format) or one record each (previous format)."""
     writer = SpoolWriter(data_dir / "spool", fsync_interval_ms=0).open()
     sealed = []
     chunk = per_segment or len(events)
     for start in range(0, len(events), chunk):
-        writer.append([orjson.dumps(e) for e in events[start : start + chunk]])
+        if _FORMAT["name"] == "block":
+            for event in events[start : start + chunk]:
+                writer.append_block(*block_of(event))
+        else:
+            writer.append([orjson.dumps(e) for e in events[start : start + chunk]])
         segment = writer.seal_active()
         assert segment
         sealed.append(segment)

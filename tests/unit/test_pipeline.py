@@ -19,6 +19,7 @@ from clickstream.core.errors import ClickstreamError
 from clickstream.core.schema import TOO_DEEP_MESSAGE
 from clickstream.core.settings import Settings
 from clickstream.core.times import parse_ts
+from clickstream.core.useragent import Agent
 from collector.pipeline import IpHasher, check_clock, parse_body, process
 from collector.validation import EventValidator, RejectReason
 from tests.conftest import make_event
@@ -185,8 +186,10 @@ def test_stamping() -> None:
     assert uuid.UUID(stored["event_id"]).version == 4
     assert stored["user_agent"] == "UA/1.0"
     assert stored["ip_hash"] == "feedfacecafebeef"
-    assert {k: v for k, v in stored.items() if k not in ("received_at", "event_id", "user_agent", "ip_hash",
-                                                          "ts")} == {k: v for k, v in original.items() if k != "ts"}
+    assert stored["browser"] == "Other" and stored["is_bot"] == 0  # the User-Agent's fields, stamped once
+    stamps = ("received_at", "event_id", "user_agent", "ip_hash", "ts", *Agent._fields)
+    assert {k: v for k, v in stored.items() if k not in stamps} == {k: v for k, v in original.items() if k != "ts"}
+    assert outcome.ids == [stored["event_id"].encode()]
 
 
 def test_client_event_id_is_kept_and_each_missing_one_is_new() -> None:
