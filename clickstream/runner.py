@@ -8,7 +8,7 @@ import threading
 
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from clickstream.core.clickhouse import connect, open_clickhouse
 from clickstream.core.component import Component
@@ -23,7 +23,7 @@ from stitcher.service import Stitcher
 log = logging.getLogger(__name__)
 
 
-def collector_app(settings: Settings) -> Starlette:
+def collector_app(settings: Settings) -> ASGIApp:
     """The collector alone: /collect, /beacon.js, /healthz, /readyz, /metrics."""
     registry = CollectorRegistry()
     collector = Collector(settings, CollectorMetrics(registry))
@@ -49,13 +49,13 @@ def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Co
     ]
 
 
-def serve_app(settings: Settings) -> Starlette:
+def serve_app(settings: Settings) -> ASGIApp:
     registry = CollectorRegistry()
     return create_app(serve_components(settings, registry), registry,
                       cors_allow_origins=settings.cors_allow_origins)
 
 
-def run_uvicorn(app: Starlette, settings: Settings) -> None:
+def run_uvicorn(app: ASGIApp, settings: Settings) -> None:
     """Serve with uvloop + httptools, no access log (it would dominate the hot path's cost)."""
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",

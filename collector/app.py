@@ -30,12 +30,12 @@ from starlette.types import Receive, Scope, Send
 
 from clickstream.core import resources
 from clickstream.core.component import Check
-from clickstream.core.errors import ClickstreamError, HttpAnswer, Unavailable, UnsupportedMediaType
-from clickstream.core.http import ClientDisconnect, receive_body
+from clickstream.core.errors import ClickstreamError, HttpAnswer, TooLarge, Unavailable, UnsupportedMediaType
+from clickstream.core.http import ClientDisconnect, RawRoute, receive_rest
 from clickstream.core.settings import Settings
-from clickstream.core.spool import SpoolError, SpoolFullError, SpoolWriter
+from clickstream.core.spool import SpoolError, SpoolFullError, SpoolPosition, SpoolWriter
 from collector.metrics import CollectorMetrics
-from collector.pipeline import IpHasher, parse_body, process, rejected_reason
+from collector.pipeline import IpHasher, Outcome, parse_body, process, rejected_reason
 from collector.rejected import RejectedStore
 from collector.validation import EventValidator, RejectReason
 
@@ -140,28 +140,53 @@ class Collector:
         ]
 
     def update_gauges(self) -> None:
-        """Refresh the spool gauges before /metrics is rendered."""
+        """Publish the counts and refresh the spool gauges before /metrics is rendered."""
+        self.metrics.publish()
         self.metrics.spool_bytes.set(self.spool.bytes_used)
         self.metrics.spool_sealed_segments.set(len(list(self.settings.spool_dir.glob("*.seg"))))
 
     def routes(self) -> Sequence[BaseRoute]:
         """`POST /collect` (raw ASGI, see `_CollectEndpoint`) and `GET /beacon.js`."""
         return [
-            Route("/collect", _CollectEndpoint(self), methods=["POST"]),
+            RawRoute("/collect", _CollectEndpoint(self), methods=["POST"]),
             Route("/beacon.js", self.beacon, methods=["GET", "HEAD"]),
         ]
 
     # -- handlers --------------------------------------------------------------------------
     async def answer(self, receive: Receive, content_type: str | None, content_length: str | None,
                      user_agent: str | None, client_host: str | None) -> HttpAnswer | None:
-        """Run one `POST /collect`: parse -> validate -> stamp -> append -> answer.
+        """Run one `POST /collect`: receive -> parse -> validate -> stamp -> append -> answer.
 
         Header values are as received (None when absent); `client_host` is the peer address
         (after uvicorn's proxy-header handling), hashed and never stored. Returns the answer,
         or None when the client disconnected before its body arrived (counted, nothing spooled).
+        Only receiving the body (and, with `spool_fsync_interval_ms=0`, the fsync) awaits; the
+        pipeline in between is synchronous (`accept`).
         """
         try:
-            return await self._collect(receive, content_type, content_length, user_agent, client_host)
+            if not accepted_media_type(content_type):
+                raise UnsupportedMediaType(f"Content-Type {media_type(content_type)!r} not accepted: use "
+                                           "application/json or text/plain",
+                                           code=RejectReason.UNSUPPORTED_MEDIA_TYPE)
+            if self.spool.over_quota():
+                raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL)
+            limit = self.settings.max_body_bytes
+            if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+                raise TooLarge(f"body exceeds {limit} bytes", code=RejectReason.BODY_TOO_LARGE)
+            message = await receive()  # inlined: the whole body in one message is the common case
+            if message["type"] != "http.request":
+                raise ClientDisconnect
+            body = message.get("body", b"")
+            if message.get("more_body", False) or len(body) > limit:
+                body = await receive_rest(receive, body, limit, code=RejectReason.BODY_TOO_LARGE)
+            outcome, position = self.accept(body, user_agent, client_host)
+            if position is not None and self.settings.spool_fsync_interval_ms == 0:
+                try:
+                    await asyncio.to_thread(self.spool.sync_to, position)
+                except OSError as exc:  # written but not durable: the client retries (same event_id)
+                    raise Unavailable(f"spool cannot fsync ({exc}); retry later",
+                                      code=RejectReason.SPOOL_UNAVAILABLE) from None
+            return self.acknowledge(outcome, body)
         except ClickstreamError as exc:  # the one place a refused request becomes an answer
             exc.extra = {"accepted": 0, "rejected": 0, "errors": [], **exc.extra}  # the shape of POST /collect
             self.metrics.request(exc.status)
@@ -171,16 +196,12 @@ class Collector:
             self.metrics.client_disconnects.inc()
             return None
 
-    async def _collect(self, receive: Receive, content_type: str | None, content_length: str | None,
-                       user_agent: str | None, client_host: str | None) -> HttpAnswer:
-        ctype = (content_type or "text/plain").split(";", 1)[0].strip().lower()
-        if ctype not in _ACCEPTED_TYPES:
-            raise UnsupportedMediaType(f"Content-Type {ctype!r} not accepted: use application/json or text/plain",
-                                       code=RejectReason.UNSUPPORTED_MEDIA_TYPE)
-        if self.spool.over_quota():
-            raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL)
-        body = await receive_body(receive, content_length, self.settings.max_body_bytes,
-                                  code=RejectReason.BODY_TOO_LARGE)
+    def accept(self, body: bytes, user_agent: str | None, client_host: str | None
+               ) -> tuple[Outcome, SpoolPosition | None]:
+        """Parse, validate and stamp a request body and append its accepted events to the spool as
+        one block record; return the outcome and the spool position after it (None when nothing
+        was accepted). Raises ClickstreamError (the request is refused; a malformed body is kept
+        in rejected/)."""
         try:
             events = parse_body(body, self.settings.max_batch_events)
         except ClickstreamError as exc:
@@ -197,29 +218,31 @@ class Collector:
             max_age_ms=self._max_age_ms,
             max_skew_ms=self._max_skew_ms,
         )
-        if outcome.records:
-            try:
-                position = self.spool.append_block(outcome.ids, outcome.records)
-            except SpoolFullError:
-                raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL) from None
-            except (OSError, SpoolError) as exc:  # ENOSPC, EIO, closed at shutdown: back-pressure
-                raise Unavailable(f"spool cannot take writes ({exc}); retry later",
-                                  code=RejectReason.SPOOL_UNAVAILABLE) from None
-            if self.settings.spool_fsync_interval_ms == 0:
-                try:
-                    await asyncio.to_thread(self.spool.sync_to, position)
-                except OSError as exc:  # written but not durable: the client retries (same event_id)
-                    raise Unavailable(f"spool cannot fsync ({exc}); retry later",
-                                      code=RejectReason.SPOOL_UNAVAILABLE) from None
-            self.metrics.events_accepted.inc(len(outcome.records))
-        if outcome.errors:
-            self.rejected.add(outcome.rejected_entries, body=body)
-            for err in outcome.errors:
-                self.metrics.rejected(err.reason)
-        status = 202 if outcome.records else 400
+        if not outcome.records:
+            return outcome, None
+        try:
+            return outcome, self.spool.append_block(outcome.ids, outcome.records, outcome.stamp)
+        except SpoolFullError:
+            raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL) from None
+        except (OSError, SpoolError) as exc:  # ENOSPC, EIO, closed at shutdown: back-pressure
+            raise Unavailable(f"spool cannot take writes ({exc}); retry later",
+                              code=RejectReason.SPOOL_UNAVAILABLE) from None
+
+    def acknowledge(self, outcome: Outcome, body: bytes) -> HttpAnswer:
+        """Count the outcome, keep its rejected events, and answer: 202 when any event was
+        accepted (the all-accepted answer pre-encoded), else 400, with per-event errors."""
+        accepted = len(outcome.records)
+        if accepted:
+            self.metrics.accepted(accepted)
+        status = 202 if accepted else 400
         self.metrics.request(status)
+        if not outcome.errors:
+            return accepted_answer(accepted)
+        self.rejected.add(outcome.rejected_entries, body=body)
+        for err in outcome.errors:
+            self.metrics.rejected(err.reason)
         payload = orjson.dumps({
-            "accepted": len(outcome.records),
+            "accepted": accepted,
             "rejected": len(outcome.errors),
             "errors": [e.as_json() for e in outcome.errors],
         })
@@ -239,6 +262,24 @@ class Collector:
             return Response(script.gzipped, media_type="application/javascript",
                             headers={**headers, "Content-Encoding": "gzip"})
         return Response(script.minified, media_type="application/javascript", headers=headers)
+
+
+@functools.lru_cache(maxsize=64)
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type header value, lower case (`text/plain` when absent)."""
+    return (content_type or "text/plain").split(";", 1)[0].strip().lower()
+
+
+def accepted_media_type(content_type: str | None) -> bool:
+    """True for the media types `POST /collect` reads (JSON and sendBeacon's text/plain)."""
+    return media_type(content_type) in _ACCEPTED_TYPES
+
+
+@functools.lru_cache(maxsize=256)
+def accepted_answer(accepted: int) -> HttpAnswer:
+    """The 202 of a request whose `accepted` events were all accepted, encoded once per count."""
+    body = orjson.dumps({"accepted": accepted, "rejected": 0, "errors": []})
+    return HttpAnswer(202, [*_JSON_HEADERS, (b"content-length", b"%d" % len(body))], body)
 
 
 class BeaconScript(NamedTuple):

@@ -48,6 +48,7 @@ from clickstream.core.spool import new_segment_id, publish_segment, segment_crea
 from clickstream.core.times import MIN_TS_MS, parse_ts
 from clickstream.core.useragent import agent_fragment
 from collector import ga4
+from collector.pipeline import ingest_row
 from collector.rejected import RejectedStore
 from collector.validation import EventValidator, RejectReason
 
@@ -239,7 +240,7 @@ def _rows(first_line: int, data: bytes, options: ImportOptions, rejected: list[d
         if event_id is None:
             event_id = event["event_id"] = import_event_id(line)
         ids.append(event_id.lower().encode())
-        rows.append(dumps(event)[:-1] + b',"received_at":%d,' % received_at + agent + b"}")
+        rows.append(ingest_row(dumps(event), b',"received_at":%d,' % received_at + agent))
     return ids, rows
 
 

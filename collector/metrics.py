@@ -8,8 +8,8 @@ from collector.validation import RejectReason
 
 
 class CollectorMetrics:
-    """Counters named as in the collector issue: requests by status, events accepted, events
-    rejected by reason, spool bytes, sealed segments pending, fsync latency (seconds)."""
+    """Requests by status, events accepted, events rejected by reason, spool bytes, sealed segments
+    pending, fsync latency (seconds). Counts reach the registry at `publish` (before each scrape)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -34,14 +34,33 @@ class CollectorMetrics:
         self.fsync_seconds = Histogram(
             "clickstream_spool_fsync_seconds", "fsync latency of the spool",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
-        self._status = {s: self.requests.labels(status=str(s)) for s in (202, 400, 413, 415, 503)}
-        self._reasons = {reason: self.events_rejected.labels(reason=reason.value) for reason in RejectReason}
+        # TRICKY: the hot path counts in plain ints (no prometheus lock, ~1 µs a request less);
+        # `publish` moves them into the counters before /metrics is rendered. Both run on the
+        # event loop, so no count is lost between them.
+        self._requests: dict[int, int] = {}
+        self._accepted = 0
+        self._rejected: dict[RejectReason, int] = {}
 
     def request(self, status: int) -> None:
-        child = self._status.get(status)
-        if child is None:
-            child = self._status[status] = self.requests.labels(status=str(status))
-        child.inc()
+        """Count one answered request by status."""
+        self._requests[status] = self._requests.get(status, 0) + 1
+
+    def accepted(self, n: int) -> None:
+        """Count `n` events appended to the spool."""
+        self._accepted += n
 
     def rejected(self, reason: RejectReason, n: int = 1) -> None:
-        self._reasons[reason].inc(n)
+        """Count `n` events (or one whole request) refused for `reason`."""
+        self._rejected[reason] = self._rejected.get(reason, 0) + n
+
+    def publish(self) -> None:
+        """Move the counts taken since the last call into the Prometheus counters."""
+        requests, self._requests = self._requests, {}
+        accepted, self._accepted = self._accepted, 0
+        rejected, self._rejected = self._rejected, {}
+        for status, n in requests.items():
+            self.requests.labels(status=str(status)).inc(n)
+        if accepted:
+            self.events_accepted.inc(accepted)
+        for reason, n in rejected.items():
+            self.events_rejected.labels(reason=reason.value).inc(n)

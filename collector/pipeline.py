@@ -103,13 +103,20 @@ class IpHasher:
 
 @dataclasses.dataclass(slots=True)
 class Outcome:
-    """What the pipeline made of one request: the accepted events as `events_ingest` rows with their
-    event ids (the spool's block record, clickstream.core.spool), and per-event errors."""
+    """What the pipeline made of one request: the accepted events as JSON objects (`records`) with
+    their event ids, the request's `stamp` that completes each into an `events_ingest` row (the
+    spool's block record, clickstream.core.spool), and per-event errors."""
 
     records: list[bytes]
     ids: list[bytes]
+    stamp: bytes
     errors: list[EventError]
     rejected_entries: list[dict[str, Any]]
+
+    def rows(self) -> list[bytes]:
+        """The `events_ingest` rows: each record completed with the stamp (what the spool stores,
+        before the position)."""
+        return [ingest_row(record, self.stamp) for record in self.records]
 
 
 def request_stamp(received_at_ms: int, user_agent: str, ip_hash: str) -> bytes:
@@ -125,10 +132,9 @@ def request_stamp(received_at_ms: int, user_agent: str, ip_hash: str) -> bytes:
     return stamp
 
 
-def ingest_row(event: dict[str, Any], stamp: bytes) -> bytes:
-    """One `events_ingest` row: the event's JSON object (its fields as sent, compact, one line)
-    with the request's `stamp` appended."""
-    return orjson.dumps(event)[:-1] + stamp + b"}"
+def ingest_row(record: bytes, stamp: bytes) -> bytes:
+    """One `events_ingest` row: an event's JSON object (compact, one line) with `stamp` appended."""
+    return record[:-1] + stamp + b"}"
 
 
 def event_id_key(event_id: str) -> bytes:
@@ -146,39 +152,46 @@ def process(
     max_age_ms: int,
     max_skew_ms: int,
 ) -> Outcome:
-    """Validate and stamp each event; return `events_ingest` rows, their ids, and errors.
+    """Validate and stamp each event; return the accepted ones as JSON objects with their ids and
+    the request's stamp (`Outcome.rows` joins them), and the errors.
 
-    Stamping: `event_id` (UUID4) when absent, `ts` normalised to epoch ms, then `request_stamp`
-    (received_at in UTC epoch ms, the User-Agent and its fields, `ip_hash` when not empty).
-    Accepted events are changed in place; rejected ones are left as sent (they go to rejected/ raw).
+    Stamping: `event_id` (UUID4) when absent and `ts` normalised to epoch ms, in the event; then
+    `request_stamp` (received_at in UTC epoch ms, the User-Agent and its fields, `ip_hash` when
+    not empty) for the whole request. Accepted events are changed in place; rejected ones are
+    left as sent (they go to rejected/ raw).
     """
     records: list[bytes] = []
     ids: list[bytes] = []
     errors: list[EventError] = []
     rejected: list[dict[str, Any]] = []
-    stamp = request_stamp(received_at_ms, user_agent, ip_hash)
     dumps = orjson.dumps
+    oldest, newest = received_at_ms - max_age_ms, received_at_ms + max_skew_ms
     # one validator call for a whole batch (the common, all-valid case); per event otherwise
     all_valid = len(events) > 1 and validator.all_valid(events)
     for index, event in enumerate(events):
         if all_valid or validator.is_valid(event):
-            checked = _check_clock(event, index, received_at_ms, max_age_ms, max_skew_ms)
-            if isinstance(checked, int):
+            ts = event["ts"]
+            if type(ts) is not int or not oldest <= ts <= newest:  # else the common case: ms, in the window
+                checked = _check_clock(event, index, received_at_ms, max_age_ms, max_skew_ms)
+                if not isinstance(checked, int):
+                    errors.append(checked)
+                    rejected.append({"reason": checked.reason.value, "index": index, "path": checked.path,
+                                     "message": checked.message, "event": event})
+                    continue
                 event["ts"] = checked  # in place: keeps its position among the fields
-                event_id = event.get("event_id")
-                if event_id is None:
-                    event_id = event["event_id"] = str(uuid.uuid4())
-                ids.append(event_id.lower().encode())
-                records.append(dumps(event)[:-1] + stamp + b"}")
-                continue
-            error = checked
-        else:
-            path, message = validator.first_error(event) or ("", "invalid event")
-            error = EventError(index, path, message, RejectReason.SCHEMA_VIOLATION)
+            event_id = event.get("event_id")
+            if event_id is None:
+                event_id = event["event_id"] = str(uuid.uuid4())
+            ids.append(event_id.lower().encode())
+            records.append(dumps(event))
+            continue
+        path, message = validator.first_error(event) or ("", "invalid event")
+        error = EventError(index, path, message, RejectReason.SCHEMA_VIOLATION)
         errors.append(error)
         rejected.append({"reason": error.reason.value, "index": index, "path": error.path,
                          "message": error.message, "event": event})
-    return Outcome(records, ids, errors, rejected)
+    stamp = request_stamp(received_at_ms, user_agent, ip_hash) if records else b""
+    return Outcome(records, ids, stamp, errors, rejected)
 
 
 def _check_clock(event: dict[str, Any], index: int, received_at_ms: int, max_age_ms: int,

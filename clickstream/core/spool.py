@@ -110,9 +110,9 @@ class CorruptSegmentError(SpoolError):
         self.offset = offset
 
 
-@dataclasses.dataclass(frozen=True, order=True, slots=True)
-class SpoolPosition:
-    """A byte position in the spool: segment ids order segments, offsets order records within one."""
+class SpoolPosition(NamedTuple):
+    """A byte position in the spool: segment ids order segments, offsets order records within one
+    (a NamedTuple: one is made per append, on the collector's hot path)."""
 
     segment_id: str
     offset: int
@@ -195,27 +195,35 @@ def position_tail(segment_id: str) -> bytes:
     return b',"spool_segment":"' + segment_id.encode() + b'","spool_offset":'
 
 
-def block_payload(segment_id: str, offset: int, ids: Sequence[bytes], rows: Sequence[bytes]) -> bytes:
-    """A block record's payload for a frame at byte `offset` of segment `segment_id`.
+def block_payload(segment: str | bytes, offset: int, ids: Sequence[bytes], rows: Sequence[bytes],
+                  members: bytes = b"") -> bytes:
+    """A block record's payload for a frame at byte `offset` of segment `segment` (its id, or the
+    segment's `position_tail`, computed once per segment by a writer).
 
     `ids[i]` is row i's event id (36 ASCII bytes, lower case); `rows[i]` one compact JSON object
-    (no newline, ending with `}`), to which the position `"spool_segment"`, `"spool_offset": offset + i`
-    is appended. Raises ValueError for no rows, mismatched lengths, an id that is not 36 bytes or a
-    row that is not a one-line JSON object.
+    (one line, ending with `}`). Every row gets `members` (JSON object members with a leading
+    comma, e.g. the stamps of the request all rows came in) and then its position
+    `"spool_segment"`, `"spool_offset": offset + i` appended. Raises ValueError for no rows,
+    mismatched lengths, an id that is not 36 bytes or a row that is not a one-line JSON object.
     """
     n = len(rows)
     if not n or len(ids) != n:
         raise ValueError(f"a block needs as many event ids as rows (ids {len(ids)}, rows {n})")
-    tail = position_tail(segment_id)
+    if b"\n" in members:
+        raise ValueError("members must be on one line")
+    tail = members + (segment if isinstance(segment, bytes) else position_tail(segment))
     parts = [BLOCK_HEAD.pack(BLOCK_MAGIC, n)]
     for event_id in ids:
         if len(event_id) != EVENT_ID_BYTES:
             raise ValueError(f"event id {event_id!r} is not {EVENT_ID_BYTES} bytes")
     parts += ids
-    for i, row in enumerate(rows):
+    append = parts.append
+    for i, row in enumerate(rows, offset):
         if row[-1:] != b"}" or b"\n" in row:
-            raise ValueError(f"row {i} is not a one-line JSON object")
-        parts += (row[:-1], tail, b"%d}\n" % (offset + i))
+            raise ValueError(f"row {i - offset} is not a one-line JSON object")
+        append(row[:-1])
+        append(tail)
+        append(b"%d}\n" % i)
     return b"".join(parts)
 
 
@@ -369,6 +377,7 @@ class SpoolWriter:
         self._sync_lock = threading.Lock()
         self._fd: int | None = None
         self._segment_id = ""
+        self._tail = b""  # position_tail of the active segment
         self._offset = 0
         self._opened_at = 0.0
         self._durable = SpoolPosition("", 0)
@@ -447,18 +456,19 @@ class SpoolWriter:
             self._prepare_locked(len(data))
             return self._write_locked(data)
 
-    def append_block(self, ids: Sequence[bytes], rows: Sequence[bytes]) -> SpoolPosition:
-        """Append one block record (the rows of one request, see the module docstring) and return
-        the position just past it. Row i gets the position (segment, block offset + i), stamped
-        into the row here, where the offset is known.
+    def append_block(self, ids: Sequence[bytes], rows: Sequence[bytes], members: bytes = b"") -> SpoolPosition:
+        """Append one block record (the rows of one request, each completed with `members`, see
+        `block_payload`) and return the position just past it. Row i gets the position (segment,
+        block offset + i), stamped into the row here, where the offset is known.
 
         Same durability and errors as `append`, plus ValueError for a malformed block
         (`block_payload`).
         """
-        estimate = HEADER.size + BLOCK_HEAD.size + sum(map(len, rows)) + len(rows) * (EVENT_ID_BYTES + 72)
+        per_row = EVENT_ID_BYTES + 72 + len(members)  # id, position (segment id, offset), stamps
+        estimate = HEADER.size + BLOCK_HEAD.size + sum(map(len, rows)) + len(rows) * per_row
         with self._lock:
             self._prepare_locked(estimate)
-            payload = block_payload(self._segment_id, self._offset, ids, rows)
+            payload = block_payload(self._tail, self._offset, ids, rows, members)
             if len(payload) > MAX_RECORD_BYTES:
                 raise ValueError(f"block of {len(payload)} bytes exceeds {MAX_RECORD_BYTES}")
             return self._write_locked(_pack_header(len(payload), zlib.crc32(payload)) + payload)
@@ -480,10 +490,11 @@ class SpoolWriter:
         assert self._fd is not None
         start = self._offset
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            written = os.write(self._fd, data)
+            if written < len(data):  # a short write (rare): the rest, then on
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view):]
         except OSError:
             os.ftruncate(self._fd, start)
             raise
@@ -550,6 +561,7 @@ class SpoolWriter:
     def _new_segment_locked(self) -> None:
         # no directory fsync here (this runs on the event loop): `sync_to` and sealing do it
         self._segment_id = new_segment_id(self._last_id_us)
+        self._tail = position_tail(self._segment_id)
         self._last_id_us = segment_created_us(self._segment_id)
         path = self.directory / (self._segment_id + OPEN_SUFFIX)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)

@@ -63,8 +63,8 @@ def spool_format(request: pytest.FixtureRequest) -> Iterator[str]:
 def block_of(event: dict[str, Any]) -> tuple[list[bytes], list[bytes]]:
     """One event as the collector spools a request of one event: (its id, its events_ingest row)."""
     sent = {k: v for k, v in event.items() if k not in ("user_agent", "received_at")}
-    return [event_id_key(sent["event_id"])], [ingest_row(sent, request_stamp(event["received_at"],
-                                                                              event["user_agent"], ""))]
+    stamp = request_stamp(event["received_at"], event["user_agent"], "")
+    return [event_id_key(sent["event_id"])], [ingest_row(orjson.dumps(sent), stamp)]
 
 
 def spool(data_dir: Path, events: list[dict[str, Any]], per_segment: int = 0) -> list[str]:

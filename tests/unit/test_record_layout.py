@@ -42,7 +42,7 @@ def rows(events: list[dict[str, object]], user_agent: str) -> tuple[list[bytes],
     out = process(events, VALIDATOR, received_at_ms=now, user_agent=user_agent, ip_hash="abc",
                   max_age_ms=3_600_000, max_skew_ms=300_000)
     assert not out.errors
-    return out.ids, out.records
+    return out.ids, out.rows()
 
 
 @given(user_agent=st.text(max_size=80), upper=st.booleans(), rfc3339=st.booleans(), with_id=st.booleans())
