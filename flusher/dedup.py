@@ -30,8 +30,6 @@ from itertools import repeat
 
 from clickhouse_connect.driver.client import Client
 
-from clickstream.core.spool import EVENT_ID_BYTES
-
 Position = tuple[str, int]
 
 
@@ -71,21 +69,19 @@ class EventIdMemory:
         with self._lock:
             return self._admit(event_id, (segment_id, offset))
 
-    def admit_block(self, buf: bytes, ids_start: int, count: int, segment_id: str, offset: int) -> list[int]:
-        """Admit the `count` events of a block whose ids are `buf[ids_start:]` (36 bytes each) at
-        positions (segment_id, offset + i); return the indexes of the client retries (usually none).
+    def admit_many(self, keys: list[bytes], segment_id: str, offsets: list[int]) -> list[int]:
+        """Admit events `keys[i]` (lower-case canonical text) at positions (segment_id, offsets[i]);
+        return the indexes of the client retries (usually none), in order.
 
-        Fast path (no id known, none repeated inside the block): one set test and one update.
+        Fast path (no id known, none repeated among `keys`): one set test and one update, in C.
         """
-        keys = [buf[k : k + EVENT_ID_BYTES] for k in range(ids_start, ids_start + count * EVENT_ID_BYTES,
-                                                             EVENT_ID_BYTES)]
         seen = self._seen
         with self._lock:
-            if seen.keys().isdisjoint(keys) and (count == 1 or len(set(keys)) == count):
-                seen.update(zip(keys, zip(repeat(segment_id), range(offset, offset + count)), strict=True))
+            if seen.keys().isdisjoint(keys) and len(set(keys)) == len(keys):
+                seen.update(zip(keys, zip(repeat(segment_id), offsets), strict=True))
                 self._evict()
                 return []
-            return [i for i, key in enumerate(keys) if not self._admit(key, (segment_id, offset + i))]
+            return [i for i, key in enumerate(keys) if not self._admit(key, (segment_id, offsets[i]))]
 
     def _admit(self, event_id: bytes, position: Position) -> bool:
         known = self._seen.get(event_id)
@@ -96,6 +92,8 @@ class EventIdMemory:
         return True
 
     def _evict(self) -> None:
-        seen, limit = self._seen, self.max_ids
-        while len(seen) > limit:
-            seen.popitem(last=False)
+        excess = len(self._seen) - self.max_ids
+        if excess > 0:
+            pop = self._seen.popitem
+            for _ in range(excess):
+                pop(False)

@@ -15,6 +15,7 @@ from load import bench_collector, bench_flusher, bench_pipeline, bench_views
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "collector": bench_collector.run,
     "flusher": bench_flusher.run,
+    "flusher-single": bench_flusher.run_single,
     "freshness": bench_pipeline.run_freshness,
     "views": bench_views.run,
     "rss": bench_pipeline.run_rss,

@@ -1,102 +1,179 @@
-"""Flusher throughput vs ClickHouse's own insert of the same rows.
+"""Flusher throughput vs ClickHouse's own insert of the same rows, in the steady state.
 
-Method, in one process and one run, on embedded ClickHouse (chDB), each side on a fresh data
-directory with the full schema (events + every materialized view):
-- flusher: spool segments of generated traffic (as the collector writes them) -> `Flusher.flush_once`
-  (read, decode, event_id dedup, enrich, JSONEachRow, insert with dedup token, delete segment);
-- baseline: exactly the JSONEachRow lines the flusher sends (spool record + position + parsed
-  User-Agent), cut into the same batches, `INSERT INTO events_ingest FORMAT JSONEachRow` with the
-  same settings, so ClickHouse does the same enrichment and feeds the same views.
-Reported: rows/s of each and the ratio flusher / baseline (target >= 0.8).
+Method, in one process and one run, on embedded ClickHouse (chDB) with the full schema (events and
+every materialized view):
+- steady state first: `events` already holds `prefill` events (10 M by default, generated inside
+  ClickHouse as in load/bench_views.py), so parts, merges and the dedup memory are those of a
+  running install; the flusher starts with its client-retry memory full (`dedup_max_ids` = 1 M ids
+  loaded from `events`) and evicts one id per event flushed;
+- spool: segments of ~`segment_rows` events as the collector writes them: requests of the traffic
+  model (load/model.py) in the driver's batch sizes {1, 1, 1, 5, 10, 50} (or single events only),
+  stamped by `collector.pipeline.process`, one block record per request;
+- then, `per_round` segments at a time, alternating: the flusher flushes them (`Flusher.flush_once`:
+  read, CRC check, dedup, byte ranges, `INSERT INTO events_ingest FORMAT JSONEachRow` with a dedup
+  token, segment delete; pipelined as when it runs behind: the next segment is read while one is
+  inserted), and the baseline sends exactly the same rows (site ids renamed so both land) in the
+  same batches with `INSERT … FORMAT JSONEachRow` and the same settings;
+- `segments` segments each: long enough for ClickHouse to merge (active parts are sampled) and for
+  hundreds of thousands of evictions from the dedup memory.
+Reported: rows/s of each side (sum of its wall times) and the ratio flusher / baseline (target
+>= 0.9); the same with the process's CPU time (all threads, chDB's included), which other jobs on
+a shared machine move much less; active parts of `events`/`sessions`/`variant_exposures` before,
+at most during, and after the run.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from clickhouse_connect.driver.client import Client
+
 from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
 from clickstream.core.settings import Settings
-from clickstream.core.spool import SpoolReader, SpoolWriter
+from clickstream.core.spool import SpoolReader, SpoolWriter, frames, records_of
 from collector.pipeline import process
 from collector.validation import EventValidator
 from flusher.loop import Flusher
+from load.bench_views import GENERATE
 from load.model import ModelConfig, generate
 from load.results import write_result
 
+#: The driver's request sizes (load/driver.py): single-event requests are the common case.
+BATCH_SIZES = (1, 1, 1, 5, 10, 50)
+PARTS_QUERY = ("SELECT table, count() FROM system.parts WHERE database = currentDatabase() AND active "
+               "AND table IN ('events', 'sessions', 'variant_exposures') GROUP BY table ORDER BY table")
 
-def _stamped_payloads(n_events: int, seed: int) -> list[bytes]:
-    """Spool records exactly as the collector writes them (collector.pipeline.process)."""
+
+def requests_of(n_events: int, seed: int, single: bool) -> list[tuple[list[dict[str, Any]], str]]:
+    """Requests (events without ids, User-Agent) of the traffic model, in the driver's batch sizes."""
     traffic = generate(ModelConfig(seed=seed, visitors=max(1, n_events // 10)))
-    validator = EventValidator()
-    now = int(time.time() * 1000)
-    out: list[bytes] = []
-    for event, agent in traffic.events[:n_events]:
-        outcome = process([dict(event)], validator, received_at_ms=now, user_agent=agent,
-                          ip_hash="0123456789abcdef", max_age_ms=100 * 3_600_000, max_skew_ms=3_600_000)
-        out.extend(outcome.records)
+    rng = random.Random(seed)
+    events = traffic.events[:n_events]
+    out: list[tuple[list[dict[str, Any]], str]] = []
+    i = 0
+    while i < len(events):
+        size = 1 if single else rng.choice(BATCH_SIZES)
+        agent = events[i][1]
+        batch = []
+        while i < len(events) and len(batch) < size and events[i][1] == agent:
+            batch.append({k: v for k, v in events[i][0].items() if k != "event_id"})
+            i += 1
+        out.append((batch, agent))
     return out
 
 
-def _warm_up(client: Any, lines: list[bytes]) -> None:
-    """One untimed insert on each engine, so neither side pays first-query costs in the timing."""
-    body = b"\n".join(line.replace(b'"site_id":"', b'"site_id":"warm-up') for line in lines)
-    client.raw_insert("events_ingest", None, body, fmt="JSONEachRow",
-                      settings={**INSERT_SETTINGS, "insert_deduplication_token": "warm-up"})
+def write_segment(writer: SpoolWriter, requests: list[tuple[list[dict[str, Any]], str]], rows: int) -> int:
+    """Append requests (fresh event ids each time) until `rows` events; seal; return the count."""
+    validator = EventValidator()
+    now = int(time.time() * 1000)
+    written = 0
+    while written < rows:
+        for batch, agent in requests:
+            outcome = process([dict(e) for e in batch], validator, received_at_ms=now, user_agent=agent,
+                              ip_hash="0123456789abcdef", max_age_ms=1000 * 3_600_000, max_skew_ms=3_600_000)
+            writer.append_block(outcome.ids, outcome.records, outcome.stamp)
+            written += len(outcome.records)
+            if written >= rows:
+                break
+    writer.seal_active()
+    return written
 
 
-def run(n_events: int = 200_000, batch_rows: int = 50_000, seed: int = 3) -> dict[str, Any]:
-    payloads = _stamped_payloads(n_events, seed)
+def prefill(client: Client, n_events: int) -> None:
+    """`n_events` events generated inside ClickHouse (through events_ingest and every view)."""
+    now_ms = int(time.time() * 1000)
+    step = 2_000_000
+    for start in range(0, n_events, step):
+        client.command(GENERATE.format(site="prefill.example", now_ms=now_ms, start=start,
+                                       count=min(step, n_events - start)),
+                       settings={"async_insert": 0})
+
+
+def active_parts(client: Client) -> dict[str, int]:
+    return {str(t): int(n) for t, n in client.query(PARTS_QUERY).result_rows}
+
+
+def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int = 50_000,
+        single: bool = False, seed: int = 3, per_round: int = 4) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-flusher-"))
     try:
-        # the spool, as the collector leaves it: sealed segments of batch_rows records
-        writer = SpoolWriter(work / "a" / "spool", fsync_interval_ms=0, segment_max_bytes=1 << 30).open()
-        for start in range(0, len(payloads), batch_rows):
-            writer.append(payloads[start : start + batch_rows])
-            writer.seal_active()
+        requests = requests_of(20_000, seed, single)
+        client = connect(f"chdb://{work / 'clickhouse'}")
+        migrate(client)
+        started = time.perf_counter()
+        prefill(client, prefill_events)
+        prefill_s = time.perf_counter() - started
+        parts_before = active_parts(client)
+        settings = Settings(data_dir=work, flush_max_rows=segment_rows)
+        flusher = Flusher(settings, client)  # loads the dedup memory (1 M ids) from `events`
+        memory_at_start = len(flusher.memory)
+        writer = SpoolWriter(settings.spool_dir, fsync_interval_ms=0, segment_max_bytes=1 << 30,
+                             segment_max_age_ms=3_600_000).open()
+        reader = SpoolReader(settings.spool_dir)
+        flusher_s = baseline_s = flusher_cpu = baseline_cpu = 0.0
+        rows = 0
+        max_parts: dict[str, int] = dict(parts_before)
+        for k in range(0, segments, per_round):
+            bodies = []
+            for _ in range(per_round):
+                write_segment(writer, requests, segment_rows)
+                segment = reader.sealed_segments()[-1]
+                data = segment.path.read_bytes()
+                bodies.append(b"".join(r.payload.replace(b'"site_id":"', b'"site_id":"b-', 1) + b"\n"
+                                       for r in records_of(segment.segment_id, data, frames(data)[0])))
+            expected = sum(body.count(b"\n") for body in bodies)
+            t0, c0 = time.perf_counter(), time.process_time()
+            flushed = flusher.flush_once()  # pipelined: the next segment is read while one is inserted
+            t1, c1 = time.perf_counter(), time.process_time()
+            for i, body in enumerate(bodies):
+                client.raw_insert("events_ingest", None, body, fmt="JSONEachRow",
+                                  settings={**INSERT_SETTINGS, "insert_deduplication_token": f"baseline-{k}-{i}"})
+            t2, c2 = time.perf_counter(), time.process_time()
+            flusher_cpu += c1 - c0
+            baseline_cpu += c2 - c1
+            if flushed != expected:
+                raise RuntimeError(f"round {k}: flushed {flushed} rows of {expected}")
+            flusher_s += t1 - t0
+            baseline_s += t2 - t1
+            rows += flushed
+            for table, n in active_parts(client).items():
+                max_parts[table] = max(max_parts.get(table, 0), n)
         writer.close()
-        records = [r for seg in SpoolReader(work / "a" / "spool").sealed_segments()
-                   for r in SpoolReader(work / "a" / "spool").records(seg)]
-        lines = [r.payload for r in records]
-
-        client = connect(f"chdb://{work / 'a' / 'clickhouse'}")
-        migrate(client)
-        _warm_up(client, lines[:100])
-        flusher = Flusher(Settings(data_dir=work / "a", flush_max_rows=batch_rows), client)
-        started = time.perf_counter()
-        flushed = flusher.flush_once()
-        flusher_s = time.perf_counter() - started
-        assert flushed == len(payloads), (flushed, len(payloads))
-        client.close()
-
-        client = connect(f"chdb://{work / 'b' / 'clickhouse'}")
-        migrate(client)
-        _warm_up(client, lines[:100])
-        started = time.perf_counter()
-        for i, start in enumerate(range(0, len(lines), batch_rows)):
-            body = b"\n".join(lines[start : start + batch_rows])
-            client.raw_insert("events_ingest", None, body, fmt="JSONEachRow",
-                              settings={**INSERT_SETTINGS, "insert_deduplication_token": f"baseline-{i}"})
-        baseline_s = time.perf_counter() - started
-        (count,) = client.query("SELECT count() FROM events WHERE NOT startsWith(site_id, 'warm-up')").result_rows[0]
-        assert count == len(payloads)
+        parts_after = active_parts(client)
+        (total,) = client.query("SELECT count() FROM events").result_rows[0]
         client.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "benchmark": "flusher_vs_jsoneachrow",
-        "rows": len(payloads), "batch_rows": batch_rows,
-        "flusher_rows_per_s": round(len(payloads) / flusher_s),
-        "baseline_rows_per_s": round(len(payloads) / baseline_s),
+        "requests": "single events" if single else f"batch sizes {BATCH_SIZES}",
+        "prefill_events": prefill_events, "prefill_s": round(prefill_s, 1), "events_after": int(total),
+        "dedup_ids_at_start": memory_at_start, "rows_per_side": rows, "segments": segments,
+        "batch_rows": segment_rows,
+        "flusher_rows_per_s": round(rows / flusher_s),
+        "baseline_rows_per_s": round(rows / baseline_s),
         "ratio": round(baseline_s / flusher_s, 3),
-        "engine": "chDB (embedded ClickHouse), same schema and materialized views",
+        # CPU seconds of this process (every thread, chDB's included) per side: moves much less than
+        # wall time when other jobs share the machine
+        "flusher_cpu_us_per_row": round(flusher_cpu / rows * 1e6, 2),
+        "baseline_cpu_us_per_row": round(baseline_cpu / rows * 1e6, 2),
+        "cpu_ratio": round(baseline_cpu / flusher_cpu, 3),
+        "active_parts_before": parts_before, "active_parts_max": max_parts, "active_parts_after": parts_after,
+        "engine": "chDB (embedded ClickHouse), same schema and materialized views, same database",
         "cpus": os.cpu_count(),
     }
-    return write_result("flusher", result)
+    return write_result("flusher-single" if single else "flusher", result)
+
+
+def run_single() -> dict[str, Any]:
+    """The same with single-event requests only: one block record per event (the worst case)."""
+    return run(single=True)
 
 
 if __name__ == "__main__":

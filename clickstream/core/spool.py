@@ -252,6 +252,44 @@ def block_at(buf: bytes, offset: int, end: int) -> Block | None:
     return Block(offset, end, n, start + BLOCK_HEAD.size, rows_start)
 
 
+def scan_blocks(buf: bytes) -> tuple[list[tuple[int, int, int, int, int]], int]:
+    """Every valid framed record of a segment's bytes as a plain tuple in `Block`'s field order
+    (offset, end, rows, ids_start, rows_start; a record that is not a well-formed block, e.g. of
+    the previous format, has rows = 0), and the end of the last valid record (see `frames` for
+    where it stops).
+
+    The flusher's read path: one loop, no copy, the CRC checked on a memoryview (`frames` and
+    `block_at` in one pass); plain tuples, because a NamedTuple's constructor is a Python call.
+    """
+    out: list[tuple[int, int, int, int, int]] = []
+    append = out.append
+    view = memoryview(buf)
+    pos = 0
+    size = len(buf)
+    unpack = HEADER.unpack_from
+    unpack_head = BLOCK_HEAD.unpack_from
+    crc32 = zlib.crc32
+    count = buf.count
+    head, magic, id_bytes = HEADER.size, BLOCK_MAGIC, EVENT_ID_BYTES
+    while pos + head <= size:
+        length, crc = unpack(buf, pos)
+        start = pos + head
+        end = start + length
+        if length == 0 or length > MAX_RECORD_BYTES or end > size or crc32(view[start:end]) != crc:
+            break
+        n = 0
+        if length > BLOCK_HEAD.size and buf[start : start + 4] == magic:
+            n = unpack_head(buf, start)[1]
+            rows_start = start + BLOCK_HEAD.size + n * id_bytes
+            if n and rows_start < end and buf[end - 1] == 0x0A and count(b"\n", rows_start, end) == n:
+                append((pos, end, n, start + BLOCK_HEAD.size, rows_start))
+                pos = end
+                continue
+        append((pos, end, 0, 0, 0))
+        pos = end
+    return out, pos
+
+
 def records_of(segment_id: str, buf: bytes, spans: Sequence[tuple[int, int]]) -> list[Record]:
     """One `Record` per event of the framed records at `spans` of `buf`: a block gives one per row
     (payload: the row without its newline; offset B + i, end B + i + 1, the last row's end the
