@@ -60,6 +60,7 @@ from clickstream.core.spool import (
 from clickstream.core.times import ch_datetime
 from flusher import legacy
 from flusher.dedup import EventIdMemory
+from flusher.pacing import FlushPacer
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class Flusher:
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self.memory = memory if memory is not None else EventIdMemory(settings.dedup_max_ids)
+        self.pacer = FlushPacer(settings.flush_min_interval_ms, settings.flush_interval_ms)
+        self._insert_s = 0.0  # seconds spent in ClickHouse inserts, for the pacer
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher-prep")
         if client is not None and memory is None:
             self.memory.load(client)
@@ -204,18 +207,17 @@ class Flusher:
 
     # -- flushing --------------------------------------------------------------------------
     def _run(self) -> None:
-        interval_s = self.settings.flush_interval_ms / 1000
         while not self._stop.is_set():
             try:
                 self.flush_once()
             except Exception:
                 log.exception("flusher: flush failed; retrying")
-            self._wake.wait(min(0.1, interval_s / 4))
+            self._wake.wait(min(0.1, self.pacer.interval_ms / 4000))
             self._wake.clear()
 
     def flush_once(self, seal: bool = False) -> int:
-        """Flush every sealed segment; seal the active one first when older than the flush
-        interval (or always, with `seal`). Returns rows inserted.
+        """Flush every sealed segment; seal the active one first when older than the adaptive
+        flush interval (flusher.pacing; or always, with `seal`). Returns rows inserted.
 
         Pipelined: while ClickHouse inserts one segment (chDB and the HTTP client release the
         GIL), a worker thread reads and frames the next one.
@@ -225,10 +227,11 @@ class Flusher:
                 if seal:
                     self.writer.seal_active()
                 else:
-                    self.writer.seal_if_older(self.settings.flush_interval_ms)
+                    self.writer.seal_if_older(self.pacer.interval_ms)
             segments = self.reader.sealed_segments()
             if not segments:
                 return 0
+            busy_before = self._insert_s
             rows = 0
             pending = self._prep_pool.submit(self._prepare, segments[0])
             for index in range(len(segments)):
@@ -238,6 +241,7 @@ class Flusher:
                 if self._abort.is_set():
                     break
                 rows += self._commit(prepared)
+            self.pacer.observe(self._insert_s - busy_before)
             return rows
 
     def flush_now(self) -> int:
@@ -447,4 +451,6 @@ class Flusher:
         )
         started = time.perf_counter()
         retrying(fn)
-        self.metrics.insert_seconds.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._insert_s += elapsed
+        self.metrics.insert_seconds.observe(elapsed)

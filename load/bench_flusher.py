@@ -60,7 +60,7 @@ def requests_of(n_events: int, seed: int, single: bool) -> list[tuple[list[dict[
     while i < len(events):
         size = 1 if single else rng.choice(BATCH_SIZES)
         agent = events[i][1]
-        batch = []
+        batch: list[dict[str, Any]] = []
         while i < len(events) and len(batch) < size and events[i][1] == agent:
             batch.append({k: v for k, v in events[i][0].items() if k != "event_id"})
             i += 1

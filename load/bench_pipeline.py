@@ -1,10 +1,15 @@
 """Pipeline benchmarks over HTTP: freshness at a steady rate, and peak RSS after 1 M events.
 
-freshness: `clickstream serve` on embedded ClickHouse; an open-loop aiohttp sender
-offers `rate` events/s in `probes_per_s` requests a second for `duration_s`; the first event of
-each request is a probe page view with its own session id. A poller asks POST /sql every 25 ms
-which probe sessions `v_sessions` shows. Freshness of a probe = time it became visible - time its
-202 arrived (resolution 25 ms). Reported: p50, p99, max, achieved rate; target p99 <= 2 s.
+freshness: `clickstream serve` on embedded ClickHouse in the steady state (its ClickHouse already
+holds `prefill_events`, 10 M by default, so the flusher starts with a full dedup memory and merges
+run on real parts); for each rate (200, 2,000, 20,000 events/s) an open-loop aiohttp sender offers
+`rate` events/s in requests of at most 100 events for `duration_s`; the first event of each
+request is a probe page view with its own session id. A poller asks POST /sql every 25 ms which
+probe sessions `sessions` holds, and every second how many active parts `events`, `sessions` and
+`variant_exposures` have. Freshness of a probe = time it became visible - time its 202 arrived
+(resolution 25 ms). Reported per rate: p50, p99, max, achieved rate, inserts per second (from the
+flusher's batch counter) and active parts (max); targets p99 <= 1 s at 2,000 events/s and <= 2 s
+at 20,000 events/s with active parts bounded.
 
 rss: `clickstream collector` and `clickstream flusher` as separate processes on one data
 directory; 1 M events sent in 50-event batches as fast as 16 concurrent requests go; when the
@@ -40,8 +45,21 @@ def _event(session_id: str, now_ms: int, i: int) -> dict[str, Any]:
             "event_id": str(uuid.uuid4())}
 
 
+PARTS_SQL = ("SELECT table, count() FROM system.parts WHERE database = currentDatabase() AND active "
+             "AND table IN ('events', 'sessions', 'variant_exposures') GROUP BY table")
+
+
+async def _metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    async with http.get(f"{url}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
 async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) -> dict[str, Any]:
     per_request = max(1, rate // probes_per_s)
+    parts: dict[str, int] = {}
     accepted: dict[str, float] = {}
     visible: dict[str, float] = {}
     timeline: list[tuple[float, float]] = []  # (t, freshness of a probe that became visible then)
@@ -65,7 +83,13 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
 
         async def poll() -> None:
             headers = {"Authorization": f"Bearer {ADMIN}"}
+            last_parts = 0.0
             while not (done.is_set() and set(accepted) <= set(visible)):
+                if time.perf_counter() - last_parts >= 1.0:
+                    last_parts = time.perf_counter()
+                    async with http.post(f"{url}/sql", data=PARTS_SQL.encode(), headers=headers) as response:
+                        for table, n in orjson.loads(await response.read()).get("rows", []):
+                            parts[table] = max(parts.get(table, 0), int(n))
                 pending = [p for p in accepted if p not in visible]
                 if pending:
                     sql = ("SELECT DISTINCT session_id FROM sessions WHERE site_id = '" + SITE +
@@ -79,6 +103,7 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
                             timeline.append((seen_at - started, seen_at - accepted[session_id]))
                 await asyncio.sleep(0.025)
 
+        batches_before = await _metric(http, url, "clickstream_flusher_batches_total")
         started = time.perf_counter()
         poller = asyncio.create_task(poll())
         tasks = []
@@ -95,27 +120,45 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
             await asyncio.wait_for(poller, timeout=60)
         except TimeoutError:
             poller.cancel()
+        inserts = await _metric(http, url, "clickstream_flusher_batches_total") - batches_before
+        total_s = time.perf_counter() - started
     lags = sorted(visible[p] - accepted[p] for p in visible)
     return {"offered_rate": rate, "achieved_rate": round(acked / sent_s), "probes": len(accepted),
             "visible": len(visible), "p50_s": round(statistics.median(lags), 3),
             "p99_s": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 3), "max_s": round(lags[-1], 3),
+            "inserts_per_s": round(inserts / total_s, 2), "active_parts_max": parts,
             "timeline": timeline, "acks": acks}
 
 
-def run_freshness(rate: int = 2000, duration_s: float = 30.0, probes_per_s: int = 20) -> dict[str, Any]:
+def run_freshness(rates: tuple[int, ...] = (200, 2000, 20000), duration_s: float = 30.0,
+                  prefill_events: int = 10_000_000) -> dict[str, Any]:
+    from clickstream.core.clickhouse import connect, migrate
+    from load.bench_flusher import prefill
+
     work = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
+    runs: list[dict[str, Any]] = []
     try:
-        server = start("serve", work / "data", {"CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz")
+        client = connect(f"chdb://{(work / 'data' / 'clickhouse').resolve()}")
+        migrate(client)
+        prefill(client, prefill_events)
+        client.close()
+        server = start("serve", work / "data", {"CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz",
+                       timeout=600)
         try:
-            result = asyncio.run(_freshness(server.url, rate, duration_s, probes_per_s))
+            for rate in rates:
+                probes_per_s = max(20, -(-rate // 100))  # requests of at most 100 events (the default limit)
+                runs.append(asyncio.run(_freshness(server.url, rate, duration_s, probes_per_s)))
         finally:
-            result_exit = server.stop()
-        result.update(benchmark="freshness", exit_code=result_exit, duration_s=duration_s,
-                      tool="aiohttp open-loop sender + POST /sql poller (load/bench_pipeline.py)")
+            exit_code = server.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _plot(result)
-    return write_result("freshness", result, hidden=("timeline", "acks"))
+    for run in runs:
+        _plot(run)
+    result = {"benchmark": "freshness", "prefill_events": prefill_events, "duration_s": duration_s,
+              "exit_code": exit_code, "runs": [{k: v for k, v in r.items() if k not in ("timeline", "acks")}
+                                               for r in runs],
+              "tool": "aiohttp open-loop sender + POST /sql poller (load/bench_pipeline.py)"}
+    return write_result("freshness", result)
 
 
 async def _blast(url: str, n_events: int, batch: int, concurrency: int) -> float:
@@ -196,10 +239,12 @@ def _plot(result: dict[str, Any]) -> None:
     bottom.set_xlabel("seconds into the run")
     fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
-    fig.savefig(RESULTS / "freshness.png", dpi=100)
+    fig.savefig(RESULTS / f"freshness-{result['offered_rate']}.png", dpi=100)
 
 
 if __name__ == "__main__":
     import sys
+    from collections.abc import Callable
 
-    {"freshness": run_freshness, "rss": run_rss}[sys.argv[1] if len(sys.argv) > 1 else "freshness"]()
+    benchmarks: dict[str, Callable[[], dict[str, Any]]] = {"freshness": run_freshness, "rss": run_rss}
+    benchmarks[sys.argv[1] if len(sys.argv) > 1 else "freshness"]()

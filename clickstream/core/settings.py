@@ -67,7 +67,11 @@ class Settings(BaseSettings):
     spool_max_bytes: Positive = Field(1024 * MiB, description="Over it: 503 + Retry-After")
 
     # flusher
-    flush_interval_ms: Positive = Field(1000, description="The active segment is flushed once this old")
+    flush_interval_ms: Positive = Field(1000, description="Longest flush interval, reached under load (about one "
+                                                          "insert per second); the active segment is flushed "
+                                                          "at the latest this old")
+    flush_min_interval_ms: Positive = Field(200, description="Shortest flush interval, used when traffic is light "
+                                                             "(adaptive in between, flusher.pacing)")
     flush_max_rows: Positive = Field(50_000, description="Rows per insert")
     flush_retry_max_s: PositiveSeconds = Field(30.0, description="Cap of the jittered backoff on transient errors")
     retention_days: NonNegative = Field(0, description="TTL of events in days; 0 keeps forever")
@@ -106,6 +110,13 @@ class Settings(BaseSettings):
         if url and not url.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {url!r}")
         return url
+
+    @model_validator(mode="after")
+    def _flush_intervals_ordered(self) -> Settings:
+        if self.flush_min_interval_ms > self.flush_interval_ms:
+            raise ValueError(f"flush_min_interval_ms: {self.flush_min_interval_ms} is above flush_interval_ms "
+                             f"({self.flush_interval_ms})")
+        return self
 
     @model_validator(mode="after")
     def _log_level_known(self) -> Settings:
