@@ -154,7 +154,6 @@ class Flusher:
         self._lock_fd: int | None = None
         self.memory = memory if memory is not None else EventIdMemory(settings.dedup_max_ids)
         self.pacer = FlushPacer(settings.flush_min_interval_ms, settings.flush_interval_ms)
-        self._insert_s = 0.0  # seconds spent in ClickHouse inserts, for the pacer
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher-prep")
         if client is not None and memory is None:
             self.memory.load(client)
@@ -231,7 +230,6 @@ class Flusher:
             segments = self.reader.sealed_segments()
             if not segments:
                 return 0
-            busy_before = self._insert_s
             rows = 0
             pending = self._prep_pool.submit(self._prepare, segments[0])
             for index in range(len(segments)):
@@ -241,7 +239,8 @@ class Flusher:
                 if self._abort.is_set():
                     break
                 rows += self._commit(prepared)
-            self.pacer.observe(self._insert_s - busy_before)
+            if rows:
+                self.pacer.observe(rows)
             return rows
 
     def flush_now(self) -> int:
@@ -451,6 +450,4 @@ class Flusher:
         )
         started = time.perf_counter()
         retrying(fn)
-        elapsed = time.perf_counter() - started
-        self._insert_s += elapsed
-        self.metrics.insert_seconds.observe(elapsed)
+        self.metrics.insert_seconds.observe(time.perf_counter() - started)

@@ -71,8 +71,9 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
         async def send(n: int) -> None:
             nonlocal acked
             now = int(time.time() * 1000)
-            probe = f"probe-{n}"
-            batch = [_event(probe, now, 0)] + [_event(f"bg-{n}-{k % 5}", now, k) for k in range(per_request - 1)]
+            probe = f"probe-{rate}-{n}"
+            batch = [_event(probe, now, 0)] + [_event(f"bg-{rate}-{n}-{k % 5}", now, k)
+                                               for k in range(per_request - 1)]
             async with http.post(f"{url}/collect", data=orjson.dumps(batch),
                                  headers={"Content-Type": "text/plain", "User-Agent": UA}) as response:
                 await response.read()

@@ -1,48 +1,53 @@
-"""The adaptive flush interval (flusher.pacing): computed independently from the rule it documents."""
+"""The adaptive flush interval (flusher.pacing): expected values from the rule it documents."""
 
 from __future__ import annotations
 
 import pytest
 
 from clickstream.core.settings import Settings, SettingsError
-from flusher.pacing import DUTY, FlushPacer
+from flusher.pacing import FULL_RATE, FlushPacer
 
 
-def test_starts_at_the_minimum_and_idle_flushes_do_not_move_it() -> None:
+def steady(pacer: FlushPacer, events_per_s: float, flushes: int = 40) -> None:
+    """Flushes every 0.5 s carrying what arrived at `events_per_s` meanwhile."""
+    for i in range(flushes):
+        pacer.observe(round(events_per_s * 0.5), now=100.0 + 0.5 * i)
+
+
+def test_starts_at_the_minimum_and_idle_stays_there() -> None:
     pacer = FlushPacer(200, 1000)
     assert pacer.interval_ms == 200
-    pacer.observe(0.0)
+    steady(pacer, 0)
     assert pacer.interval_ms == 200
 
 
-def test_light_traffic_stays_at_the_minimum() -> None:
+def test_light_traffic_flushes_at_the_minimum_interval() -> None:
     pacer = FlushPacer(200, 1000)
-    for _ in range(10):
-        pacer.observe(0.010)  # 10 ms inserts: 50 ms at a 20 % duty, below the minimum
+    steady(pacer, 2000)  # 2,000 events/s: 1,000 × 0.2 = 200 ms
+    assert pacer.interval_ms == pytest.approx(200, rel=0.01)
+    steady(pacer, 200)
     assert pacer.interval_ms == 200
 
 
-def test_heavy_traffic_reaches_about_one_insert_per_second() -> None:
+def test_heavy_traffic_flushes_about_once_per_second() -> None:
     pacer = FlushPacer(200, 1000)
-    for _ in range(20):
-        pacer.observe(0.400)  # 400 ms inserts would need 2 s at a 20 % duty: capped at the maximum
+    steady(pacer, 20_000)
     assert pacer.interval_ms == 1000
+    steady(pacer, FULL_RATE)
+    assert pacer.interval_ms == pytest.approx(1000, rel=0.01)
 
 
-def test_in_between_the_interval_is_insert_time_over_duty() -> None:
+def test_in_between_the_interval_grows_with_the_rate() -> None:
     pacer = FlushPacer(200, 1000)
-    for _ in range(50):
-        pacer.observe(0.100)
-    assert pacer.interval_ms == pytest.approx(0.100 / DUTY * 1000)
+    steady(pacer, 5000)
+    assert pacer.interval_ms == pytest.approx(1000 * 5000 / FULL_RATE, rel=0.01)
 
 
 def test_the_average_follows_a_change_of_load_in_both_directions() -> None:
     pacer = FlushPacer(200, 1000)
-    for _ in range(30):
-        pacer.observe(0.400)
+    steady(pacer, 50_000)
     assert pacer.interval_ms == 1000
-    for _ in range(30):
-        pacer.observe(0.005)
+    steady(pacer, 100)
     assert pacer.interval_ms == 200
 
 
