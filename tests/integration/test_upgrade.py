@@ -56,14 +56,14 @@ def test_a_previous_version_spool_drains_after_an_upgrade(tmp_path: Path) -> Non
                              headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/125.0"}).status_code == 202
             wait_for(lambda: sql_rows(server, count) == [[11]], what="a new event after the upgrade")
             metrics = http.get("/metrics").text
-        rows = sql_rows(server, "SELECT toString(event_id), spool_segment, spool_offset, type, browser, is_bot, received_at "
+        rows = sql_rows(server, "SELECT toString(event_id), spool_segment, spool_offset, type, browser, is_bot "
                         f"FROM events WHERE site_id = '{SITE}' ORDER BY spool_segment, spool_offset")
     finally:
         assert server.stop() == 0
     old_rows = {row[0]: row for row in rows if row[0] != new["event_id"]}
     assert set(old_rows) == set(first_seen)  # every old event once; the retry dropped
     for event_id, (segment, offset, record) in first_seen.items():
-        _, got_segment, got_offset, got_type, browser, is_bot, _ = old_rows[event_id]
+        _, got_segment, got_offset, got_type, browser, is_bot = old_rows[event_id]
         assert (got_segment, int(got_offset), got_type) == (segment, offset, record["type"])
         crawler = "Googlebot" in str(record["user_agent"])
         assert (browser == "Firefox", is_bot) == (not crawler, int(crawler))
