@@ -252,6 +252,7 @@ def import_chunk(spool: Path, segment_id: str, first_line: int, data: bytes, opt
     if rows:
         write_segment(spool, segment_id, ((ids[i : i + BLOCK_ROWS], rows[i : i + BLOCK_ROWS])
                                           for i in range(0, len(rows), BLOCK_ROWS)))
+    rejected.sort(key=lambda entry: int(entry["index"]))  # decode and validation errors, in line order
     return _Chunk(segment_id, data.count(b"\n") + (not data.endswith(b"\n")), len(rows), rejected)
 
 
@@ -278,7 +279,8 @@ def import_file(settings: Settings, path: Path, *, user_agent: str = DEFAULT_USE
                 progress: bool | None = None) -> ImportResult:
     """Validate and spool every event of `path` (see the module docstring).
 
-    `workers`: validating processes (default: one per core; 1 runs inline); `progress`: show a
+    `workers`: validating processes (default: one per core, or inline for a file under a quarter
+    chunk (compressed size), where starting a pool costs more than it saves); `progress`: show a
     progress bar (default: when stderr is a terminal). Raises OSError when the file cannot be read
     (segments already sealed stay, and their events are flushed), ValueError for an unknown format.
     """
@@ -291,14 +293,15 @@ def import_file(settings: Settings, path: Path, *, user_agent: str = DEFAULT_USE
     spool.mkdir(parents=True, exist_ok=True)
     rejected = RejectedStore(settings.rejected_dir, max_bytes=settings.rejected_max_bytes,
                              file_max_bytes=settings.rejected_file_max_bytes)
-    workers = workers or os.cpu_count() or 1
+    raw, stream = open_input(path)
+    total = os.fstat(raw.fileno()).st_size
+    if workers is None:  # a pool takes ~1 s to start: not worth it for one chunk
+        workers = (os.cpu_count() or 1) if total > chunk_bytes // 4 else 1
     if workers == 1:
         _init_worker()
     pool: Executor = (_Inline() if workers == 1 else ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker))
     result = ImportResult()
-    raw, stream = open_input(path)
-    total = os.fstat(raw.fileno()).st_size
     bar = _Progress(total, progress if progress is not None else sys.stderr.isatty())
     pending: list[Future[_Chunk]] = []
     last_us = 0
@@ -349,6 +352,7 @@ class _Progress:
         self.enabled = enabled
         self.started = time.perf_counter()
         if enabled:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
@@ -361,7 +365,7 @@ class _Progress:
             self._bar = Progress(TextColumn("import"), BarColumn(), DownloadColumn(),
                                  TextColumn("{task.fields[events]:,} events, {task.fields[rate]:,} events/s"),
                                  TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                                 transient=False)
+                                 console=Console(stderr=True), transient=False)
             self._task = self._bar.add_task("import", total=total_bytes, events=0, rate=0)
 
     def __enter__(self) -> _Progress:
