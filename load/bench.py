@@ -10,12 +10,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from load import bench_collector, bench_flusher, bench_pipeline, bench_views
+from load import bench_collector, bench_dedup, bench_flusher, bench_import, bench_pipeline, bench_views
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "collector": bench_collector.run,
     "flusher": bench_flusher.run,
     "flusher-single": bench_flusher.run_single,
+    "dedup": bench_dedup.run,
+    "import": bench_import.run,
     "freshness": bench_pipeline.run_freshness,
     "views": bench_views.run,
     "rss": bench_pipeline.run_rss,
