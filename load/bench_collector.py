@@ -14,8 +14,9 @@ round's ratio. Each run also records the server's CPU time per request (user + s
 threads, from /proc/<pid>/stat): unlike requests/s it barely moves when other processes share
 the core, so `cpu_ratio` (bare CPU per request / collector CPU per request) is reported beside it.
 
-Targets: single events >= 0.85 x the bare endpoint's requests/s; 50-event batches
->= 100,000 events/s on one core. A run with non-2xx answers or socket errors is marked invalid.
+Targets: single events >= 0.85 x the bare endpoint's requests/s (also reported as CPU per request,
+the steadier measure on a shared machine); 50-event batches >= 120,000 events per CPU-second of
+the collector. A run with non-2xx answers or socket errors is marked invalid.
 Results: a JSON file in load/results/ (gitignored) and a Markdown table on stdout.
 """
 
@@ -52,7 +53,7 @@ WARMUP_S = 2
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 BATCH = 50
 TARGET_SINGLE_RATIO = 0.85
-TARGET_BATCH_EVENTS_PER_S = 100_000
+TARGET_BATCH_EVENTS_PER_CPU_S = 120_000
 
 
 def beacon_event(now_ms: int, n: int) -> dict[str, Any]:
@@ -253,7 +254,8 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             summary[f"bare_{payload}_cpu_us_per_req"] / summary[f"collector_{payload}_cpu_us_per_req"], 3)
     summary["collector_batch_events_per_cpu_s"] = round(BATCH * 1e6 / summary[f"collector_{batch}_cpu_us_per_req"])
     summary["single_target_met"] = summary["single_ratio"] >= TARGET_SINGLE_RATIO
-    summary["batch_target_met"] = summary["collector_batch_events_per_s"] >= TARGET_BATCH_EVENTS_PER_S
+    summary["single_cpu_target_met"] = summary["single_cpu_ratio"] >= TARGET_SINGLE_RATIO
+    summary["batch_target_met"] = summary["collector_batch_events_per_cpu_s"] >= TARGET_BATCH_EVENTS_PER_CPU_S
     return summary
 
 
@@ -281,8 +283,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{s[f'bare_{batch}_cpu_us_per_req']:.0f} / {s[f'collector_{batch}_cpu_us_per_req']:.0f} | "
         f"{s[f'{batch}_cpu_ratio']:.2f} | {p99[f'bare/{batch}']:.0f} / {p99[f'collector/{batch}']:.0f} |",
         "",
-        f"Targets: single ratio >= {TARGET_SINGLE_RATIO}: {'met' if s['single_target_met'] else 'NOT met'}; "
-        f"batch >= {TARGET_BATCH_EVENTS_PER_S:,} events/s: {'met' if s['batch_target_met'] else 'NOT met'}; "
+        f"Targets: single ratio >= {TARGET_SINGLE_RATIO}: {'met' if s['single_target_met'] else 'NOT met'} "
+        f"(CPU ratio: {'met' if s['single_cpu_target_met'] else 'NOT met'}); batch >= "
+        f"{TARGET_BATCH_EVENTS_PER_CPU_S:,} events per CPU-second: {'met' if s['batch_target_met'] else 'NOT met'}; "
         f"every run free of socket errors and non-2xx answers: {s['all_runs_valid']}. "
         f"Batch events per CPU-second of the collector: {s['collector_batch_events_per_cpu_s']:,}.",
     ]
