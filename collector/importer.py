@@ -60,9 +60,9 @@ else:
 IMPORT_NAMESPACE = uuid.UUID("6f1c7f8e-3b7a-4c1e-9a53-1f2d3c4b5a69")
 DEFAULT_USER_AGENT = "Mozilla/5.0 (compatible; clickstream-import)"
 FORMATS = ("jsonl", "ga4")
-#: Input bytes per chunk: one spool segment each (~40 k events of 200 bytes), so the flusher
+#: Input bytes per chunk: one spool segment each (~50-80 k events of 200-300 bytes), so the flusher
 #: inserts big batches (ClickHouse's advice: large, infrequent inserts).
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 16 * 1024 * 1024
 #: Rows per block record inside an import segment (a block stays well under the 16 MiB record bound).
 BLOCK_ROWS = 2000
 

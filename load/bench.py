@@ -14,6 +14,7 @@ from load import bench_collector, bench_dedup, bench_flusher, bench_import, benc
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "collector": bench_collector.run,
+    "ua-placement": bench_collector.run_ua_placement,
     "flusher": bench_flusher.run,
     "flusher-single": bench_flusher.run_single,
     "dedup": bench_dedup.run,
