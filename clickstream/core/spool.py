@@ -85,6 +85,8 @@ BLOCK_MAGIC = b"\x00cs1"
 BLOCK_HEAD = struct.Struct("<4sI")
 #: An event id in a block: the canonical text form of a UUID (8-4-4-4-12 hex digits, lower case).
 EVENT_ID_BYTES = 36
+#: The fields a block row gets from its position (the last two of every row).
+POSITION_FIELDS = ("spool_segment", "spool_offset")
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".seg"
 

@@ -22,7 +22,8 @@ import pytest
 import uvicorn
 from playwright.sync_api import Browser, BrowserContext, Page, Request, sync_playwright
 
-from clickstream.core.spool import SpoolReader
+from clickstream.core.spool import POSITION_FIELDS, SpoolReader
+from clickstream.core.useragent import Agent
 from deploy.demo import DemoConfig, create_app
 from tests.conftest import ROOT, Server, free_port
 
@@ -35,7 +36,7 @@ USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like G
 ARTIFACTS = ROOT / "artifacts"
 EVENT_SCHEMA = jsonschema.Draft202012Validator(json.loads((ROOT / "schemas/event.schema.json").read_text()))
 #: What the collector adds to an event (collector.pipeline.process); stripped before re-validating.
-SERVER_FIELDS = ("received_at", "user_agent", "ip_hash")
+SERVER_FIELDS = ("received_at", "user_agent", "ip_hash", *Agent._fields, *POSITION_FIELDS)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15, what: str = "condition",
