@@ -176,9 +176,11 @@ def _reject(out: list[dict[str, Any]], number: int, reason: RejectReason, path: 
 
 
 def _candidates(first_line: int, data: bytes, options: ImportOptions, rejected: list[dict[str, Any]]
-                ) -> list[tuple[int, bytes, dict[str, Any], bytes, int]]:
-    """Decode and map each line: (line number, line, event, User-Agent stamp, received_at ms)."""
-    out: list[tuple[int, bytes, dict[str, Any], bytes, int]] = []
+                ) -> list[tuple[int, bytes, dict[str, Any], bytes, bool]]:
+    """Decode and map each line: (line number, line, event, stamp, whether the event is the whole
+    line). The stamp is `received_at` and the User-Agent members (collector.pipeline's shape)."""
+    out: list[tuple[int, bytes, dict[str, Any], bytes, bool]] = []
+    plain_stamp = b',"received_at":%d,' % options.received_at_ms + agent_fragment(options.user_agent)
     for i, raw_line in enumerate(data.split(b"\n")):
         line = raw_line.strip()
         if not line:
@@ -190,7 +192,6 @@ def _candidates(first_line: int, data: bytes, options: ImportOptions, rejected: 
             _reject(rejected, number, RejectReason.MALFORMED_JSON, "", f"malformed JSON: {exc}",
                     line.decode("utf-8", "replace"))
             continue
-        received_at = options.received_at_ms
         if options.fmt == "ga4":
             try:
                 event, agent = ga4.to_event(value, options.site_id)
@@ -198,34 +199,39 @@ def _candidates(first_line: int, data: bytes, options: ImportOptions, rejected: 
                 _reject(rejected, number, RejectReason.SCHEMA_VIOLATION, getattr(exc, "path", ""),
                         f"GA4 row does not map to an event: {exc}", value)
                 continue
+            out.append((number, line, event, b',"received_at":%d,' % options.received_at_ms + agent, False))
         elif isinstance(value, dict) and isinstance(value.get("event"), dict):  # an envelope
-            event = value["event"]
+            received_at = value["received_at"] if isinstance(value.get("received_at"), int) else options.received_at_ms
             agent = agent_fragment(str(value.get("user_agent", options.user_agent)))
-            if isinstance(value.get("received_at"), int):
-                received_at = value["received_at"]
+            out.append((number, line, value["event"], b',"received_at":%d,' % received_at + agent, False))
         else:
-            event = value
-            agent = agent_fragment(options.user_agent)
-        out.append((number, line, event, agent, received_at))
+            out.append((number, line, value, plain_stamp, True))
     return out
 
 
 def _rows(first_line: int, data: bytes, options: ImportOptions, rejected: list[dict[str, Any]]
           ) -> tuple[list[bytes], list[bytes]]:
-    """Validate the lines of `data` and stamp the valid ones: (event ids, `events_ingest` rows)."""
+    """Validate the lines of `data` and stamp the valid ones: (event ids, `events_ingest` rows).
+
+    A valid event that is a whole line with an integer `ts` keeps the line's own bytes (no
+    re-encoding; an absent event id is added as a member). A line with a repeated key, which a
+    JSON parser reads as its last value, is then refused by ClickHouse and dead-lettered by the
+    flusher with the error (reason `clickhouse_rejected`), not stored differently.
+    """
     validator = _validator or EventValidator()
     candidates = _candidates(first_line, data, options, rejected)
     all_valid = validator.all_valid([c[2] for c in candidates])
     ids: list[bytes] = []
     rows: list[bytes] = []
     dumps = orjson.dumps
-    for number, line, event, agent, received_at in candidates:
+    for number, line, event, stamp, whole in candidates:
         if not all_valid and not validator.is_valid(event):
             path, message = validator.first_error(event) or ("", "invalid event")
             _reject(rejected, number, RejectReason.SCHEMA_VIOLATION, path, message, event)
             continue
+        ts = event["ts"]
         try:
-            ts_ms = parse_ts(event["ts"])
+            ts_ms = ts if type(ts) is int else parse_ts(ts)
         except ValueError as exc:
             _reject(rejected, number, RejectReason.INVALID_TIMESTAMP, "/ts", str(exc), event)
             continue
@@ -235,12 +241,18 @@ def _rows(first_line: int, data: bytes, options: ImportOptions, rejected: list[d
         if ts_ms > options.max_ts_ms:
             _reject(rejected, number, RejectReason.TS_IN_FUTURE, "/ts", "ts in the future", event)
             continue
-        event["ts"] = ts_ms
         event_id = event.get("event_id")
-        if event_id is None:
-            event_id = event["event_id"] = import_event_id(line)
+        if whole and ts_ms is ts:  # the line as written
+            if event_id is None:
+                event_id = import_event_id(line)
+                stamp = b',"event_id":"' + event_id.encode() + b'"' + stamp
+            rows.append(ingest_row(line, stamp))
+        else:
+            event["ts"] = ts_ms
+            if event_id is None:
+                event_id = event["event_id"] = import_event_id(line)
+            rows.append(ingest_row(dumps(event), stamp))
         ids.append(event_id.lower().encode())
-        rows.append(ingest_row(dumps(event), b',"received_at":%d,' % received_at + agent))
     return ids, rows
 
 
