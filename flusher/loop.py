@@ -93,11 +93,12 @@ class _Batch:
     range's positions. `parts[i]` holds whole rows (each ending in a newline) from position
     `firsts[i]` on, the last of them ending at `ends[i]`; `rows` counts them."""
 
-    __slots__ = ("ends", "firsts", "parts", "rows", "start", "stop")
+    __slots__ = ("ends", "firsts", "legacy", "parts", "rows", "start", "stop")
 
     def __init__(self, start: int) -> None:
         self.start = start  # offset of the batch's first frame: with `stop`, its dedup token
         self.stop = start
+        self.legacy = False  # holds records of the previous format (flusher.legacy)
         self.parts: list[bytes | memoryview] = []
         self.firsts: list[int] = []
         self.ends: list[int] = []
@@ -315,6 +316,7 @@ class Flusher:
         row = 0  # index into keys/offsets of the block's first row
         for offset, end, n, _, rows_start in blocks:
             if not n:
+                batch.legacy = True
                 self._add_legacy(batch, prepared, segment_id, data, offset, end)
                 continue
             if skip.isdisjoint(range(row, row + n)):
@@ -376,8 +378,14 @@ class Flusher:
 
     def _insert_batch(self, segment_id: str, batch: _Batch) -> int:
         """Insert a batch's rows in one `INSERT` with the token `<segment>:<first frame>-<end>`; on
-        a data error, split it into rows and bisect (`_insert_items`)."""
-        token = f"{segment_id}:{batch.start}-{batch.stop}"
+        a data error, split it into rows and bisect (`_insert_items`).
+
+        TRICKY: a batch of records of the previous format keeps the previous version's token
+        (first to last row sent), so a segment that version inserted but had not deleted before
+        the upgrade is dropped by ClickHouse as a retry, not counted twice.
+        """
+        start, stop = (batch.firsts[0], batch.ends[-1]) if batch.legacy else (batch.start, batch.stop)
+        token = f"{segment_id}:{start}-{stop}"
         body = b"".join(batch.parts)
         try:
             self._with_retries(lambda: self.sink.insert("events_ingest", body, token))

@@ -71,3 +71,47 @@ def test_a_previous_version_spool_drains_after_an_upgrade(tmp_path: Path) -> Non
     assert "clickstream_spool_torn_bytes_cut_total 11.0" in metrics
     assert [r[0] for r in rows][-1] == new["event_id"]  # a later segment: after the old ones in spool order
     assert not [p for p in (data_dir / "spool").iterdir() if p.suffix in (".seg", ".open")]
+
+
+def test_batches_the_previous_version_inserted_before_a_crash_are_not_counted_twice(tmp_path: Path) -> None:
+    """The previous flusher inserted the first two batches of a segment (its tokens: first to last
+    row sent) and died before deleting it; after the upgrade the segment is flushed again."""
+    from clickstream.core.clickhouse import ClickHouseSink, connect, migrate
+    from clickstream.core.settings import Settings
+    from clickstream.core.spool import SpoolReader, SpoolWriter, position_tail
+    from flusher import legacy
+    from flusher.loop import Flusher
+
+    data_dir = tmp_path / "data"
+    ua = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+    events = [{**make_event(site_id=SITE, session_id=f"c{i}"), "user_agent": ua, "received_at": make_event()["ts"]}
+              for i in range(10)]
+    client = connect(f"chdb://{data_dir / 'clickhouse'}")
+    migrate(client)
+    try:
+        sink = ClickHouseSink(client)
+        first = events[0]  # flushed earlier from another segment; record 0 below is its client retry
+        earlier = orjson.dumps(first)
+        sink.insert("events_ingest", legacy.ingest_line(earlier, position_tail("00000000000000001-00000000"), 0,
+                                                        legacy.agent_fields(legacy.record_keys(earlier)[1])), "x")
+        writer = SpoolWriter(data_dir / "spool", fsync_interval_ms=0).open()
+        writer.append([orjson.dumps(e) for e in events])  # the previous format: one record per event
+        segment = writer.seal_active()
+        writer.close()
+        assert segment
+        records = SpoolReader(data_dir / "spool").records(SpoolReader(data_dir / "spool").sealed_segments()[0])
+        tail = position_tail(segment)
+        for batch in (records[1:4], records[4:8]):  # what the previous version sent (record 0: a retry)
+            body = b"\n".join(legacy.ingest_line(r.payload, tail, r.offset,
+                                                 legacy.agent_fields(legacy.record_keys(r.payload)[1]))
+                              for r in batch)
+            sink.insert("events_ingest", body, f"{segment}:{batch[0].offset}-{batch[-1].end}")
+        assert client.query("SELECT count() FROM events").result_rows == [(8,)]
+
+        flusher = Flusher(Settings(data_dir=data_dir, flush_max_rows=4), client)
+        flusher.flush_once()
+        assert client.query("SELECT count(), uniqExact(event_id) FROM events").result_rows == [(10, 10)]
+        assert client.query("SELECT sum(events) FROM sessions").result_rows == [(10,)]
+        assert flusher.metrics.duplicates._value.get() == 1
+    finally:
+        client.close()
