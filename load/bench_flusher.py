@@ -173,7 +173,7 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
 
 def run_single() -> dict[str, Any]:
     """The same with single-event requests only: one block record per event (the worst case)."""
-    return run(single=True)
+    return run(single=True, segments=16)
 
 
 if __name__ == "__main__":
