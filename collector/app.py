@@ -5,6 +5,12 @@ Contract: docs/architecture.md "HTTP". Refused requests raise clickstream.core.e
 turned into an answer in one place (`Collector.answer`), with the RejectReason as error code.
 A client that disconnects before its body arrived is counted
 (`clickstream_client_disconnects_total`) and not answered.
+
+Hot path (BENCHMARKS.md "Collector"): `/collect` is a `RawRoute`, served ahead of Starlette's
+middleware for requests without an Origin header; headers are read in one pass; only receiving
+the body awaits, the pipeline (`accept`) is synchronous; the all-accepted 202 is pre-encoded;
+counters are plain ints published at scrape time (collector.metrics); the spool append is one
+`write(2)` of one block record per request.
 """
 
 from __future__ import annotations
