@@ -83,6 +83,7 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 #: First bytes of a block record's payload (a JSON object record starts with `{`).
 BLOCK_MAGIC = b"\x00cs1"
 BLOCK_HEAD = struct.Struct("<4sI")
+_FRAME_AND_BLOCK_HEAD = struct.Struct("<II4sI")  # a frame's header and, if it is a block, its head
 #: An event id in a block: the canonical text form of a UUID (8-4-4-4-12 hex digits, lower case).
 EVENT_ID_BYTES = 36
 #: The fields a block row gets from its position (the last two of every row).
@@ -261,7 +262,8 @@ def scan_blocks(buf: bytes) -> tuple[list[tuple[int, int, int, int, int]], int]:
     where it stops).
 
     The flusher's read path: one loop, no copy, the CRC checked on a memoryview (`frames` and
-    `block_at` in one pass); plain tuples, because a NamedTuple's constructor is a Python call.
+    `block_at` in one pass; a frame's header and a block's head read in one `unpack`); plain
+    tuples, because a NamedTuple's constructor is a Python call.
     """
     out: list[tuple[int, int, int, int, int]] = []
     append = out.append
@@ -269,22 +271,24 @@ def scan_blocks(buf: bytes) -> tuple[list[tuple[int, int, int, int, int]], int]:
     pos = 0
     size = len(buf)
     unpack = HEADER.unpack_from
-    unpack_head = BLOCK_HEAD.unpack_from
+    unpack_both = _FRAME_AND_BLOCK_HEAD.unpack_from
     crc32 = zlib.crc32
     count = buf.count
-    head, magic, id_bytes = HEADER.size, BLOCK_MAGIC, EVENT_ID_BYTES
+    head, block_head, magic, id_bytes = HEADER.size, BLOCK_HEAD.size, BLOCK_MAGIC, EVENT_ID_BYTES
+    both = head + block_head
     while pos + head <= size:
-        length, crc = unpack(buf, pos)
+        if pos + both <= size:
+            length, crc, found, n = unpack_both(buf, pos)
+        else:  # a short record at the very end: not a block
+            (length, crc), found, n = unpack(buf, pos), b"", 0
         start = pos + head
         end = start + length
         if length == 0 or length > MAX_RECORD_BYTES or end > size or crc32(view[start:end]) != crc:
             break
-        n = 0
-        if length > BLOCK_HEAD.size and buf[start : start + 4] == magic:
-            n = unpack_head(buf, start)[1]
-            rows_start = start + BLOCK_HEAD.size + n * id_bytes
+        if found == magic and length > block_head:
+            rows_start = start + block_head + n * id_bytes
             if n and rows_start < end and buf[end - 1] == 0x0A and count(b"\n", rows_start, end) == n:
-                append((pos, end, n, start + BLOCK_HEAD.size, rows_start))
+                append((pos, end, n, start + block_head, rows_start))
                 pos = end
                 continue
         append((pos, end, 0, 0, 0))
