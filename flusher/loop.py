@@ -124,7 +124,14 @@ class _Prepared:
 
 
 class Flusher:
-    """Moves sealed spool segments into ClickHouse; a `web.create_app` component in `serve`."""
+    """Moves the sealed segments of one spool directory (`settings.spool_dir`) into ClickHouse; a
+    `web.create_app` component in `serve`.
+
+    No state is global: several flushers (one per spool) can run in one process. `memory` is the
+    client-retry memory; pass one `EventIdMemory` to all of them (loaded once by the caller) so a
+    retry that reached another spool is caught; by default each flusher has its own, loaded from
+    ClickHouse. `writer`: the same process's spool writer, sealed by the flusher's interval.
+    """
 
     def __init__(
         self,
