@@ -230,6 +230,8 @@ def test_scrolling_half_a_long_page_and_staying_3_s_gives_one_engagement(serve: 
     assert int(engagement["props"]["engaged_ms"]) >= 3000
     assert engagement["session_id"] == of_type(events, "page_view")[0]["session_id"]
     assert engagement["is_bot"] == 0  # the unload request carries the browser's User-Agent
+    [session] = rows(serve, "SELECT engaged_ms, max_scroll_depth FROM v_sessions WHERE site_id = 'engage.test'")
+    assert session["engaged_ms"] >= 3000 and 49 <= session["max_scroll_depth"] <= 51
     no_rejections(serve)
 
 
@@ -345,6 +347,9 @@ def test_revenue_is_a_number_with_a_currency(serve: Server, site: PageSite, fres
     events = events_of(serve, "revenue.test", lambda evs: of_type(evs, "refund"), "the purchase and refund")
     assert of_type(events, "purchase")[0]["props"] == {"revenue": "49.9", "currency": "EUR", "plan": "pro"}
     assert of_type(events, "refund")[0]["props"] == {"currency": "USD"}  # not a number: left out
+    revenue = wait_for(lambda: rows(serve, "SELECT revenue FROM v_sessions WHERE site_id = 'revenue.test'"), 30,
+                       "the session's revenue")
+    assert revenue == [{"revenue": {"EUR": "49.900000"}}]  # Decimal(38, 6) per currency, as POST /sql shows it
 
 
 # -- control -------------------------------------------------------------------------------------
