@@ -156,14 +156,15 @@
     },
 
     // Delivery: a batch {i: id, e: events, n: attempts, t: due ms, o: owner page} stays in
-    // localStorage "cs_q" until the collector answers (consent pending: in memory only). 202/4xx
+    // localStorage "cs_q" until the collector answers (consent pending or no localStorage: in
+    // memory only, `m`). 202/4xx
     // end it (4xx: retrying cannot help), 429/5xx (503: spool full) and network failures retry it
     // with exponential backoff capped at 60 s. Each event has its own event_id, so a resend cannot
     // double count.
     me = uu(), fl = new Set(),
     st = () => [].concat(pa(ls("q")) || []).filter(b => b && Array.isArray(b.e)),
     so = f => ok && lo && ls("q", js(f(st()).slice(-50))),
-    put = b => so(q => q.filter(x => x.i != b.i).concat(b)),
+    put = b => (b.m = !so(q => q.filter(x => x.i != b.i).concat(b))), // m: kept in memory only
     drop = b => { fl.delete(b.i); so(q => q.filter(x => x.i != b.i)) },
     bs = () => { // split the memory queue under the collector's limits: 100 events, 64 KiB
       const ou = [];
@@ -192,7 +193,7 @@
       b.t = nw() + dl;
       put(b);
       setTimeout(sf(() => {
-        const x = ok && lo ? st().find(x => x.i == b.i) : b;
+        const x = b.m ? b : st().find(x => x.i == b.i);
         x && x.o == me && sd(x); // unless another page took it over
       }), dl);
     },
