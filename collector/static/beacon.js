@@ -40,7 +40,8 @@
     ob = x => (x && typeof x == "object" && !Array.isArray(x) ? x : {}),
     on = (t, k, f, o) => t.addEventListener(k, sf(f), o),
     nw = () => Date.now(),
-    // crypto.randomUUID needs a secure context; else an RFC 4122 v4 UUID by hand
+    // crypto.randomUUID needs a secure context; else an RFC 4122 v4 UUID by hand (in the template,
+    // 0 and 1: a random hex digit, 8: one of 8-b (the variant), 4: the version)
     uu = () => crypto.randomUUID ? crypto.randomUUID() : "10000000-1000-4000-8000-100000000000".replace(/[018]/g, c => (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16)),
     el = d.currentScript || d.querySelector("script[data-site]"),
     at = k => el.getAttribute("data-" + k), ha = k => el.hasAttribute("data-" + k),
@@ -107,7 +108,7 @@
       for (const [key, v] of Object.entries(ob(m))) k < 32 && key && f(key, v, o) && k++;
       return k && o;
     },
-    pr = (k, v, o) => k == "revenue" ? isFinite((v = parseFloat(v))) && (o[k] = v)
+    pr = (k, v, o) => k == "revenue" ? isFinite((v = parseFloat(v))) && ((o[k] = v), 1)
       : ((o[cl(k, 64)] = k == "currency" ? cl(v, 3).toUpperCase() : typeof v == "boolean" || (typeof v == "number" && isFinite(v)) ? v : cl(v, 512)), 1),
     // The URL as sent (data-exclude-search / -hash) and the page's identity: a new one is a page view.
     ur = () => { const u = new URL(loc.href); ha("exclude-search") && (u.search = ""); ha("exclude-hash") && (u.hash = ""); return u.href },
@@ -155,16 +156,15 @@
       tr("page_view");
     },
 
-    // Delivery: a batch {i: id, e: events, n: attempts, t: due ms, o: owner page} stays in
-    // localStorage "cs_q" until the collector answers (consent pending or no localStorage: in
-    // memory only, `m`). 202/4xx
-    // end it (4xx: retrying cannot help), 429/5xx (503: spool full) and network failures retry it
-    // with exponential backoff capped at 60 s. Each event has its own event_id, so a resend cannot
-    // double count.
+    // Delivery: a batch {i: id, e: events, n: attempts, t: due ms, o: owner page, m: in memory only}
+    // stays in localStorage "cs_q" until the collector answers (in memory while consent is pending
+    // or localStorage is blocked). 202/4xx end it (4xx: retrying cannot help), 429/5xx (503: spool
+    // full) and network failures retry it with exponential backoff capped at 60 s. Each event has
+    // its own event_id, so a resend cannot double count.
     me = uu(), fl = new Set(),
     st = () => [].concat(pa(ls("q")) || []).filter(b => b && Array.isArray(b.e)),
     so = f => ok && lo && ls("q", js(f(st()).slice(-50))),
-    put = b => (b.m = !so(q => q.filter(x => x.i != b.i).concat(b))), // m: kept in memory only
+    put = b => (b.m = !so(q => q.filter(x => x.i != b.i).concat(b))),
     drop = b => { fl.delete(b.i); so(q => q.filter(x => x.i != b.i)) },
     bs = () => { // split the memory queue under the collector's limits: 100 events, 64 KiB
       const ou = [];
@@ -184,7 +184,7 @@
       b.o = me; b.t = nw() + MIN; // in flight: other pages keep off
       put(b);
       fl.add(b.i);
-      fetch(ap, { method: "POST", keepalive: !0, body: js(b.e), headers: { "Content-Type": "text/plain" } })
+      fetch(ap, { method: "POST", keepalive: !0, body: js(b.e) }) // a string: text/plain, no CORS preflight
         .then(sf(r => (r.status == 429 || r.status >= 500 ? rt(b) : drop(b))), sf(() => rt(b)));
     },
     rt = b => {
