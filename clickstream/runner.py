@@ -56,10 +56,14 @@ def serve_app(settings: Settings) -> ASGIApp:
 
 
 def run_uvicorn(app: ASGIApp, settings: Settings) -> None:
-    """Serve with uvloop + httptools, no access log (it would dominate the hot path's cost)."""
+    """Serve with uvloop + httptools, no access log (it would dominate the hot path's cost).
+
+    X-Forwarded-For is read from the proxies in `forwarded_allow_ips` only (uvicorn's proxy
+    headers): IP hashes and cookieless ids need the browser's address, not the proxy's."""
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
+        forwarded_allow_ips=settings.forwarded_allow_ips,  # the client IP behind a first-party proxy
     )
     # TRICKY: uvicorn restores the previous handlers after its graceful shutdown and re-raises the
     # signal it caught, so with the default handlers a SIGTERM'd process dies by the signal

@@ -8,8 +8,9 @@ mapping). The file may be gzip- or zstd-compressed (recognised by its magic byte
 Lines go through the same validation as `/collect` (schemas/event.schema.json) but not the 72 h
 clock policy: history is what import is for. Still refused: timestamps before 2000-01-01
 (`ts_too_old`) or more than `max_clock_skew_s` ahead of now (`ts_in_future`), the range `events`
-accepts. Every refused line is kept in `<data-dir>/rejected/` with its reason and line number, in
-file order.
+accepts; events without ids (`"consent": "pending"`, `consent_pending`), whose ids only a browser's
+request can give. Every refused line is kept in `<data-dir>/rejected/` with its reason and line
+number, in file order.
 
 Speed: the file is cut into chunks of whole lines (`chunk_bytes` of input each); a process pool
 (one worker per core; inline on one core) validates each chunk and writes it as one spool segment
@@ -240,6 +241,10 @@ def _rows(first_line: int, data: bytes, options: ImportOptions, rejected: list[d
             continue
         if ts_ms > options.max_ts_ms:
             _reject(rejected, number, RejectReason.TS_IN_FUTURE, "/ts", "ts in the future", event)
+            continue
+        if "consent" in event:  # ids derived from the browser's IP and User-Agent: only POST /collect has them
+            _reject(rejected, number, RejectReason.CONSENT_PENDING, "/consent", "events without ids (consent "
+                    "pending) cannot be imported: give them anonymous_id and session_id", event)
             continue
         event_id = event.get("event_id")
         if whole and ts_ms is ts:  # the line as written

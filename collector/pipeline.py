@@ -6,23 +6,24 @@ and does the single I/O step (the spool append). Rules and their sources:
 - clock policy: `ts` older than `max_event_age_s` (72 h) or more than `max_clock_skew_s`
   (5 min) ahead of `received_at` is rejected with its own reason (history goes through
   `clickstream import`);
-- privacy: the raw IP is never stored; at most a keyed BLAKE2b hash whose key changes every
-  UTC day (Plausible's daily-salt scheme), so visitors cannot be linked across days by IP.
+- privacy: the raw IP is never stored; at most a keyed BLAKE2b hash whose key, a random salt,
+  changes every UTC day and is deleted after it (Plausible's daily-salt scheme, collector.salt),
+  so visitors cannot be linked across days by IP;
+- consent: an event sent before consent (`"consent": "pending"`, no ids) gets its visitor and
+  session ids from the `pending` hook (collector.cookieless) and loses the `consent` field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import hashlib
-import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from clickstream.core.errors import ClickstreamError, InvalidRequest, TooLarge
-from clickstream.core.times import EPOCH, parse_ts
+from clickstream.core.times import parse_ts
 from clickstream.core.useragent import agent_fragment
 from collector.validation import EventError, EventValidator, RejectReason
 
@@ -60,45 +61,6 @@ def check_clock(ts_ms: int, received_at_ms: int, max_age_ms: int, max_skew_ms: i
     if ts_ms > received_at_ms + max_skew_ms:
         return RejectReason.TS_IN_FUTURE
     return None
-
-
-class IpHasher:
-    """Keyed hash of client IPs with a key that rotates every UTC day; the raw IP is never kept.
-
-    `hasher(ip)` -> 16 hex chars: BLAKE2b-64 of the IP keyed with BLAKE2b(day "YYYY-MM-DD",
-    key=secret). Hashes of the current day are memoised in memory only (at most `cache_size`
-    IPs, then the memo restarts; dropped at the UTC day change), since the same visitors send
-    many requests.
-    """
-
-    def __init__(self, secret: bytes, cache_size: int = 65536) -> None:
-        self._secret = secret
-        self._day = ""
-        self._key = b""
-        self._epoch_day = -1
-        self._cache: dict[str, str] = {}
-        self._cache_size = cache_size
-
-    def __call__(self, ip: str, now: dt.datetime | None = None) -> str:
-        if now is not None:
-            return self._hash(ip, now.strftime("%Y-%m-%d"))
-        epoch_day = int(time.time()) // 86400
-        if epoch_day != self._epoch_day:
-            self._cache = {}
-            self._epoch_day = epoch_day
-        cached = self._cache.get(ip)
-        if cached is None:
-            day = (EPOCH + dt.timedelta(days=epoch_day)).strftime("%Y-%m-%d")
-            if len(self._cache) >= self._cache_size:
-                self._cache = {}
-            cached = self._cache[ip] = self._hash(ip, day)
-        return cached
-
-    def _hash(self, ip: str, day: str) -> str:
-        if day != self._day:
-            self._key = hashlib.blake2b(day.encode(), key=self._secret[:64], digest_size=32).digest()
-            self._day = day
-        return hashlib.blake2b(ip.encode(), key=self._key, digest_size=8).hexdigest()
 
 
 @dataclasses.dataclass(slots=True)
@@ -151,14 +113,17 @@ def process(
     ip_hash: str,
     max_age_ms: int,
     max_skew_ms: int,
+    pending: Callable[[dict[str, Any]], None] | None = None,
 ) -> Outcome:
     """Validate and stamp each event; return the accepted ones as JSON objects with their ids and
     the request's stamp (`Outcome.rows` joins them), and the errors.
 
     Stamping: `event_id` (UUID4) when absent and `ts` normalised to epoch ms, in the event; then
     `request_stamp` (received_at in UTC epoch ms, the User-Agent and its fields, `ip_hash` when
-    not empty) for the whole request. Accepted events are changed in place; rejected ones are
-    left as sent (they go to rejected/ raw).
+    not empty) for the whole request. An event with `"consent": "pending"` (schema: then without
+    ids) is given to `pending`, which sets `anonymous_id` and `session_id`, and is spooled without
+    `consent`; with no `pending` hook it is rejected (`consent_pending`). Accepted events are
+    changed in place; rejected ones are left as sent (they go to rejected/ raw).
     """
     records: list[bytes] = []
     ids: list[bytes] = []
@@ -169,24 +134,30 @@ def process(
     # one validator call for a whole batch (the common, all-valid case); per event otherwise
     all_valid = len(events) > 1 and validator.all_valid(events)
     for index, event in enumerate(events):
+        error: EventError
         if all_valid or validator.is_valid(event):
             ts = event["ts"]
+            checked: EventError | int = ts
             if type(ts) is not int or not oldest <= ts <= newest:  # else the common case: ms, in the window
                 checked = _check_clock(event, index, received_at_ms, max_age_ms, max_skew_ms)
-                if not isinstance(checked, int):
-                    errors.append(checked)
-                    rejected.append({"reason": checked.reason.value, "index": index, "path": checked.path,
-                                     "message": checked.message, "event": event})
-                    continue
+            if isinstance(checked, int) and "consent" in event and pending is None:
+                checked = EventError(index, "/consent", "events without ids (consent pending) need the browser's "
+                                     "request to derive them: send them to POST /collect", RejectReason.CONSENT_PENDING)
+            if isinstance(checked, int):
                 event["ts"] = checked  # in place: keeps its position among the fields
-            event_id = event.get("event_id")
-            if event_id is None:
-                event_id = event["event_id"] = str(uuid.uuid4())
-            ids.append(event_id.lower().encode())
-            records.append(dumps(event))
-            continue
-        path, message = validator.first_error(event) or ("", "invalid event")
-        error = EventError(index, path, message, RejectReason.SCHEMA_VIOLATION)
+                if "consent" in event and pending is not None:  # "pending": the only value the schema allows
+                    del event["consent"]
+                    pending(event)
+                event_id = event.get("event_id")
+                if event_id is None:
+                    event_id = event["event_id"] = str(uuid.uuid4())
+                ids.append(event_id.lower().encode())
+                records.append(dumps(event))
+                continue
+            error = checked
+        else:
+            path, message = validator.first_error(event) or ("", "invalid event")
+            error = EventError(index, path, message, RejectReason.SCHEMA_VIOLATION)
         errors.append(error)
         rejected.append({"reason": error.reason.value, "index": index, "path": error.path,
                          "message": error.message, "event": event})

@@ -10,7 +10,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from load import bench_collector, bench_dedup, bench_flusher, bench_import, bench_pipeline, bench_views
+from load import (
+    bench_beacon,
+    bench_collector,
+    bench_dedup,
+    bench_engagement,
+    bench_flusher,
+    bench_import,
+    bench_pipeline,
+    bench_views,
+)
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "collector": bench_collector.run,
@@ -22,6 +31,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "freshness": bench_pipeline.run_freshness,
     "views": bench_views.run,
     "rss": bench_pipeline.run_rss,
+    "beacon": bench_beacon.run,
+    "engagement_join": bench_engagement.run,
 }
 
 
