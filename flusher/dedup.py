@@ -24,7 +24,7 @@ Where this runs, and why it is exact across restarts:
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from itertools import repeat
 
@@ -93,7 +93,5 @@ class EventIdMemory:
 
     def _evict(self) -> None:
         excess = len(self._seen) - self.max_ids
-        if excess > 0:
-            pop = self._seen.popitem
-            for _ in range(excess):
-                pop(False)
+        if excess > 0:  # popitem(last=False) `excess` times, the loop in C (deque of length 0 consumes)
+            deque(map(self._seen.popitem, repeat(False, excess)), maxlen=0)
