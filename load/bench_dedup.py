@@ -1,7 +1,7 @@
 """The flusher's client-retry memory: per-event cost with 10 k vs 1 M event ids remembered.
 
 Method, in one process and one run: an `EventIdMemory` (flusher.dedup) of `small` ids and one of
-`large` ids, each filled to capacity first (so every new id evicts the oldest: the steady state),
+`large` ids, each filled to capacity first (the steady state: generations rotate and are dropped),
 then fed the same stream of `events` new ids (36-byte lower-case UUID text, as in the spool's
 block index) in batches of 50,000 (`admit_many`, the flusher's path for block records) and one by
 one (`admit`, its path for records of the previous format). Alternating rounds, median per-event
@@ -29,7 +29,7 @@ def _ids(n: int, seed: int) -> list[bytes]:
 
 def _filled(size: int) -> EventIdMemory:
     memory = EventIdMemory(size)
-    memory.remember((key, ("warm", i)) for i, key in enumerate(_ids(size, 1)))
+    memory.remember((key, "warm", i) for i, key in enumerate(_ids(size, 1)))
     return memory
 
 
@@ -86,7 +86,7 @@ def run(small: int = 10_000, middle: int = 100_000, large: int = 1_000_000, even
         keys = _ids(events, 200 + r)
         for size, memory in memories.items():
             per_event[size].append(_single_us(memory, keys))
-        assert all(len(m) == size for size, m in memories.items())  # full all along: every id evicts one
+        assert all(len(m) >= size for size, m in memories.items())  # at least `size` ids all along
     result: dict[str, Any] = {
         "benchmark": "flusher_dedup_memory", "events_per_round": events, "rounds": rounds, "batch": batch,
         "small_ids": small, "large_ids": large,
