@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     flush_max_rows: Positive = Field(50_000, description="Rows per insert")
     flush_retry_max_s: PositiveSeconds = Field(30.0, description="Cap of the jittered backoff on transient errors")
     retention_days: NonNegative = Field(0, description="TTL of events in days; 0 keeps forever")
-    dedup_max_ids: Positive = Field(1_000_000, description="Event ids remembered to drop client retries (~280 B each)")
+    dedup_max_ids: Positive = Field(1_000_000, description="Event ids remembered at least, to drop client retries "
+                                                           "(~190 B each; up to twice as many kept)")
 
     # stitcher
     stitch_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /stitch (off until set)")
