@@ -89,7 +89,8 @@ def flusher(host: str | None, port: int | None, data_dir: Path | None, clickhous
 @_ch_url
 @click.option("--cluster", default=None, metavar="NAME",
               help="Render for the ClickHouse cluster NAME (remote_servers): ON CLUSTER, Replicated engines, "
-                   "Distributed tables sharded by visitor; needs an http(s):// ClickHouse URL unless --print")
+                   "Distributed tables sharded by visitor; needs an http(s):// ClickHouse URL unless --print "
+                   "[CLICKSTREAM_CLICKHOUSE_CLUSTER]")
 @click.option("--print", "print_only", is_flag=True, default=False,
               help="With --cluster: write the SQL to stdout instead of running it")
 @click.option("--dedup-window", type=click.IntRange(min=1), default=None,
@@ -105,6 +106,7 @@ def migrate(data_dir: Path | None, clickhouse_url: str | None, cluster: str | No
     from clickstream.core.clickhouse import open_clickhouse
 
     settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    cluster = cluster or settings.clickhouse_cluster or None
     if cluster is None:
         if print_only or dedup_window or dedup_window_seconds:
             raise click.UsageError("--print, --dedup-window and --dedup-window-seconds need --cluster NAME")
@@ -186,10 +188,10 @@ def import_(file: Path, user_agent: str | None, flush: bool, data_dir: Path | No
     result = import_file(settings, file, user_agent=user_agent or DEFAULT_USER_AGENT)
     summary = result.as_json()
     if flush:
-        from clickstream.core.clickhouse import open_clickhouse
+        from clickstream.core.cluster import open_configured
         from flusher.loop import Flusher
 
-        client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
+        client = open_configured(settings)
         try:
             summary["flushed_rows"] = Flusher(settings, client).drain()
         finally:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 
 import uvicorn
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
-from clickstream.core.clickhouse import connect, open_clickhouse
+from clickstream.core.clickhouse import connect
+from clickstream.core.cluster import open_configured
 from clickstream.core.component import Component
 from clickstream.core.settings import Settings
 from clickstream.web import create_app
@@ -32,7 +32,7 @@ def collector_app(settings: Settings) -> Starlette:
 
 def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Component]:
     """collector + flusher + stitcher + POST /sql in one process owning ClickHouse."""
-    client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
+    client = open_configured(settings)
     collector = Collector(settings, CollectorMetrics(registry))
     flusher = Flusher(settings, client, writer=collector.spool, metrics=FlusherMetrics(registry))
     admin_token = settings.admin_token.get_secret_value()
@@ -83,26 +83,20 @@ def run_stitcher(settings: Settings) -> None:
     Without a flusher in the process, attribution sees what the separate flusher has inserted.
     """
     registry = CollectorRegistry()
-    client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
+    client = open_configured(settings)
     stitcher = Stitcher(settings, client, flusher=None, registry=registry)
     # No CORS: /stitch is server to server.
     run_uvicorn(create_app([stitcher], registry, cors_allow_origins=()), settings)
 
 
 def run_flusher(settings: Settings) -> None:
-    """The flusher alone, for a collector on the same machine; /metrics on CLICKSTREAM_PORT.
+    """The flusher alone, for a collector on the same spool; /healthz, /readyz (ClickHouse reachable)
+    and /metrics on CLICKSTREAM_HOST:CLICKSTREAM_PORT.
 
     SIGTERM / SIGINT: stop, flush every sealed segment, exit 0.
     """
     registry = CollectorRegistry()
-    client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
-    flusher = Flusher(settings, client, metrics=FlusherMetrics(registry))
-    start_http_server(settings.port, addr=settings.host, registry=registry)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    flusher.start()
-    log.info("flusher running on %s", settings.spool_dir)
-    while not stop.wait(1.0):
-        flusher.update_gauges()
-    flusher.stop()
+    flusher = Flusher(settings, open_configured(settings), metrics=FlusherMetrics(registry))
+    log.info("flusher on %s", settings.spool_dir)
+    # No CORS: nothing here is for browsers.
+    run_uvicorn(create_app([flusher], registry, cors_allow_origins=()), settings)

@@ -36,15 +36,19 @@ import re
 from collections.abc import Mapping
 from importlib.resources.abc import Traversable
 
+from clickhouse_connect.driver.client import Client
+
 from clickstream.core import ddl
 from clickstream.core.clickhouse import (
     DATABASE,
     SCHEMA_MIGRATIONS_COLUMNS,
     MigrationTarget,
     migrations,
+    open_clickhouse,
     split_statements,
 )
 from clickstream.core.ddl import Span, Statement, UnsupportedStatement, quote_name
+from clickstream.core.settings import Settings
 
 #: Sharding key of tables whose rows belong to a visitor (docs/architecture.md "Definitions").
 VISITOR_KEY = "cityHash64(site_id, anonymous_id)"
@@ -247,6 +251,13 @@ def target(options: ClusterOptions, sql_dir: Traversable | None = None) -> Migra
     )
 
 
+def open_configured(settings: Settings) -> Client:
+    """`open_clickhouse` for a process: migrations rendered for CLICKSTREAM_CLICKHOUSE_CLUSTER when it
+    is set (every process of a cluster deployment), for one server otherwise."""
+    plan = target(ClusterOptions(settings.clickhouse_cluster)) if settings.clickhouse_cluster else None
+    return open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days, target=plan)
+
+
 def render_script(options: ClusterOptions, *, retention_days: int = 0, sql_dir: Traversable | None = None) -> str:
     """Every migration as one SQL script for `clickhouse-client --multiquery` (`migrate --print`).
 
@@ -275,4 +286,5 @@ def render_script(options: ClusterOptions, *, retention_days: int = 0, sql_dir: 
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ClusterOptions", "ClusterRenderError", "Renderer", "UnsupportedStatement", "render_script", "target"]
+__all__ = ["ClusterOptions", "ClusterRenderError", "Renderer", "UnsupportedStatement", "open_configured",
+           "render_script", "target"]

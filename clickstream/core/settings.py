@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, gt=0, le=65535, description="Port of the HTTP listener")
     clickhouse_url: str = Field("", description="chdb:///path or http(s)://user:pass@host:8123/db "
                                                 "[default chdb://<data-dir>/clickhouse]")
+    clickhouse_cluster: str = Field("", description="ClickHouse cluster name (remote_servers) the migrations are "
+                                                    "rendered for; empty = one server (deploy/README.md)")
     log_level: str = Field("info", description="Log level (debug, info, warning, error)")
 
     # collector
