@@ -34,7 +34,7 @@ run: install $(DATA_DIR)/.admin_token $(DATA_DIR)/.stitch_token
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy clickstream collector flusher stitcher reports load deploy
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo
 
 test: system install lint
 	$(PY) -m pytest -q -p no:cacheprovider
