@@ -61,13 +61,33 @@ def collector(host: str | None, port: int | None, data_dir: Path | None) -> None
 @_port
 @_data_dir
 @_ch_url
-def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None) -> None:
-    """Everything in one process: collector + flusher + stitcher + POST /sql, embedded ClickHouse by default."""
+@click.option("--workers", type=click.IntRange(min=0), default=None, help=describe("workers"))
+def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None,
+          workers: int | None) -> None:
+    """Collector + flusher + stitcher + POST /sql, embedded ClickHouse by default.
+
+    With --workers N (default: the number of CPUs), N collector processes share the port, each with
+    its own spool, and this process owns ClickHouse; --workers 0 runs everything in one process.
+    """
     from clickstream.runner import run_serve
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url)
+    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url, workers=workers)
     _logging(settings)
     run_serve(settings)
+
+
+@main.command(hidden=True)
+@click.option("--fd", type=int, required=True, help="Inherited listening socket")
+@click.option("--index", type=int, required=True, help="Worker number (for the logs)")
+@click.option("--owner-socket", type=click.Path(path_type=Path), required=True)
+def worker(fd: int, index: int, owner_socket: Path) -> None:
+    """One collector process of `serve --workers` (started by serve, not by hand)."""
+    from clickstream.runner import run_worker
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    run_worker(settings, fd, owner_socket)
 
 
 @main.command()
