@@ -124,7 +124,8 @@ class Workers:
         fd = self.sock.fileno()
         command = [sys.executable, "-m", "clickstream.cli", "worker", "--fd", str(fd), "--index", str(index),
                    "--owner-socket", str(self.owner_socket)]
-        return subprocess.Popen(command, env=self._env(index), pass_fds=(fd,))
+        # its own session: a terminal's Ctrl-C reaches the owner only, which stops the workers in order
+        return subprocess.Popen(command, env=self._env(index), pass_fds=(fd,), start_new_session=True)
 
     def pids(self) -> list[int]:
         with self._lock:

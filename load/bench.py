@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from load import bench_collector, bench_flusher, bench_pipeline, bench_storage, bench_views
+from load import bench_collector, bench_flusher, bench_pipeline, bench_storage, bench_views, bench_workers
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "collector": bench_collector.run,
@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "views": bench_views.run,
     "rss": bench_pipeline.run_rss,
     "storage": bench_storage.run,
+    "workers": bench_workers.run,
 }
 
 
