@@ -11,7 +11,7 @@ audit of the totals: `count()` = `uniqExact(event_id)` (0 duplicated) = `sum(eve
 the requests still in flight when wrk stopped (≤ 64 connections × B: acknowledged by the server,
 never counted by wrk). `clickstream load` gives the event-by-event audit (tests/integration/test_workers.py).
 
-`python -m load.bench workers`; `BENCH_ROUNDS` (default 2) rounds.
+`python -m load.bench workers`; `BENCH_ROUNDS` (default 2) rounds, `BENCH_BATCHES` (default `1,50`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from load.bench_collector import CONNECTIONS, machine, wrk
 from load.procs import start
 from load.results import write_result
 
-BATCHES = (1, 50)
+BATCHES = tuple(int(b) for b in os.environ.get("BENCH_BATCHES", "1,50").split(","))
 DURATION_S = 10
 ADMIN = "bench-admin"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
