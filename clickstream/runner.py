@@ -66,11 +66,13 @@ def run_uvicorn(app: Starlette, settings: Settings, *, sockets: list[socket.sock
     """Serve with uvloop + httptools, no access log (it would dominate the hot path's cost).
 
     On CLICKSTREAM_HOST:CLICKSTREAM_PORT, or on inherited `sockets` (a `serve --workers` worker),
-    or on the Unix socket `uds` (the owner of `serve --workers`).
-    """
+    or on the Unix socket `uds` (the owner of `serve --workers`). X-Forwarded-For is read from the
+    proxies in `forwarded_allow_ips` only (uvicorn's proxy headers): IP hashes and cookieless ids
+    need the browser's address, not the proxy's."""
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, uds=str(uds) if uds else None, loop="uvloop",
         http="httptools", access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
+        forwarded_allow_ips=settings.forwarded_allow_ips,  # the client IP behind a first-party proxy
     )
     # TRICKY: uvicorn restores the previous handlers after its graceful shutdown and re-raises the
     # signal it caught, so with the default handlers a SIGTERM'd process dies by the signal

@@ -10,7 +10,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from load import bench_collector, bench_flusher, bench_pipeline, bench_storage, bench_views, bench_workers
+from load import (
+    bench_beacon,
+    bench_collector,
+    bench_engagement,
+    bench_flusher,
+    bench_pipeline,
+    bench_storage,
+    bench_views,
+    bench_workers,
+)
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "collector": bench_collector.run,
@@ -20,6 +29,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "rss": bench_pipeline.run_rss,
     "storage": bench_storage.run,
     "workers": bench_workers.run,
+    "beacon": bench_beacon.run,
+    "engagement_join": bench_engagement.run,
 }
 
 

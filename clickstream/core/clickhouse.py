@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 DATABASE = "clickstream"
 #: Every table an insert reaches: the raw tables and every materialized-view target. Each needs a
 #: dedup window or a retried insert is counted twice (verified on chDB 26.9, see tests).
-DEDUP_TABLES = ("events", "sessions", "variant_exposures", "lead_events", "conversions", "dead_letters")
+DEDUP_TABLES = ("events", "sessions", "variant_exposures", "lead_events", "conversions", "dead_letters",
+                "session_engagement")
 
 #: Settings of every insert. TRICKY: async_insert defaults to 1 in ClickHouse 26.x, and an async
 #: insert ignores insert_deduplication_token semantics we rely on; pass 0 explicitly.

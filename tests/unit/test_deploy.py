@@ -77,7 +77,8 @@ def test_collector_pod_keeps_its_spool_and_drains_it_on_stop() -> None:
     (flusher,) = pod["initContainers"]
     assert collector["args"] == ["collector"] and flusher["args"] == ["flusher"]
     assert flusher["restartPolicy"] == "Always"  # a native sidecar: stopped after the collector
-    assert collector["volumeMounts"] == flusher["volumeMounts"] == [{"name": "spool", "mountPath": "/data"}]
+    assert flusher["volumeMounts"] == [{"name": "spool", "mountPath": "/data"}]
+    assert collector["volumeMounts"][0] == flusher["volumeMounts"][0]
     assert [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]] == ["spool"]
     assert collector["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert "readinessProbe" not in flusher  # a ClickHouse outage must not take collectors out of service
@@ -123,7 +124,8 @@ def test_compose_pairs_each_collector_with_one_flusher_on_its_spool() -> None:
     for i in (1, 2):
         collector, flusher = services[f"collector-{i}"], services[f"flusher-{i}"]
         assert collector["command"] == ["collector"] and flusher["command"] == ["flusher"]
-        assert collector["volumes"] == flusher["volumes"] == [f"spool-{i}:/data"]
+        assert collector["volumes"] == [f"spool-{i}:/data", "salts:/salts"]
+        assert flusher["volumes"] == [f"spool-{i}:/data"]
         assert "/readyz" in " ".join(collector["healthcheck"]["test"])
     assert services["migrate"]["command"] == ["migrate", "--cluster", "clickstream"]
     assert services["flusher-1"]["environment"]["CLICKSTREAM_CLICKHOUSE_CLUSTER"] == "clickstream"
@@ -133,7 +135,7 @@ def test_compose_pairs_each_collector_with_one_flusher_on_its_spool() -> None:
     commands = {s["command"][0] for s in services.values() if s.get("command")}
     assert commands <= set(main.commands)
     variables = {v for s in services.values() for v in (s.get("environment") or {}) if v.startswith("CLICKSTREAM_")}
-    variables |= set(find("ConfigMap", "clickstream")["data"]) - {"FORWARDED_ALLOW_IPS"}
+    variables |= set(find("ConfigMap", "clickstream")["data"])
     settings = {"CLICKSTREAM_" + name.upper() for name in Settings.model_fields}
     query_port = {"CLICKSTREAM_SQL_HOST", "CLICKSTREAM_SQL_PORT", "CLICKSTREAM_SQL_PASSWORD"}  # serve's query port
     assert variables - query_port <= settings
