@@ -167,3 +167,23 @@ def test_flusher_moved_with_its_spool_resumes_exactly_once(tmp_path: Path) -> No
         assert client.query("SELECT sum(events) FROM sessions").result_rows == [(n,)]
     finally:
         client.close()
+
+
+def test_stitch_right_after_an_event_sees_it_whichever_worker_took_it(
+        server_factory: Callable[..., Server]) -> None:
+    """The freshness flush covers every worker's spool: each visitor's page view, sent on its own
+    connection (the kernel spreads connections over the workers), is the landing page of the lead
+    stitched right after it, before any segment could have been sealed by age."""
+    server = server_factory("serve", workers=2, stitch_token=STITCH, admin_token=ADMIN,
+                            spool_segment_max_age_ms=600_000, flush_interval_ms=600_000)
+    for i in range(8):
+        event = make_event(site_id="fresh.example", anonymous_id=f"v{i}", session_id=f"s{i}",
+                           url=f"https://fresh.example/landing-{i}?utm_source=news")
+        with server.client(headers={"User-Agent": BROWSER_UA}) as http:  # a new connection each time
+            assert http.post("/collect", json=event).status_code == 202
+        with server.client(headers={"Authorization": f"Bearer {STITCH}"}) as http:
+            lead = http.post("/stitch", json={"lead_id": f"lead-{i}", "anonymous_id": f"v{i}"})
+        assert lead.status_code == 201, lead.text
+        assert lead.json()["landing_path"] == f"/landing-{i}"
+        assert lead.json()["first_touch"]["utm_source"] == "news"
+    assert server.stop() == 0, server.log()
