@@ -21,9 +21,10 @@ into rows and halves it until the offending rows are alone, and those go to `dea
 the error. Nothing is skipped without a counted reason (`clickstream_flusher_dead_letters_total{reason}`).
 
 Client retries: a record whose event_id the flusher already flushed from another spool position
-is dropped and counted as `clickstream_flusher_duplicates_total` (flusher.dedup: what is
-remembered, why it is exact across restarts). The same record at the same position (a re-flush
-after a crash) is not a duplicate: the dedup token takes care of it.
+is dropped and counted as `clickstream_flusher_duplicates_total` (flusher.dedup.EventIdMemory:
+what is remembered, why it is exact across restarts; shared by the flushers of every spool of a
+process in `serve --workers`). The same record at the same position (a re-flush after a crash)
+is not a duplicate: the dedup token takes care of it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ from load import (
     bench_flusher,
     bench_import,
     bench_pipeline,
+    bench_storage,
     bench_views,
+    bench_workers,
 )
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -31,6 +33,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "freshness": bench_pipeline.run_freshness,
     "views": bench_views.run,
     "rss": bench_pipeline.run_rss,
+    "storage": bench_storage.run,
+    "workers": bench_workers.run,
     "beacon": bench_beacon.run,
     "engagement_join": bench_engagement.run,
 }

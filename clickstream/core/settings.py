@@ -55,7 +55,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, gt=0, le=65535, description="Port of the HTTP listener")
     clickhouse_url: str = Field("", description="chdb:///path or http(s)://user:pass@host:8123/db "
                                                 "[default chdb://<data-dir>/clickhouse]")
+    clickhouse_cluster: str = Field("", description="ClickHouse cluster name (remote_servers) the migrations are "
+                                                    "rendered for; empty = one server (deploy/README.md)")
     log_level: str = Field("info", description="Log level (debug, info, warning, error)")
+    workers: NonNegative = Field(default_factory=lambda: os.cpu_count() or 1,
+                                 description="serve: collector processes on the port, each with its own spool; "
+                                             "0 = everything in one process [default: the number of CPUs]")
+    spool_path: Path | None = Field(None, description="Spool directory [default <data-dir>/spool]")
+    rejected_path: Path | None = Field(None, description="Dead-letter directory [default <data-dir>/rejected]")
 
     # collector
     max_body_bytes: Positive = Field(64 * 1024, description="Larger POST /collect bodies get 413")
@@ -172,11 +179,11 @@ class Settings(BaseSettings):
 
     @property
     def spool_dir(self) -> Path:
-        return self.data_dir / "spool"
+        return self.spool_path or self.data_dir / "spool"
 
     @property
     def rejected_dir(self) -> Path:
-        return self.data_dir / "rejected"
+        return self.rejected_path or self.data_dir / "rejected"
 
     @property
     def outbox_dir(self) -> Path:
@@ -249,10 +256,12 @@ def describe(name: str) -> str:
     """Help text of setting `name` for the CLI: its description, variable and default."""
     field = Settings.model_fields[name]
     default = field.default
+    if field.default_factory is not None:  # its description says the default
+        return f"{field.description} [{ENV_PREFIX}{name.upper()}]"
     if isinstance(default, SecretStr):
         default = "unset" if not default.get_secret_value() else "set"
     elif isinstance(default, tuple):
         default = ",".join(default)
-    if default == "":
+    if default == "" or default is None:
         return f"{field.description} [{ENV_PREFIX}{name.upper()}]"
     return f"{field.description} [{ENV_PREFIX}{name.upper()}, default {default}]"
