@@ -51,9 +51,10 @@ from starlette.routing import BaseRoute, Route
 from clickstream.core.component import Check
 from clickstream.core.errors import Unavailable
 from clickstream.core.settings import Settings
-from clickstream.core.spool import SpoolWriter
+from clickstream.core.spool import SpoolWriter, segment_created_us
 from flusher.dedup import EventIdMemory
 from flusher.loop import Flusher, FlusherMetrics
+from flusher.pacing import interval_for
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ class AllSpools:
         spools = own + [settings.model_copy(update={"spool_path": d}) for d in others]
         self.worker_dirs = [s.spool_dir for s in own]
         self.flushers = [Flusher(s, client, metrics=metrics, memory=memory) for s in spools]
+        self._stopping = threading.Event()
+        self._pacing: threading.Thread | None = None
 
     def flush_now(self) -> int:
         """Seal every worker's active segment, then flush every spool (the stitcher's freshness).
@@ -232,9 +235,23 @@ class AllSpools:
     def start(self) -> None:
         for flusher in self.flushers:
             flusher.start()
+        self._pacing = threading.Thread(target=self._seal_paced, name="seal-pacer", daemon=True)
+        self._pacing.start()
+
+    def _seal_paced(self) -> None:
+        """Ask the workers to seal once their oldest open segment is as old as the adaptive flush
+        interval for the rate of all flushers together (flusher.pacing): the interval a single
+        process gets by sealing its own segments."""
+        while not self._stopping.wait(0.05):
+            rate = sum(f.pacer.rate for f in self.flushers)
+            interval_s = interval_for(rate, self.settings.flush_min_interval_ms, self.settings.flush_interval_ms) / 1000
+            created = [segment_created_us(p.stem) for d in self.worker_dirs for p in d.glob("*.open")]
+            if created and time.time() - min(created) / 1e6 >= interval_s:
+                self.workers.request_seal()
 
     def stop(self) -> None:
         """Drain every spool, in parallel (each within Flusher.stop's deadline)."""
+        self._stopping.set()
         with ThreadPoolExecutor(max_workers=len(self.flushers)) as pool:
             list(pool.map(lambda f: f.stop(), self.flushers))
 

@@ -13,8 +13,10 @@ flushes and FULL_RATE is 10,000 events/s. So:
   10,000 rows: ClickHouse's advice under load;
 - below, inserts come sooner and smaller, down to one per `flush_min_interval_ms` (200 ms by
   default): at 2,000 events/s an event is visible within ~0.5 s.
-Measured at 200, 2,000 and 20,000 events/s with inserts per second and active parts:
-BENCHMARKS.md "Freshness".
+With `serve --workers`, the collectors' segments are sealed in their own processes: the owner
+asks them to seal (clickstream.workers) once the oldest open segment is as old as the interval for
+the rate of all its flushers together. Measured at 200, 2,000 and 20,000 events/s with inserts
+per second and active parts: BENCHMARKS.md "Freshness".
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ import time
 FULL_RATE = 10_000.0
 #: Weight of the newest flush in the moving average of the rate.
 SMOOTHING = 0.3
+
+
+def interval_for(rate: float, min_ms: float, max_ms: float) -> float:
+    """The flush interval (ms) at `rate` events per second (the rule of the module docstring)."""
+    return min(max_ms, max(min_ms, max_ms * rate / FULL_RATE))
 
 
 class FlushPacer:
@@ -41,7 +48,7 @@ class FlushPacer:
     @property
     def interval_ms(self) -> float:
         """How old the oldest unflushed event may get before the next flush."""
-        return min(self.max_ms, max(self.min_ms, self.max_ms * self.rate / FULL_RATE))
+        return interval_for(self.rate, self.min_ms, self.max_ms)
 
     def observe(self, rows: int, now: float | None = None) -> None:
         """Account a flush of `rows` events at monotonic time `now` (seconds): the rate is the
