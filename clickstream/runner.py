@@ -1,23 +1,35 @@
-"""Build and run the processes behind the CLI: collector, flusher, stitcher, serve (all in one)."""
+"""Build and run the processes behind the CLI: collector, flusher, stitcher, serve (all in one).
+
+`serve` has two listeners in one process and one event loop: the main one (`/collect`, `/stitch`,
+`/beacon.js`, health) on CLICKSTREAM_HOST:PORT, and the query port (ClickHouse's HTTP interface,
+reports/query_port) on CLICKSTREAM_SQL_HOST:SQL_PORT when CLICKSTREAM_SQL_PASSWORD is set. On SIGTERM
+or SIGINT both stop accepting at once; the components stop (in reverse order of start) only after
+the query port's listener has finished its requests; then the process exits 0.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import uvicorn
+import uvloop
 from prometheus_client import CollectorRegistry, start_http_server
 from starlette.applications import Starlette
 
-from clickstream.core.clickhouse import connect, open_clickhouse
+from clickstream.core.clickhouse import open_clickhouse
 from clickstream.core.component import Component
 from clickstream.core.settings import Settings
 from clickstream.web import create_app
 from collector.app import Collector
 from collector.metrics import CollectorMetrics
 from flusher.loop import Flusher, FlusherMetrics
-from reports.sql import SqlEndpoint
+from reports.query_port import QueryPort, QueryPortConfig
 from stitcher.service import Stitcher
 
 log = logging.getLogger(__name__)
@@ -31,42 +43,82 @@ def collector_app(settings: Settings) -> Starlette:
 
 
 def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Component]:
-    """collector + flusher + stitcher + POST /sql in one process owning ClickHouse."""
+    """collector + flusher + stitcher (+ the query port) in one process owning ClickHouse."""
     client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
     collector = Collector(settings, CollectorMetrics(registry))
     flusher = Flusher(settings, client, writer=collector.spool, metrics=FlusherMetrics(registry))
-    admin_token = settings.admin_token.get_secret_value()
-    sql_client = (
-        connect(settings.resolved_clickhouse_url, readonly_session=True,
-                max_result_rows=settings.sql_max_result_rows)
-        if admin_token else None
-    )
-    return [
-        collector,
-        flusher,
-        Stitcher(settings, client, flusher=flusher, registry=registry),
-        SqlEndpoint(sql_client, admin_token),
-    ]
+    components: list[Component] = [collector, flusher, Stitcher(settings, client, flusher=flusher, registry=registry)]
+    port = query_port(settings, registry)
+    if port is not None:
+        components.append(port)  # started last, stopped first: before the flusher drains
+    return components
 
 
-def serve_app(settings: Settings) -> Starlette:
-    registry = CollectorRegistry()
-    return create_app(serve_components(settings, registry), registry,
-                      cors_allow_origins=settings.cors_allow_origins)
+def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | None:
+    """The query port on the embedded engine, or None when CLICKSTREAM_SQL_PASSWORD is unset. With a
+    ClickHouse server URL there is none either: dashboards connect to that server itself."""
+    config = QueryPortConfig.from_settings(settings)
+    if config is None:
+        return None
+    url = settings.resolved_clickhouse_url
+    if not url.startswith("chdb://"):
+        log.warning("CLICKSTREAM_SQL_PASSWORD is set but ClickHouse is a server (%s): connect dashboards to "
+                    "it; the query port serves only the embedded engine", url.split("@")[-1])
+        return None
+    return QueryPort(config, Path(url.removeprefix("chdb://")), registry)
 
 
-def run_uvicorn(app: Starlette, settings: Settings) -> None:
-    """Serve with uvloop + httptools, no access log (it would dominate the hot path's cost)."""
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
-    )
-    # TRICKY: uvicorn restores the previous handlers after its graceful shutdown and re-raises the
-    # signal it caught, so with the default handlers a SIGTERM'd process dies by the signal
-    # (exit -15) even though everything was flushed. A clean shutdown must exit 0.
+class _Listener(uvicorn.Server):
+    """A uvicorn server that leaves signals to `run_uvicorn`, which stops every listener of the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def run_uvicorn(app: Starlette, settings: Settings, extra: Sequence[uvicorn.Server] = (),
+                extra_closed: asyncio.Event | None = None) -> None:
+    """Serve `app` on CLICKSTREAM_HOST:PORT and, once its start (lifespan) completed, the `extra`
+    listeners, in one uvloop event loop with httptools and no access log (it would dominate the hot
+    path's cost). SIGTERM / SIGINT stop every listener at once (a second SIGINT forces);
+    `extra_closed` is set when the extra listeners have finished. Returns when all have stopped.
+
+    TRICKY: uvicorn's own signal handling re-raises the caught signal after its graceful shutdown,
+    so a SIGTERM'd process would die by the signal (exit -15) although everything was flushed; the
+    handlers here only ask the servers to exit, and a clean shutdown exits 0.
+    """
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, http="httptools", access_log=False,
+                            log_level=settings.log_level, timeout_graceful_shutdown=30)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(_Listener(config), list(extra), extra_closed or asyncio.Event()))
+
+
+async def _serve(main: uvicorn.Server, extra: list[uvicorn.Server], extra_closed: asyncio.Event) -> None:
+    servers = [main, *extra]
+
+    def stop(sig: signal.Signals) -> None:
+        log.info("%s: stopping every listener", sig.name)
+        for server in servers:
+            if server.should_exit and sig == signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: log.info("exiting after graceful shutdown (signal %d)", signum))
-    uvicorn.Server(config).run()
+        loop.add_signal_handler(sig, stop, sig)
+    main_task = asyncio.create_task(main.serve())
+    try:
+        while not main.started and not main_task.done():
+            await asyncio.sleep(0.05)
+        if main.started and extra:
+            results = await asyncio.gather(*(server.serve() for server in extra), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:  # e.g. the query port's address is taken: stop everything, cleanly
+                log.error("a listener failed (%r): stopping", failed[0])
+                main.should_exit = True
+    finally:
+        extra_closed.set()
+    await main_task
 
 
 def run_collector(settings: Settings) -> None:
@@ -74,7 +126,17 @@ def run_collector(settings: Settings) -> None:
 
 
 def run_serve(settings: Settings) -> None:
-    run_uvicorn(serve_app(settings), settings)
+    """`clickstream serve`: every component on the main listener, the query port on its own."""
+    registry = CollectorRegistry()
+    components = serve_components(settings, registry)
+    listeners_closed = asyncio.Event()
+    app = create_app(components, registry, cors_allow_origins=settings.cors_allow_origins,
+                     before_stop=listeners_closed.wait)
+    extra = [_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
+                                      http="httptools", lifespan="off", access_log=False,
+                                      log_level=settings.log_level, timeout_graceful_shutdown=30))
+             for port in components if isinstance(port, QueryPort)]
+    run_uvicorn(app, settings, extra, listeners_closed)
 
 
 def run_stitcher(settings: Settings) -> None:

@@ -1,7 +1,7 @@
 """Audit a load run: nothing lost, nothing duplicated, every rejection kept, views = ground truth.
 
-Reads ClickHouse through a `Query` callable (POST /sql of a running serve, or a client on the
-data directory) and compares with the run's ledger and `load.model.Truth`. Every difference is
+Reads ClickHouse through a `Query` callable (reports.query.port_rows_query: the query port of a
+running serve) and compares with the run's ledger and `load.model.Truth`. Every difference is
 returned as one human-readable line; an empty list is a clean audit.
 """
 
@@ -11,28 +11,16 @@ import datetime as dt
 import math
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from collector.rejected import RejectedStore
 from load.driver import Ledger
 from load.model import Truth
-from reports.query import query_server
+from reports.query import RowsQuery as Query
 
-Query = Callable[[str], list[dict[str, Any]]]
 CHUNKS = 16
 _SAFE_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-
-
-def http_query(base_url: str, admin_token: str) -> Query:
-    """Run SQL through a running serve's POST /sql (read only)."""
-
-    def query(sql: str) -> list[dict[str, Any]]:
-        result = query_server(base_url, admin_token, sql)
-        return [dict(zip(result["columns"], row, strict=True)) for row in result["rows"]]
-
-    return query
 
 
 def wait_for_flush(query: Query, site: str, expected_events: int, expected_leads: int,

@@ -35,6 +35,15 @@ class Proc:
     log_path: Path
     env: dict[str, str]
 
+    @property
+    def sql_url(self) -> str:
+        """Base URL of the query port (on with CLICKSTREAM_SQL_PASSWORD, `serve` only)."""
+        return f"http://127.0.0.1:{self.env['CLICKSTREAM_SQL_PORT']}"
+
+    @property
+    def sql_password(self) -> str:
+        return self.env.get("CLICKSTREAM_SQL_PASSWORD", "")
+
     def client(self, **kwargs: Any) -> httpx.Client:
         """A synchronous HTTP client on this process's base URL."""
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
@@ -67,12 +76,13 @@ CLI = (sys.executable, "-m", "clickstream.cli")
 
 def start(command: str, data_dir: Path, env: dict[str, str] | None = None, ready_path: str = "/healthz",
           timeout: float = 60, taskset: str = "", program: Sequence[str] = CLI, cwd: Path = ROOT) -> Proc:
-    """Start `<program> <command>` (default `python -m clickstream.cli`) in `cwd` on a free port and
-    wait until `ready_path` answers 200. Raises RuntimeError (with the log) when it exits or does
-    not get ready."""
+    """Start `<program> <command>` (default `python -m clickstream.cli`) in `cwd` on a free port (and
+    the query port, CLICKSTREAM_SQL_PORT, on another) and wait until `ready_path` answers 200.
+    Raises RuntimeError (with the log) when it exits or does not get ready."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
     full_env.update({"CLICKSTREAM_PORT": str(port), "CLICKSTREAM_HOST": "127.0.0.1",
+                     "CLICKSTREAM_SQL_PORT": str(free_port()), "CLICKSTREAM_SQL_HOST": "127.0.0.1",
                      "CLICKSTREAM_DATA_DIR": str(data_dir), "CLICKSTREAM_LOG_LEVEL": "warning"})
     full_env.update(env or {})
     data_dir.mkdir(parents=True, exist_ok=True)
