@@ -104,6 +104,34 @@ def audit(query: Query, ledger: Ledger, truth: Truth, *, data_dir: Path | None =
                                 f"(found {kept.get(event_id)})")
 
     # 3. views against the ground truth
+    problems += view_problems(query, truth)
+
+    # 4. every lead frozen as the ground truth says
+    for lead in truth.traffic.leads:
+        event = ledger.stitched.get(lead.lead_id)
+        if event is None:
+            continue
+        want = truth.lead_attribution(lead)
+        for field in ("landing_path", "variants"):
+            if event.get(field) != want[field]:
+                problems.append(f"lead {lead.lead_id}: {field} = {event.get(field)!r}, expected {want[field]!r}")
+        for touch in ("first_touch", "last_touch"):
+            got_touch = event.get(touch) or {}
+            for key in ("channel", "utm_source", "utm_medium", "utm_campaign", "landing_path"):
+                if got_touch.get(key) != want[touch][key]:
+                    problems.append(f"lead {lead.lead_id}: {touch}.{key} = {got_touch.get(key)!r}, "
+                                    f"expected {want[touch][key]!r}")
+    return problems
+
+
+def view_problems(query: Query, truth: Truth) -> list[str]:
+    """Every difference between the dashboard views (v_sessions, v_daily_traffic, v_landing_pages,
+    v_channels, v_variant_lift) of `truth.site`, read through `query`, and the ground truth."""
+    site = truth.site
+    if not _SAFE_SITE.match(site):
+        raise ValueError(f"unsafe site id {site!r}")
+    where = f"site_id = '{site}'"
+    problems: list[str] = []
     want_sessions = {s["session_id"]: {k: v for k, v in s.items() if k not in ("site_id", "duration_s")}
                      for s in truth.sessions().values()}
     got_sessions: dict[Any, dict[str, Any]] = {}
@@ -126,20 +154,4 @@ def audit(query: Query, ledger: Ledger, truth: Truth, *, data_dir: Path | None =
 
     got_lift = {(r["experiment_id"], r["variant_id"]): r for r in query(f"SELECT * FROM v_variant_lift WHERE {where}")}
     problems += _diff_table("v_variant_lift", truth.variant_counts(), got_lift)
-
-    # 4. every lead frozen as the ground truth says
-    for lead in truth.traffic.leads:
-        event = ledger.stitched.get(lead.lead_id)
-        if event is None:
-            continue
-        want = truth.lead_attribution(lead)
-        for field in ("landing_path", "variants"):
-            if event.get(field) != want[field]:
-                problems.append(f"lead {lead.lead_id}: {field} = {event.get(field)!r}, expected {want[field]!r}")
-        for touch in ("first_touch", "last_touch"):
-            got_touch = event.get(touch) or {}
-            for key in ("channel", "utm_source", "utm_medium", "utm_campaign", "landing_path"):
-                if got_touch.get(key) != want[touch][key]:
-                    problems.append(f"lead {lead.lead_id}: {touch}.{key} = {got_touch.get(key)!r}, "
-                                    f"expected {want[touch][key]!r}")
     return problems

@@ -2,7 +2,7 @@
 
 freshness: `clickstream serve` on embedded ClickHouse; an open-loop aiohttp sender
 offers `rate` events/s in `probes_per_s` requests a second for `duration_s`; the first event of
-each request is a probe page view with its own session id. A poller asks POST /sql every 25 ms
+each request is a probe page view with its own session id. A poller asks the query port every 25 ms
 which probe sessions `v_sessions` shows. Freshness of a probe = time it became visible - time its
 202 arrived (resolution 25 ms). Reported: p50, p99, max, achieved rate; target p99 <= 2 s.
 
@@ -31,7 +31,7 @@ from load.results import RESULTS, write_result
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 SITE = "fresh.example"
-ADMIN = "bench-admin"
+SQL_PASSWORD = "bench-sql"
 
 
 def _event(session_id: str, now_ms: int, i: int) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def _event(session_id: str, now_ms: int, i: int) -> dict[str, Any]:
             "event_id": str(uuid.uuid4())}
 
 
-async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) -> dict[str, Any]:
+async def _freshness(url: str, sql_url: str, rate: int, duration_s: float, probes_per_s: int) -> dict[str, Any]:
     per_request = max(1, rate // probes_per_s)
     accepted: dict[str, float] = {}
     visible: dict[str, float] = {}
@@ -64,16 +64,16 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
                     acks.append((accepted[probe] - started, len(batch)))
 
         async def poll() -> None:
-            headers = {"Authorization": f"Bearer {ADMIN}"}
+            auth = aiohttp.BasicAuth("dashboards", SQL_PASSWORD)
             while not (done.is_set() and set(accepted) <= set(visible)):
                 pending = [p for p in accepted if p not in visible]
                 if pending:
                     sql = ("SELECT DISTINCT session_id FROM sessions WHERE site_id = '" + SITE +
-                           "' AND session_id IN (" + ",".join(f"'{p}'" for p in pending) + ")")
-                    async with http.post(f"{url}/sql", data=sql.encode(), headers=headers) as response:
+                           "' AND session_id IN (" + ",".join(f"'{p}'" for p in pending) + ") FORMAT JSONCompact")
+                    async with http.post(f"{sql_url}/", data=sql.encode(), auth=auth) as response:
                         body = orjson.loads(await response.read())
                     seen_at = time.perf_counter()
-                    for (session_id,) in body.get("rows", []):
+                    for (session_id,) in body.get("data", []):
                         if session_id not in visible:
                             visible[session_id] = seen_at
                             timeline.append((seen_at - started, seen_at - accepted[session_id]))
@@ -105,13 +105,13 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
 def run_freshness(rate: int = 2000, duration_s: float = 30.0, probes_per_s: int = 20) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
     try:
-        server = start("serve", work / "data", {"CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz")
+        server = start("serve", work / "data", {"CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD}, ready_path="/readyz")
         try:
-            result = asyncio.run(_freshness(server.url, rate, duration_s, probes_per_s))
+            result = asyncio.run(_freshness(server.url, server.sql_url, rate, duration_s, probes_per_s))
         finally:
             result_exit = server.stop()
         result.update(benchmark="freshness", exit_code=result_exit, duration_s=duration_s,
-                      tool="aiohttp open-loop sender + POST /sql poller (load/bench_pipeline.py)")
+                      tool="aiohttp open-loop sender + query port poller (load/bench_pipeline.py)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _plot(result)

@@ -13,19 +13,20 @@ from clickstream.core.clickhouse import connect
 from clickstream.core.settings import Settings
 from tests.conftest import ROOT, Server
 
-STITCH, ADMIN = "stitch-secret", "admin-secret"
+STITCH, SQL_PASSWORD = "stitch-secret", "sql-secret"
 
 
 def run_load(server: Server, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CLICKSTREAM_STITCH_TOKEN": STITCH, "CLICKSTREAM_ADMIN_TOKEN": ADMIN}
+    env = {**os.environ, "CLICKSTREAM_STITCH_TOKEN": STITCH, "CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD}
     return subprocess.run(
-        [sys.executable, "-m", "clickstream.cli", "load", "--url", server.url, "--out", str(out),
+        [sys.executable, "-m", "clickstream.cli", "load", "--url", server.url, "--sql-url", server.sql_url,
+         "--out", str(out),
          "--data-dir", str(server.data_dir), "--audit-timeout-s", "120", *args],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
 
 
 def test_load_run_audits_clean(server_factory: Callable[..., Server], tmp_path: Path) -> None:
-    server = server_factory("serve", stitch_token=STITCH, admin_token=ADMIN)
+    server = server_factory("serve", stitch_token=STITCH, sql_password=SQL_PASSWORD)
     result = run_load(server, tmp_path / "run", "--events", "12000", "--seed", "5")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -39,7 +40,7 @@ def test_load_run_audits_clean(server_factory: Callable[..., Server], tmp_path: 
 
 def test_audit_reports_a_lost_event(server_factory: Callable[..., Server], tmp_path: Path) -> None:
     """The audit can fail: an acknowledged event deleted from ClickHouse is reported as lost."""
-    server = server_factory("serve", stitch_token=STITCH, admin_token=ADMIN)
+    server = server_factory("serve", stitch_token=STITCH, sql_password=SQL_PASSWORD)
     first = run_load(server, tmp_path / "run", "--events", "1500", "--seed", "6", "--no-audit")
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -58,7 +58,7 @@ def test_version_and_package_data_come_from_the_wheel(installed: Path, tmp_path:
 def test_serve_from_an_empty_directory_takes_an_event_and_reads_it_back(installed: Path, tmp_path: Path) -> None:
     empty = tmp_path / "cwd"
     empty.mkdir()
-    server = start("serve", tmp_path / "data", {"CLICKSTREAM_ADMIN_TOKEN": "adm"}, ready_path="/readyz",
+    server = start("serve", tmp_path / "data", {"CLICKSTREAM_SQL_PASSWORD": "adm"}, ready_path="/readyz",
                    timeout=120, program=[str(installed / "clickstream")], cwd=empty)
     try:
         event = make_event(site_id="wheel.example")
@@ -68,7 +68,7 @@ def test_serve_from_an_empty_directory_takes_an_event_and_reads_it_back(installe
 
         def stored() -> list[str]:
             query = subprocess.run(
-                [str(installed / "clickstream"), "sql", "--format", "json", "--url", server.url,
+                [str(installed / "clickstream"), "sql", "--format", "json", "--url", server.sql_url,
                  "SELECT toString(event_id) AS id FROM events WHERE site_id = 'wheel.example'"],
                 cwd=empty, env=server.env, capture_output=True, text=True, timeout=60)
             assert query.returncode == 0, query.stderr
