@@ -13,8 +13,11 @@ driven through /collect and /stitch, flushed; `Truth` is the independent computa
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import random
+import socket
 import threading
 import time
 import uuid
@@ -34,7 +37,7 @@ from load.driver import Ledger, drive
 from load.model import ModelConfig, Truth, generate
 from reports.query import port_rows_query
 from reports.query_port import QueryPort, QueryPortConfig
-from tests.conftest import Server, free_port, start_server
+from tests.conftest import Server, free_port, start_server, wait_for
 
 PASSWORD = "s3cret-pw"
 USER = "dashboards"
@@ -151,6 +154,30 @@ def start_port(engine_dir: Path, writer: Client) -> Iterator[Callable[..., Port]
         handle.server.should_exit = True
         handle.thread.join(timeout=10)
         handle.qp.stop()
+
+
+#: A query that runs until its max_execution_time (or until it is killed).
+HEAVY = "SELECT count() FROM numbers(1000000000000) WHERE sipHash64(number) % 7 = 1"
+
+
+@contextlib.contextmanager
+def held_slot(host: str, port: int, password: str, running: Callable[[], float], params: str = "") -> Iterator[None]:
+    """A heavy query holding one query slot while the block runs (sent on a raw socket, `params` as URL
+    parameters, max_execution_time=25 s); at exit the socket closes, the port kills the query, and
+    the block's end waits until `running()` (queries in the engine) is back to what it was."""
+    before = running()
+    holder = socket.create_connection((host, port))
+    auth = base64.b64encode(f"{USER}:{password}".encode())
+    body = HEAVY.encode()
+    holder.sendall(b"POST /?max_execution_time=25" + (b"&" + params.encode() if params else b"")
+                   + b" HTTP/1.1\r\nHost: query-port\r\nAuthorization: Basic " + auth
+                   + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    try:
+        wait_for(lambda: running() > before, 30, "the heavy query to hold a slot")
+        yield
+    finally:
+        holder.close()
+        wait_for(lambda: running() <= before, 30, "the held slot to be freed")
 
 
 @pytest.fixture(scope="package")
