@@ -35,8 +35,9 @@ USER_AGENT = ("grafana/12.2.0 clickhouse-datasource/4.20.0 clickhouse-go/2.47.0 
 class GrafanaHTTP:
     """clickhouse-go's httpConnect, reduced to what the plugin uses."""
 
-    def __init__(self, port: Port, settings: dict[str, str] | None = None) -> None:
-        self.url = port.url + "/"
+    def __init__(self, base_url: str, password: str = PASSWORD, settings: dict[str, str] | None = None) -> None:
+        self.url = base_url + "/"
+        self.password = password
         self.params = {"database": "clickstream", **(settings or {}), "default_format": "Native",
                        "client_protocol_version": str(CLIENT_TCP_PROTOCOL_VERSION)}
         self.revision = CLIENT_TCP_PROTOCOL_VERSION  # preflight, then the server's revision()
@@ -45,21 +46,27 @@ class GrafanaHTTP:
         self.display_name, self.version, self.revision, self.timezone = hello[0]
 
     def raw(self, sql: str) -> httpx.Response:
-        return httpx.post(self.url, params=self.params, content=sql.encode(), auth=(USER, PASSWORD),
+        return httpx.post(self.url, params=self.params, content=sql.encode(), auth=(USER, self.password),
                           headers={"Accept-Encoding": "gzip", "User-Agent": USER_AGENT}, timeout=30)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.frame(sql)[1]
+
+    def frame(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """(column names, rows) as the plugin gets them."""
         r = self.raw(sql)
         if r.status_code != 200:
             raise RuntimeError(f"clickhouse [execute]:: {r.status_code} code: {r.text}")
         self.seen_headers.append(r.headers)
         assert r.headers["content-encoding"] == "gzip"  # httpx inflated it; clickhouse-go's reader does too
-        return NativeReader(r.content, self.revision).rows()
+        blocks = NativeReader(r.content, self.revision).blocks()
+        names = blocks[0][0] if blocks else []
+        return names, [row for _, _, columns in blocks for row in zip(*columns, strict=True)]
 
 
 @pytest.fixture()
 def grafana(port: Port) -> GrafanaHTTP:
-    return GrafanaHTTP(port)
+    return GrafanaHTTP(port.url)
 
 
 def test_hello_ping_and_schema(grafana: GrafanaHTTP, port: Port) -> None:
@@ -97,7 +104,7 @@ def test_table_panel_with_many_types(grafana: GrafanaHTTP, events: list[dict[str
 
 def test_row_limit_setting_and_many_blocks(port: Port) -> None:
     # enableRowLimit/rowLimit in the data source: clickhouse-go sends `limit` as a URL setting.
-    grafana = GrafanaHTTP(port, {"limit": "70000", "max_block_size": "10000"})
+    grafana = GrafanaHTTP(port.url, settings={"limit": "70000", "max_block_size": "10000"})
     rows = grafana.query("SELECT number, toString(number) FROM numbers(90000)")
     assert len(rows) == 70000 and rows[-1] == (69999, "69999")
 
