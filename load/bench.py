@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from load import bench_collector, bench_flusher, bench_pipeline, bench_views
+from load import bench_collector, bench_flusher, bench_pipeline, bench_query_port, bench_views
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "collector": bench_collector.run,
@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "freshness": bench_pipeline.run_freshness,
     "views": bench_views.run,
     "rss": bench_pipeline.run_rss,
+    "query_port": bench_query_port.run,
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ RowsQuery = Callable[[str], list[dict[str, Any]]]
 #: The answer format of every path (see the module doc).
 ANSWER_FORMAT = "JSONCompact"
 PASSWORD_FILE = ".sql_password"
+_SERVER_RESPONSE = re.compile(r"server response: (Code: .*?)(?: \(for url [^)]*\))?$", re.DOTALL)
 
 
 class QueryError(RuntimeError):
@@ -108,7 +110,7 @@ def port_client(base_url: str, user: str, password: str) -> Client:
             secure=parts.scheme == "https", database=DATABASE, autogenerate_session_id=False,
             send_receive_timeout=600)
     except ClickHouseError as exc:
-        raise QueryError(str(exc)) from None
+        raise QueryError(_server_text(exc)) from None
 
 
 def run_on_client(client: Client, sql: str) -> Result:
@@ -116,7 +118,13 @@ def run_on_client(client: Client, sql: str) -> Result:
     try:
         return parse_answer(client.raw_query(sql.strip().rstrip(";"), fmt=ANSWER_FORMAT))
     except ClickHouseError as exc:
-        raise QueryError(str(exc)) from None
+        raise QueryError(_server_text(exc)) from None
+
+
+def _server_text(exc: ClickHouseError) -> str:
+    """The server's `Code: N. DB::Exception: …` from clickhouse-connect's wrapper text, when present."""
+    match = _SERVER_RESPONSE.search(str(exc))
+    return match.group(1).strip() if match else str(exc)
 
 
 def local_query(settings: Settings, clickhouse_dir: Path, sql: str) -> Result:
