@@ -49,11 +49,14 @@ def main() -> None:
 @_data_dir
 def collector(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Run the collector alone: POST /collect -> spool (no ClickHouse needed)."""
-    from clickstream.runner import run_collector
+    from clickstream.runner import ListenerError, run_collector
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     _logging(settings)
-    run_collector(settings)
+    try:
+        run_collector(settings)
+    except ListenerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -64,11 +67,14 @@ def collector(host: str | None, port: int | None, data_dir: Path | None) -> None
 def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None) -> None:
     """Everything in one process: collector + flusher + stitcher, embedded ClickHouse by default, and the
     query port for dashboards (ClickHouse's HTTP interface) when CLICKSTREAM_SQL_PASSWORD is set."""
-    from clickstream.runner import run_serve
+    from clickstream.runner import ListenerError, run_serve
 
     settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url)
     _logging(settings)
-    run_serve(settings)
+    try:
+        run_serve(settings)
+    except ListenerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

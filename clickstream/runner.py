@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -76,25 +77,50 @@ class _Listener(uvicorn.Server):
         yield
 
 
-def run_uvicorn(app: Starlette, settings: Settings, extra: Sequence[uvicorn.Server] = (),
+class ListenerError(RuntimeError):
+    """An address to listen on cannot be bound (in use, not this machine's): nothing was started."""
+
+
+def bind(host: str, port: int, variables: str) -> socket.socket:
+    """A listening TCP socket on host:port, bound before anything starts so that a taken address
+    fails at once with the settings' names (`variables`), not after the components started.
+    Raises ListenerError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"cannot listen on {host}:{port} ({variables}): {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+Listener = tuple[uvicorn.Server, socket.socket]
+
+
+def run_uvicorn(app: Starlette, settings: Settings, extra: Sequence[Listener] = (),
                 extra_closed: asyncio.Event | None = None) -> None:
     """Serve `app` on CLICKSTREAM_HOST:PORT and, once its start (lifespan) completed, the `extra`
-    listeners, in one uvloop event loop with httptools and no access log (it would dominate the hot
-    path's cost). SIGTERM / SIGINT stop every listener at once (a second SIGINT forces);
-    `extra_closed` is set when the extra listeners have finished. Returns when all have stopped.
+    listeners on their sockets, in one uvloop event loop with httptools and no access log (it would
+    dominate the hot path's cost). SIGTERM / SIGINT stop every listener at once (a second SIGINT
+    forces); `extra_closed` is set when the extra listeners have finished. Returns when all have
+    stopped. Raises ListenerError when CLICKSTREAM_HOST:PORT cannot be bound.
 
     TRICKY: uvicorn's own signal handling re-raises the caught signal after its graceful shutdown,
     so a SIGTERM'd process would die by the signal (exit -15) although everything was flushed; the
     handlers here only ask the servers to exit, and a clean shutdown exits 0.
     """
+    main_socket = bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")
     config = uvicorn.Config(app, host=settings.host, port=settings.port, http="httptools", access_log=False,
                             log_level=settings.log_level, timeout_graceful_shutdown=30)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(_Listener(config), list(extra), extra_closed or asyncio.Event()))
+        runner.run(_serve((_Listener(config), main_socket), list(extra), extra_closed or asyncio.Event()))
 
 
-async def _serve(main: uvicorn.Server, extra: list[uvicorn.Server], extra_closed: asyncio.Event) -> None:
-    servers = [main, *extra]
+async def _serve(main: Listener, extra: list[Listener], extra_closed: asyncio.Event) -> None:
+    servers = [main[0], *(server for server, _ in extra)]
 
     def stop(sig: signal.Signals) -> None:
         log.info("%s: stopping every listener", sig.name)
@@ -106,16 +132,18 @@ async def _serve(main: uvicorn.Server, extra: list[uvicorn.Server], extra_closed
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-    main_task = asyncio.create_task(main.serve())
+    main_server = main[0]
+    main_task = asyncio.create_task(main_server.serve(sockets=[main[1]]))
     try:
-        while not main.started and not main_task.done():
+        while not main_server.started and not main_task.done():
             await asyncio.sleep(0.05)
-        if main.started and extra:
-            results = await asyncio.gather(*(server.serve() for server in extra), return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:  # e.g. the query port's address is taken: stop everything, cleanly
+        if main_server.started and extra:
+            results = await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in extra),
+                                           return_exceptions=True)
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
                 log.error("a listener failed (%r): stopping", failed[0])
-                main.should_exit = True
+                main_server.should_exit = True
     finally:
         extra_closed.set()
     await main_task
@@ -126,16 +154,20 @@ def run_collector(settings: Settings) -> None:
 
 
 def run_serve(settings: Settings) -> None:
-    """`clickstream serve`: every component on the main listener, the query port on its own."""
+    """`clickstream serve`: every component on the main listener, the query port on its own. Raises
+    ListenerError (before anything starts) when an address is taken."""
+    port_socket = None
+    if QueryPortConfig.from_settings(settings) is not None and settings.resolved_clickhouse_url.startswith("chdb://"):
+        port_socket = bind(settings.sql_host, settings.sql_port, "CLICKSTREAM_SQL_HOST, CLICKSTREAM_SQL_PORT")
     registry = CollectorRegistry()
     components = serve_components(settings, registry)
     listeners_closed = asyncio.Event()
     app = create_app(components, registry, cors_allow_origins=settings.cors_allow_origins,
                      before_stop=listeners_closed.wait)
-    extra = [_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
-                                      http="httptools", lifespan="off", access_log=False,
-                                      log_level=settings.log_level, timeout_graceful_shutdown=30))
-             for port in components if isinstance(port, QueryPort)]
+    extra = [(_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
+                                       http="httptools", lifespan="off", access_log=False,
+                                       log_level=settings.log_level, timeout_graceful_shutdown=30)), port_socket)
+             for port in components if isinstance(port, QueryPort) and port_socket is not None]
     run_uvicorn(app, settings, extra, listeners_closed)
 
 

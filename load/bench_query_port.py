@@ -131,8 +131,13 @@ def run_scenario(data_dir: Path, name: str, rate: int, batch: int, duration_s: f
         stop = threading.Event()
         dash = _dashboards(server.sql_url, clients, stop)
         time.sleep(1.0 if clients else 0.0)  # dashboards already running when ingest starts
-        result = asyncio.run(_collect(server.url, rate, batch, duration_s))
-        stop.set()
+        try:
+            result = asyncio.run(_collect(server.url, rate, batch, duration_s))
+        except aiohttp.ClientError:
+            print(f"scenario {name!r}: serve failed; its log ends:\n{server.log()[-4000:]}", file=sys.stderr)
+            raise
+        finally:
+            stop.set()
         for thread in dash["threads"]:
             thread.join()
         queries = dash["durations"]

@@ -70,6 +70,12 @@ class NativeReader:
     def string(self) -> str:
         return self.take(self.varint()).decode()
 
+    def u64(self) -> int:
+        return int.from_bytes(self.take(8), "little")
+
+    def done(self) -> bool:
+        return self.pos == len(self.data)
+
     def prefix(self, type_name: str) -> None:
         if type_name.startswith("LowCardinality("):
             assert struct.unpack("<Q", self.take(8))[0] == 1  # SharedDictionariesWithAdditionalKeys

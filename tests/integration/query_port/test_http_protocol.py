@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.integration.query_port.conftest import PASSWORD, USER, Port
+from tests.integration.query_port.native_reader import NativeReader
 
 AUTH = (USER, PASSWORD)
 ERROR_BODY = re.compile(r"^Code: (\d+)\. DB::Exception: .+ \(([A-Z_]+)\) \(version [0-9.]+\)\n$", re.DOTALL)
@@ -95,7 +96,7 @@ def parse(fmt: str, body: bytes) -> list[tuple[str, int]]:
         rows = list(csv.reader(io.StringIO(body.decode())))
         assert rows[0] == ["channel", "n"]
         return [(c, int(n)) for c, n in rows[1:]]
-    reader = _Reader(body)
+    reader = NativeReader(body, 0)  # its byte primitives
     if fmt == "RowBinaryWithNamesAndTypes":
         count = reader.varint()
         names = [reader.string() for _ in range(count)]
@@ -119,35 +120,6 @@ def parse(fmt: str, body: bytes) -> list[tuple[str, int]]:
     counts = [reader.u64() for _ in range(num_rows)]
     assert reader.done()
     return list(zip(channels, counts, strict=True))
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def take(self, n: int) -> bytes:
-        chunk = self.data[self.pos:self.pos + n]
-        assert len(chunk) == n
-        self.pos += n
-        return chunk
-
-    def varint(self) -> int:
-        shift = value = 0
-        while True:
-            byte = self.take(1)[0]
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
-    def string(self) -> str:
-        return self.take(self.varint()).decode()
-
-    def u64(self) -> int:
-        return int.from_bytes(self.take(8), "little")
-
-    def done(self) -> bool:
-        return self.pos == len(self.data)
 
 
 def test_format_clause_wins_over_header_and_default_is_tabseparated(port: Port) -> None:

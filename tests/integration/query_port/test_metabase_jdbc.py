@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.integration.query_port.conftest import PASSWORD, USER, Port
+from tests.integration.query_port.native_reader import NativeReader
 
 lz4_decompressor = pytest.importorskip("clickhouse_driver.compression.lz4")
 from clickhouse_driver.reader import read_binary_uint128  # noqa: E402
@@ -37,9 +38,7 @@ def native_decompress(body: bytes) -> bytes:
 
 
 def read_rowbinary(data: bytes) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
-    from tests.integration.query_port.test_http_protocol import _Reader
-
-    reader = _Reader(data)
+    reader = NativeReader(data, 0)
     count = reader.varint()
     names = [reader.string() for _ in range(count)]
     types = [reader.string() for _ in range(count)]
