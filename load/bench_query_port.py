@@ -2,7 +2,8 @@
 
 Method: a data directory prefilled with N synthetic events (load/bench_views.py's generator, so the
 materialized views run; in a child process, which then releases the directory), then for each
-scenario a fresh `clickstream serve` on it with that scenario's CLICKSTREAM_SQL_* caps. An open-loop
+scenario a fresh `clickstream serve` on it with that scenario's CLICKSTREAM_SQL_* caps, 5 s of warm-up
+(dashboards already querying), then the measurement. An open-loop
 aiohttp sender offers `rate` events/s to POST /collect in batches of `batch` for `duration_s` and
 records each request's latency (the collector's p50/p99/max as a client sees it); meanwhile
 `clients` dashboard clients repeat the heaviest view query (v_channels over all data, BENCHMARKS.md
@@ -39,6 +40,7 @@ from load.results import write_result
 PASSWORD = "bench-sql"
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 HEAVY = "SELECT * FROM v_channels ORDER BY sessions DESC FORMAT JSON"
+WARM_UP_S = 5.0
 
 #: name -> (dashboard clients, CLICKSTREAM_SQL_* of serve)
 SCENARIOS: dict[str, tuple[int, dict[str, str]]] = {
@@ -130,11 +132,13 @@ def run_scenario(data_dir: Path, name: str, rate: int, batch: int, duration_s: f
     try:
         stop = threading.Event()
         dash = _dashboards(server.sql_url, clients, stop)
-        time.sleep(1.0 if clients else 0.0)  # dashboards already running when ingest starts
+        time.sleep(WARM_UP_S)  # serve's start-up work (merges of the prefilled parts) and dashboards under way
         try:
             result = asyncio.run(_collect(server.url, rate, batch, duration_s))
         except aiohttp.ClientError:
-            print(f"scenario {name!r}: serve failed; its log ends:\n{server.log()[-4000:]}", file=sys.stderr)
+            time.sleep(1)
+            print(f"scenario {name!r}: serve failed (exit code {server.proc.poll()}); its log ends:\n"
+                  f"{server.log()[-4000:]}", file=sys.stderr)
             raise
         finally:
             stop.set()
