@@ -64,17 +64,38 @@ def collector(host: str | None, port: int | None, data_dir: Path | None) -> None
 @_port
 @_data_dir
 @_ch_url
-def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None) -> None:
-    """Everything in one process: collector + flusher + stitcher, embedded ClickHouse by default, and the
-    query port for dashboards (ClickHouse's HTTP interface) when CLICKSTREAM_SQL_PASSWORD is set."""
+@click.option("--workers", type=click.IntRange(min=0), default=None, help=describe("workers"))
+def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None,
+          workers: int | None) -> None:
+    """Collector + flusher + stitcher, embedded ClickHouse by default, and the query port for dashboards
+    (ClickHouse's HTTP interface) when CLICKSTREAM_SQL_PASSWORD is set.
+
+    With --workers N (default: the number of CPUs), N collector processes share the port, each with
+    its own spool, and this process owns ClickHouse and the query port; --workers 0 runs everything in
+    one process.
+    """
     from clickstream.runner import ListenerError, run_serve
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url)
+    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url, workers=workers)
     _logging(settings)
     try:
         run_serve(settings)
     except ListenerError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command(hidden=True)
+@click.option("--fd", type=int, required=True, help="Inherited listening socket")
+@click.option("--index", type=int, required=True, help="Worker number (for the logs)")
+@click.option("--owner-socket", type=click.Path(path_type=Path), required=True)
+def worker(fd: int, index: int, owner_socket: Path) -> None:
+    """One collector process of `serve --workers` (started by serve, not by hand)."""
+    from clickstream.runner import run_worker
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    run_worker(settings, fd, owner_socket)
 
 
 @main.command()
@@ -94,14 +115,53 @@ def flusher(host: str | None, port: int | None, data_dir: Path | None, clickhous
 @main.command()
 @_data_dir
 @_ch_url
-def migrate(data_dir: Path | None, clickhouse_url: str | None) -> None:
-    """Apply the sql/ migrations (idempotent) and print what was applied."""
+@click.option("--cluster", default=None, metavar="NAME",
+              help="Render for the ClickHouse cluster NAME (remote_servers): ON CLUSTER, Replicated engines, "
+                   "Distributed tables sharded by visitor; needs an http(s):// ClickHouse URL unless --print "
+                   "[CLICKSTREAM_CLICKHOUSE_CLUSTER]")
+@click.option("--print", "print_only", is_flag=True, default=False,
+              help="With --cluster: write the SQL to stdout instead of running it")
+@click.option("--dedup-window", type=click.IntRange(min=1), default=None,
+              help="With --cluster: replicated_deduplication_window of every table, blocks [default 10000]")
+@click.option("--dedup-window-seconds", type=click.IntRange(min=1), default=None,
+              help="With --cluster: replicated_deduplication_window_seconds [default 604800, 7 days]")
+def migrate(data_dir: Path | None, clickhouse_url: str | None, cluster: str | None, print_only: bool,
+            dedup_window: int | None, dedup_window_seconds: int | None) -> None:
+    """Apply the sql/ migrations (idempotent) and print what was applied.
+
+    With --cluster NAME, the same files rendered for a ClickHouse cluster (deploy/README.md).
+    """
     from clickstream.core.clickhouse import open_clickhouse
 
     settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
-    _logging(settings)
-    open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days).close()
-    click.echo("migrations up to date")
+    cluster = cluster or settings.clickhouse_cluster or None
+    if cluster is None:
+        if print_only or dedup_window or dedup_window_seconds:
+            raise click.UsageError("--print, --dedup-window and --dedup-window-seconds need --cluster NAME")
+        _logging(settings)
+        open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days).close()
+        click.echo("migrations up to date")
+        return
+    from clickstream.core import cluster as clusters
+
+    defaults = clusters.ClusterOptions(cluster)
+    options = clusters.ClusterOptions(
+        cluster, dedup_window=dedup_window or defaults.dedup_window,
+        dedup_window_seconds=dedup_window_seconds or defaults.dedup_window_seconds)
+    try:
+        if print_only:
+            click.echo(clusters.render_script(options, retention_days=settings.retention_days), nl=False)
+            return
+        if not settings.resolved_clickhouse_url.startswith(("http://", "https://")):
+            raise click.UsageError("--cluster runs the migrations on a ClickHouse server: set --clickhouse-url "
+                                   "http(s)://user:password@host:8123/clickstream (or use --print)")
+        _logging(settings)
+        client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days,
+                                 target=clusters.target(options))
+    except clusters.ClusterRenderError as exc:
+        raise click.ClickException(str(exc)) from exc
+    client.close()
+    click.echo(f"migrations up to date on cluster {cluster}")
 
 
 @main.command()
@@ -157,10 +217,10 @@ def import_(file: Path, user_agent: str | None, flush: bool, data_dir: Path | No
     result = import_file(settings, file, user_agent=user_agent or DEFAULT_USER_AGENT)
     summary = result.as_json()
     if flush:
-        from clickstream.core.clickhouse import open_clickhouse
+        from clickstream.core.cluster import open_configured
         from flusher.loop import Flusher
 
-        client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
+        client = open_configured(settings)
         try:
             summary["flushed_rows"] = Flusher(settings, client).drain()
         finally:

@@ -1,10 +1,11 @@
-"""Build and run the processes behind the CLI: collector, flusher, stitcher, serve (all in one).
+"""Build and run the processes behind the CLI: collector, flusher, stitcher, serve, worker.
 
 `serve` has two listeners in one process and one event loop: the main one (`/collect`, `/stitch`,
-`/beacon.js`, health) on CLICKSTREAM_HOST:PORT, and the query port (ClickHouse's HTTP interface,
-reports/query_port) on CLICKSTREAM_SQL_HOST:SQL_PORT when CLICKSTREAM_SQL_PASSWORD is set. On SIGTERM
-or SIGINT both stop accepting at once; the components stop (in reverse order of start) only after
-the query port's listener has finished its requests; then the process exits 0.
+`/beacon.js`, health; a Unix socket for its workers with `--workers N`) and the query port
+(ClickHouse's HTTP interface, reports/query_port) on CLICKSTREAM_SQL_HOST:SQL_PORT when
+CLICKSTREAM_SQL_PASSWORD is set. On SIGTERM or SIGINT both stop accepting at once; the components
+stop (in reverse order of start) only after the query port's listener has finished its requests;
+then the process exits 0.
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
 import uvloop
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
-from clickstream.core.clickhouse import open_clickhouse
+from clickstream import workers
+from clickstream.core.cluster import open_configured
 from clickstream.core.component import Component
 from clickstream.core.settings import Settings
 from clickstream.web import create_app
@@ -45,7 +49,7 @@ def collector_app(settings: Settings) -> Starlette:
 
 def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Component]:
     """collector + flusher + stitcher (+ the query port) in one process owning ClickHouse."""
-    client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
+    client = open_configured(settings)
     collector = Collector(settings, CollectorMetrics(registry))
     flusher = Flusher(settings, client, writer=collector.spool, metrics=FlusherMetrics(registry))
     components: list[Component] = [collector, flusher, Stitcher(settings, client, flusher=flusher, registry=registry)]
@@ -69,14 +73,6 @@ def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | N
     return QueryPort(config, Path(url.removeprefix("chdb://")), registry)
 
 
-class _Listener(uvicorn.Server):
-    """A uvicorn server that leaves signals to `run_uvicorn`, which stops every listener of the process."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class ListenerError(RuntimeError):
     """An address to listen on cannot be bound (in use, not this machine's): nothing was started."""
 
@@ -97,30 +93,49 @@ def bind(host: str, port: int, variables: str) -> socket.socket:
     return sock
 
 
+class _Listener(uvicorn.Server):
+    """A uvicorn server that leaves signals to `run_uvicorn`, which stops every listener of the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+#: An extra listener of the process and the socket it serves.
 Listener = tuple[uvicorn.Server, socket.socket]
 
 
-def run_uvicorn(app: Starlette, settings: Settings, extra: Sequence[Listener] = (),
+def run_uvicorn(app: Starlette, settings: Settings, *, sockets: list[socket.socket] | None = None,
+                uds: Path | None = None, extra: Sequence[Listener] = (),
                 extra_closed: asyncio.Event | None = None) -> None:
-    """Serve `app` on CLICKSTREAM_HOST:PORT and, once its start (lifespan) completed, the `extra`
-    listeners on their sockets, in one uvloop event loop with httptools and no access log (it would
-    dominate the hot path's cost). SIGTERM / SIGINT stop every listener at once (a second SIGINT
-    forces); `extra_closed` is set when the extra listeners have finished. Returns when all have
-    stopped. Raises ListenerError when CLICKSTREAM_HOST:PORT cannot be bound.
+    """Serve `app` with uvloop + httptools, no access log (it would dominate the hot path's cost).
+
+    On CLICKSTREAM_HOST:CLICKSTREAM_PORT (bound first: ListenerError when taken), or on inherited
+    `sockets` (a `serve --workers` worker), or on the Unix socket `uds` (the owner of `serve
+    --workers`); then, once the app's start (lifespan) completed, the `extra` listeners on their
+    sockets, in the same event loop. X-Forwarded-For is read from the proxies in
+    `forwarded_allow_ips` only (uvicorn's proxy headers): IP hashes and cookieless ids need the
+    browser's address, not the proxy's. SIGTERM / SIGINT stop every listener at once (a second
+    SIGINT forces); `extra_closed` is set when the extra listeners have finished.
 
     TRICKY: uvicorn's own signal handling re-raises the caught signal after its graceful shutdown,
     so a SIGTERM'd process would die by the signal (exit -15) although everything was flushed; the
-    handlers here only ask the servers to exit, and a clean shutdown exits 0.
+    handlers here only ask the servers to exit, and a clean shutdown returns (exit 0).
     """
-    main_socket = bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, http="httptools", access_log=False,
-                            log_level=settings.log_level, timeout_graceful_shutdown=30)
+    if sockets is None and uds is None:
+        sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, uds=str(uds) if uds else None, http="httptools",
+        access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
+        forwarded_allow_ips=settings.forwarded_allow_ips,  # the client IP behind a first-party proxy
+    )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve((_Listener(config), main_socket), list(extra), extra_closed or asyncio.Event()))
+        runner.run(_serve(_Listener(config), sockets, list(extra), extra_closed or asyncio.Event()))
 
 
-async def _serve(main: Listener, extra: list[Listener], extra_closed: asyncio.Event) -> None:
-    servers = [main[0], *(server for server, _ in extra)]
+async def _serve(main: uvicorn.Server, sockets: list[socket.socket] | None, extra: list[Listener],
+                 extra_closed: asyncio.Event) -> None:
+    servers = [main, *(server for server, _ in extra)]
 
     def stop(sig: signal.Signals) -> None:
         log.info("%s: stopping every listener", sig.name)
@@ -132,21 +147,35 @@ async def _serve(main: Listener, extra: list[Listener], extra_closed: asyncio.Ev
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-    main_server = main[0]
-    main_task = asyncio.create_task(main_server.serve(sockets=[main[1]]))
+    main_task = asyncio.create_task(main.serve(sockets=sockets))
     try:
-        while not main_server.started and not main_task.done():
+        while not main.started and not main_task.done():
             await asyncio.sleep(0.05)
-        if main_server.started and extra:
+        if main.started and extra:
             results = await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in extra),
                                            return_exceptions=True)
             failed = [r for r in results if isinstance(r, Exception)]
             if failed:
                 log.error("a listener failed (%r): stopping", failed[0])
-                main_server.should_exit = True
+                main.should_exit = True
     finally:
         extra_closed.set()
     await main_task
+
+
+def _port_listeners(settings: Settings, components: Sequence[Component], sock: socket.socket | None) -> list[Listener]:
+    """The query port's listener, for the QueryPort among `components` (none without one)."""
+    return [(_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
+                                      http="httptools", lifespan="off", access_log=False,
+                                      log_level=settings.log_level, timeout_graceful_shutdown=30)), sock)
+            for port in components if isinstance(port, QueryPort) and sock is not None]
+
+
+def _bind_query_port(settings: Settings) -> socket.socket | None:
+    """The query port's socket, bound before anything starts, when the port is on."""
+    if QueryPortConfig.from_settings(settings) is None or not settings.resolved_clickhouse_url.startswith("chdb://"):
+        return None
+    return bind(settings.sql_host, settings.sql_port, "CLICKSTREAM_SQL_HOST, CLICKSTREAM_SQL_PORT")
 
 
 def run_collector(settings: Settings) -> None:
@@ -154,21 +183,73 @@ def run_collector(settings: Settings) -> None:
 
 
 def run_serve(settings: Settings) -> None:
-    """`clickstream serve`: every component on the main listener, the query port on its own. Raises
-    ListenerError (before anything starts) when an address is taken."""
-    port_socket = None
-    if QueryPortConfig.from_settings(settings) is not None and settings.resolved_clickhouse_url.startswith("chdb://"):
-        port_socket = bind(settings.sql_host, settings.sql_port, "CLICKSTREAM_SQL_HOST, CLICKSTREAM_SQL_PORT")
-    registry = CollectorRegistry()
-    components = serve_components(settings, registry)
+    """`clickstream serve`: all in one process (CLICKSTREAM_WORKERS=0), or N collector processes on
+    the port and this process owning ClickHouse (clickstream.workers); the query port on its own
+    listener in the process that owns ClickHouse. Raises ListenerError (before anything starts) when
+    an address is taken."""
+    port_socket = _bind_query_port(settings)
     listeners_closed = asyncio.Event()
-    app = create_app(components, registry, cors_allow_origins=settings.cors_allow_origins,
-                     before_stop=listeners_closed.wait)
-    extra = [(_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
-                                       http="httptools", lifespan="off", access_log=False,
-                                       log_level=settings.log_level, timeout_graceful_shutdown=30)), port_socket)
-             for port in components if isinstance(port, QueryPort) and port_socket is not None]
-    run_uvicorn(app, settings, extra, listeners_closed)
+    registry = CollectorRegistry()
+    if settings.workers == 0:
+        sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
+        components = serve_components(settings, registry)
+        app = create_app(components, registry, cors_allow_origins=settings.cors_allow_origins,
+                         before_stop=listeners_closed.wait)
+        run_uvicorn(app, settings, sockets=sockets, extra=_port_listeners(settings, components, port_socket),
+                    extra_closed=listeners_closed)
+        return
+    sock = workers.listen(settings)
+    owner_socket = workers.owner_socket_path()
+    client = open_configured(settings)
+    pool = workers.Workers(settings, sock, owner_socket, registry)
+    spools = workers.AllSpools(settings, client, pool, registry)
+    # started in this order, stopped in reverse: workers stop first (seal), the query port, the flushers
+    # last (drain)
+    owned: list[Component] = [spools, Stitcher(settings, client, flusher=spools, registry=registry)]
+    port = query_port(settings, registry)
+    owned += [port] if port is not None else []
+    owned.append(pool)
+    try:
+        run_uvicorn(create_app(owned, registry, cors_allow_origins=(), before_stop=listeners_closed.wait),
+                    settings, uds=owner_socket, extra=_port_listeners(settings, owned, port_socket),
+                    extra_closed=listeners_closed)
+    finally:
+        owner_socket.unlink(missing_ok=True)
+
+
+def run_worker(settings: Settings, fd: int, owner_socket: Path) -> None:
+    """One collector process of `serve --workers`, on the inherited listening socket `fd`.
+
+    SIGUSR1 seals the active spool segment (the owner's freshness flush); the process stops by
+    itself when its owner is gone.
+    """
+    seal = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: seal.set())  # only sets an event: no lock taken here
+    registry = CollectorRegistry()
+    collector = Collector(settings, CollectorMetrics(registry))
+
+    def sealer() -> None:
+        while True:
+            seal.wait()
+            seal.clear()
+            try:
+                collector.spool.seal_active()
+            except Exception:  # sealing again at age or stop; the owner's wait times out
+                log.exception("worker: sealing on request failed")
+
+    owner = os.getppid()
+
+    def orphaned() -> None:
+        while os.getppid() == owner:
+            time.sleep(1.0)
+        log.error("worker: the serve process is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=sealer, name="worker-sealer", daemon=True).start()
+    threading.Thread(target=orphaned, name="worker-orphan", daemon=True).start()
+    app = create_app([collector, workers.Forwarder(owner_socket)], registry,
+                     cors_allow_origins=settings.cors_allow_origins)
+    run_uvicorn(app, settings, sockets=[socket.socket(fileno=fd)])
 
 
 def run_stitcher(settings: Settings) -> None:
@@ -177,26 +258,20 @@ def run_stitcher(settings: Settings) -> None:
     Without a flusher in the process, attribution sees what the separate flusher has inserted.
     """
     registry = CollectorRegistry()
-    client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
+    client = open_configured(settings)
     stitcher = Stitcher(settings, client, flusher=None, registry=registry)
     # No CORS: /stitch is server to server.
     run_uvicorn(create_app([stitcher], registry, cors_allow_origins=()), settings)
 
 
 def run_flusher(settings: Settings) -> None:
-    """The flusher alone, for a collector on the same machine; /metrics on CLICKSTREAM_PORT.
+    """The flusher alone, for a collector on the same spool; /healthz, /readyz (ClickHouse reachable)
+    and /metrics on CLICKSTREAM_HOST:CLICKSTREAM_PORT.
 
     SIGTERM / SIGINT: stop, flush every sealed segment, exit 0.
     """
     registry = CollectorRegistry()
-    client = open_clickhouse(settings.resolved_clickhouse_url, retention_days=settings.retention_days)
-    flusher = Flusher(settings, client, metrics=FlusherMetrics(registry))
-    start_http_server(settings.port, addr=settings.host, registry=registry)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    flusher.start()
-    log.info("flusher running on %s", settings.spool_dir)
-    while not stop.wait(1.0):
-        flusher.update_gauges()
-    flusher.stop()
+    flusher = Flusher(settings, open_configured(settings), metrics=FlusherMetrics(registry))
+    log.info("flusher on %s", settings.spool_dir)
+    # No CORS: nothing here is for browsers.
+    run_uvicorn(create_app([flusher], registry, cors_allow_origins=()), settings)

@@ -10,19 +10,18 @@ A client that disconnects before its body arrived is counted
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import gzip
 import hashlib
+import json
 import os
-import secrets
+import posixpath
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 import rjsmin
+import zopfli.gzip
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -34,39 +33,15 @@ from clickstream.core.errors import ClickstreamError, HttpAnswer, Unavailable, U
 from clickstream.core.http import ClientDisconnect, receive_body
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolError, SpoolFullError, SpoolWriter
+from collector.cookieless import CookielessIds
 from collector.metrics import CollectorMetrics
-from collector.pipeline import IpHasher, parse_body, process, rejected_reason
+from collector.pipeline import parse_body, process, rejected_reason
 from collector.rejected import RejectedStore
+from collector.salt import DailyHasher, DailySalt
 from collector.validation import EventValidator, RejectReason
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ACCEPTED_TYPES = ("application/json", "text/plain")
-_SECRET_BYTES = 32
-
-
-def _secret(data_dir: Path) -> bytes:
-    """The data directory's random 32-byte key for IP hashing (created 0600 on first use).
-
-    Written to a temporary file and renamed into place, so a crash never leaves a short or empty
-    key (an empty key would make the daily hash unkeyed, i.e. brute-forceable over IPv4); a key
-    file shorter than 32 bytes is replaced.
-    """
-    path = data_dir / ".secret"
-    with contextlib.suppress(FileNotFoundError):
-        value = path.read_bytes()
-        if len(value) >= _SECRET_BYTES:
-            return value
-    data_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_bytes(_SECRET_BYTES)
-    tmp = data_dir / f".secret.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, value)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return value
 
 
 class _CollectEndpoint:
@@ -115,7 +90,11 @@ class Collector:
             file_max_bytes=settings.rejected_file_max_bytes,
             on_evict=self.metrics.rejected_evicted.inc,
         )
-        self.hash_ip = IpHasher(_secret(settings.data_dir))
+        salt = DailySalt(settings.resolved_salt_dir)
+        self.hash_ip = DailyHasher(salt)
+        self.cookieless = CookielessIds(DailyHasher(salt, digest_size=12),
+                                        max_visitors=settings.cookieless_max_visitors,
+                                        on_evict=self.metrics.cookieless_evicted.inc)
         self._max_age_ms = settings.max_event_age_s * 1000
         self._max_skew_ms = settings.max_clock_skew_s * 1000
 
@@ -140,16 +119,22 @@ class Collector:
         ]
 
     def update_gauges(self) -> None:
-        """Refresh the spool gauges before /metrics is rendered."""
+        """Refresh the spool and cookieless-session gauges before /metrics is rendered."""
         self.metrics.spool_bytes.set(self.spool.bytes_used)
+        self.metrics.cookieless_sessions.set(len(self.cookieless))
         self.metrics.spool_sealed_segments.set(len(list(self.settings.spool_dir.glob("*.seg"))))
 
     def routes(self) -> Sequence[BaseRoute]:
-        """`POST /collect` (raw ASGI, see `_CollectEndpoint`) and `GET /beacon.js`."""
-        return [
-            Route("/collect", _CollectEndpoint(self), methods=["POST"]),
-            Route("/beacon.js", self.beacon, methods=["GET", "HEAD"]),
-        ]
+        """`POST /collect` (raw ASGI, see `_CollectEndpoint`) and `GET /beacon.js`, and the same
+        under `collect_path` and `script_path` when those are set (first-party proxying)."""
+        endpoint = _CollectEndpoint(self)
+        routes: list[BaseRoute] = [Route("/collect", endpoint, methods=["POST"])]
+        if self.settings.collect_path != "/collect":
+            routes.append(Route(self.settings.collect_path, endpoint, methods=["POST"]))
+        routes.append(Route("/beacon.js", self.beacon, methods=["GET", "HEAD"]))
+        if self.settings.script_path != "/beacon.js":
+            routes.append(Route(self.settings.script_path, self.beacon, methods=["GET", "HEAD"]))
+        return routes
 
     # -- handlers --------------------------------------------------------------------------
     async def answer(self, receive: Receive, content_type: str | None, content_length: str | None,
@@ -188,14 +173,21 @@ class Collector:
             self.rejected.add([{"reason": exc.code, "index": None, "path": "",
                                 "message": exc.message, "body": body.decode("utf-8", "replace")}])
             raise
+        received_at_ms = int(time.time() * 1000)
+        user_agent = (user_agent or "")[:1024]
+
+        def pending(event: dict[str, Any]) -> None:  # consent pending: cookieless ids (collector.cookieless)
+            self.cookieless.assign(event, client_host or "", user_agent, received_at_ms)
+
         outcome = process(
             events,
             self.validator,
-            received_at_ms=int(time.time() * 1000),
-            user_agent=(user_agent or "")[:1024],
+            received_at_ms=received_at_ms,
+            user_agent=user_agent,
             ip_hash=self.hash_ip(client_host) if client_host else "",
             max_age_ms=self._max_age_ms,
             max_skew_ms=self._max_skew_ms,
+            pending=pending,
         )
         if outcome.records:
             try:
@@ -228,8 +220,10 @@ class Collector:
     async def beacon(self, request: Request) -> Response:
         """`GET /beacon.js`: the tracker minified (rjsmin), gzip-encoded when the client accepts it,
         cacheable for an hour with an ETag (304 on a match)."""
+        script_path = request.url.path
+        collect_path = self.settings.collect_path if script_path == self.settings.script_path else "/collect"
         try:
-            script = beacon_script()
+            script = beacon_script(posixpath.relpath(collect_path, posixpath.dirname(script_path)))
         except FileNotFoundError:
             return Response("beacon.js not found", status_code=404)
         headers = {"Cache-Control": "public, max-age=3600", "ETag": script.etag, "Vary": "Accept-Encoding"}
@@ -247,11 +241,25 @@ class BeaconScript(NamedTuple):
     etag: str
 
 
+#: Where beacon.js names its default collect URL, relative to its own src (`new URL("collect", el.src)`).
+COLLECT_MARKER = b'URL("collect",'
+
+
 @functools.cache
-def beacon_script() -> BeaconScript:
-    """collector/static/beacon.js minified once per process (readable source in the repo, ~2.9 KB
-    gzipped on the wire). Raises FileNotFoundError when the file is missing."""
+def beacon_script(collect: str = "collect") -> BeaconScript:
+    """collector/static/beacon.js minified once per process and collect path (readable source in
+    the repo, at most 4 KB gzipped on the wire: BENCHMARKS.md "beacon.js size").
+
+    `collect`: the collect path relative to the script's own path (`../api/e` for a script at
+    /js/app.js posting to /api/e); the script resolves it against its `src`, so a reverse proxy
+    that mounts both under a prefix of the site keeps them together. Raises FileNotFoundError
+    when the file is missing, RuntimeError when the file lost its collect marker.
+    """
     source = resources.static("collector", "beacon.js").read_text()
     minified = rjsmin.jsmin(source).encode()
-    return BeaconScript(minified, gzip.compress(minified, 9, mtime=0),
+    if minified.count(COLLECT_MARKER) != 1:
+        raise RuntimeError(f"beacon.js must contain {COLLECT_MARKER.decode()} exactly once")
+    minified = minified.replace(COLLECT_MARKER, b"URL(" + json.dumps(collect).encode() + b",")
+    # zopfli: standard gzip, about 1.5 % smaller than zlib's level 9, computed once (~0.1 s)
+    return BeaconScript(minified, zopfli.gzip.compress(minified, numiterations=15),
                         '"' + hashlib.sha256(minified).hexdigest()[:16] + '"')

@@ -5,7 +5,8 @@ Each line is one event (the JSON Schema of POST /collect), or an envelope
 stamped. Lines go through the same validation as `/collect` (schemas/event.schema.json) but not
 the 72 h clock policy: history is what import is for. Still refused: timestamps before 2000-01-01
 (`ts_too_old`) or more than `max_clock_skew_s` ahead of now (`ts_in_future`), the range `events`
-accepts. Every refused line is kept in `<data-dir>/rejected/` with its reason and line number.
+accepts; events without ids (`"consent": "pending"`, `consent_pending`), whose ids only a browser's
+request can give. Every refused line is kept in `<data-dir>/rejected/` with its reason and line number.
 
 Accepted events become sealed spool segments written beside the collector's (temp file, fsync,
 atomic rename to `<id>.seg`), so an import works whether or not `serve` is running: a running
@@ -95,6 +96,10 @@ def import_file(settings: Settings, path: Path, *, user_agent: str = DEFAULT_USE
             continue
         if ts_ms > max_ms:
             reject(number, RejectReason.TS_IN_FUTURE, "/ts", "ts in the future", event)
+            continue
+        if "consent" in event:  # ids derived from the browser's IP and User-Agent: only POST /collect has them
+            reject(number, RejectReason.CONSENT_PENDING, "/consent", "events without ids (consent pending) "
+                   "cannot be imported: give them anonymous_id and session_id", event)
             continue
         stamped = {
             "event_id": event.get("event_id") or str(uuid.uuid5(IMPORT_NAMESPACE, line.decode("utf-8", "replace"))),

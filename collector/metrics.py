@@ -34,6 +34,12 @@ class CollectorMetrics:
         self.fsync_seconds = Histogram(
             "clickstream_spool_fsync_seconds", "fsync latency of the spool",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
+        self.cookieless_sessions = Gauge("clickstream_cookieless_sessions",
+                                         "Cookieless (consent pending) visitors whose session is in memory",
+                                         registry=r)
+        self.cookieless_evicted = Counter("clickstream_cookieless_sessions_evicted",
+                                          "Live cookieless sessions forgotten over cookieless_max_visitors "
+                                          "(the visitor's next event starts a new session)", registry=r)
         self._status = {s: self.requests.labels(status=str(s)) for s in (202, 400, 413, 415, 503)}
         self._reasons = {reason: self.events_rejected.labels(reason=reason.value) for reason in RejectReason}
 

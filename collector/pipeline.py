@@ -6,23 +6,24 @@ and does the single I/O step (the spool append). Rules and their sources:
 - clock policy: `ts` older than `max_event_age_s` (72 h) or more than `max_clock_skew_s`
   (5 min) ahead of `received_at` is rejected with its own reason (history goes through
   `clickstream import`);
-- privacy: the raw IP is never stored; at most a keyed BLAKE2b hash whose key changes every
-  UTC day (Plausible's daily-salt scheme), so visitors cannot be linked across days by IP.
+- privacy: the raw IP is never stored; at most a keyed BLAKE2b hash whose key, a random salt,
+  changes every UTC day and is deleted after it (Plausible's daily-salt scheme, collector.salt),
+  so visitors cannot be linked across days by IP;
+- consent: an event sent before consent (`"consent": "pending"`, no ids) gets its visitor and
+  session ids from the `pending` hook (collector.cookieless) and loses the `consent` field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import hashlib
-import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from clickstream.core.errors import ClickstreamError, InvalidRequest, TooLarge
-from clickstream.core.times import EPOCH, parse_ts
+from clickstream.core.times import parse_ts
 from collector.validation import EventError, EventValidator, RejectReason
 
 
@@ -61,45 +62,6 @@ def check_clock(ts_ms: int, received_at_ms: int, max_age_ms: int, max_skew_ms: i
     return None
 
 
-class IpHasher:
-    """Keyed hash of client IPs with a key that rotates every UTC day; the raw IP is never kept.
-
-    `hasher(ip)` -> 16 hex chars: BLAKE2b-64 of the IP keyed with BLAKE2b(day "YYYY-MM-DD",
-    key=secret). Hashes of the current day are memoised in memory only (at most `cache_size`
-    IPs, then the memo restarts; dropped at the UTC day change), since the same visitors send
-    many requests.
-    """
-
-    def __init__(self, secret: bytes, cache_size: int = 65536) -> None:
-        self._secret = secret
-        self._day = ""
-        self._key = b""
-        self._epoch_day = -1
-        self._cache: dict[str, str] = {}
-        self._cache_size = cache_size
-
-    def __call__(self, ip: str, now: dt.datetime | None = None) -> str:
-        if now is not None:
-            return self._hash(ip, now.strftime("%Y-%m-%d"))
-        epoch_day = int(time.time()) // 86400
-        if epoch_day != self._epoch_day:
-            self._cache = {}
-            self._epoch_day = epoch_day
-        cached = self._cache.get(ip)
-        if cached is None:
-            day = (EPOCH + dt.timedelta(days=epoch_day)).strftime("%Y-%m-%d")
-            if len(self._cache) >= self._cache_size:
-                self._cache = {}
-            cached = self._cache[ip] = self._hash(ip, day)
-        return cached
-
-    def _hash(self, ip: str, day: str) -> str:
-        if day != self._day:
-            self._key = hashlib.blake2b(day.encode(), key=self._secret[:64], digest_size=32).digest()
-            self._day = day
-        return hashlib.blake2b(ip.encode(), key=self._key, digest_size=8).hexdigest()
-
-
 @dataclasses.dataclass(slots=True)
 class Outcome:
     """What the pipeline made of one request: spool records and per-event errors."""
@@ -124,12 +86,16 @@ def process(
     ip_hash: str,
     max_age_ms: int,
     max_skew_ms: int,
+    pending: Callable[[dict[str, Any]], None] | None = None,
 ) -> Outcome:
     """Validate and stamp each event; return spool payloads and errors (index, path, message).
 
     Stamping adds `received_at` (UTC epoch ms), `event_id` (UUID4) when absent, `user_agent`,
-    `ip_hash` (when not empty), and normalises `ts` to epoch ms. Accepted events are changed in
-    place; rejected ones are left as sent (they go to rejected/ raw).
+    `ip_hash` (when not empty), and normalises `ts` to epoch ms. An event with `"consent":
+    "pending"` (schema: then without ids) is given to `pending`, which sets `anonymous_id` and
+    `session_id`, and is spooled without `consent`; with no `pending` hook it is rejected
+    (`consent_pending`). Accepted events are changed in place; rejected ones are left as sent
+    (they go to rejected/ raw).
     """
     records: list[bytes] = []
     errors: list[EventError] = []
@@ -143,11 +109,17 @@ def process(
     for index, event in enumerate(events):
         if all_valid or validator.is_valid(event):
             checked = _check_clock(event, index, received_at_ms, max_age_ms, max_skew_ms)
+            if isinstance(checked, int) and "consent" in event and pending is None:
+                checked = EventError(index, "/consent", "events without ids (consent pending) need the browser's "
+                                     "request to derive them: send them to POST /collect", RejectReason.CONSENT_PENDING)
             if isinstance(checked, int):
                 # TRICKY: event_id and user_agent lead every record (RECORD_LAYOUT): the flusher
                 # slices them at fixed offsets instead of parsing the JSON. `ts` becomes epoch
                 # ms in place, keeping its position.
                 event["ts"] = checked
+                if pending is not None and "consent" in event:  # "pending": the only value the schema allows
+                    del event["consent"]
+                    pending(event)
                 event_id = event.get("event_id") or str(uuid.uuid4())
                 records.append(dumps({"event_id": event_id, "user_agent": user_agent, **event, **stamp}))
                 continue

@@ -33,6 +33,7 @@ class RejectReason(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SPOOL_FULL = "spool_full"
     SPOOL_UNAVAILABLE = "spool_unavailable"
+    CONSENT_PENDING = "consent_pending"  # no ids and no request to derive them from (clickstream import)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -18,10 +18,10 @@ Nothing is skipped without a counted reason (`clickstream_flusher_dead_letters_t
 
 Client retries: a browser that lost a 202 sends the same events again, so the same `event_id`
 can sit at two spool positions. The flusher remembers the spool position of the last
-`dedup_max_ids` event ids (rebuilt from `events` at start; first in, first out, evicted in O(1))
-and drops a record whose event_id it already holds at another position, counted as
-`clickstream_flusher_duplicates_total`. The same record at the same position (a re-flush after a
-crash) is not a duplicate: the dedup token takes care of it.
+`dedup_max_ids` event ids (flusher.dedup.EventIdMemory: rebuilt from `events` at start, shared by
+the flushers of every spool of a process) and drops a record whose event_id it already holds at
+another position, counted as `clickstream_flusher_duplicates_total`. The same record at the same
+position (a re-flush after a crash) is not a duplicate: the dedup token takes care of it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,6 +47,7 @@ from clickstream.core.settings import Settings
 from clickstream.core.spool import CorruptSegmentError, Record, SegmentInfo, SpoolReader, SpoolWriter, scan
 from clickstream.core.times import ch_datetime
 from flusher import enrich
+from flusher.dedup import EventIdMemory
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class Flusher:
         sink: Sink | None = None,
         writer: SpoolWriter | None = None,
         metrics: FlusherMetrics | None = None,
+        memory: EventIdMemory | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -116,34 +117,17 @@ class Flusher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
-        # TRICKY: an OrderedDict, not a dict: evicting the oldest of a plain dict with
-        # `del d[next(iter(d))]` is O(n) (iteration walks the deleted slots at the front), 96 µs
-        # per event at 1M ids; popitem(last=False) is O(1) (BENCHMARKS.md "Flusher dedup memory").
-        self._seen: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher-prep")
-        self._seen_max = settings.dedup_max_ids
-        if client is not None:
-            self._load_seen(client)
-
-    def _load_seen(self, client: Client) -> None:
-        """Remember the spool positions of the most recently received event ids in ClickHouse."""
-        rows = client.query(
-            "SELECT toString(event_id), spool_segment, spool_offset FROM events "
-            "ORDER BY received_at DESC LIMIT {n:UInt64}", parameters={"n": self._seen_max}).result_rows
-        for event_id, segment, offset in reversed(rows):
-            self._seen[str(event_id).encode()] = (segment, offset)
+        # the client-retry memory; shared by the flushers of several spools in `serve --workers`
+        if memory is None:
+            memory = EventIdMemory(settings.dedup_max_ids)
+            if client is not None:
+                memory.load(client)
+        self.memory = memory
 
     def _is_duplicate(self, event_id: bytes, record: Record) -> bool:
-        """True when `event_id` was already flushed from another spool position. Remembers the
-        last `dedup_max_ids` ids first seen (FIFO: a retry comes soon after the original)."""
-        position = (record.segment_id, record.offset)
-        known = self._seen.get(event_id)
-        if known is not None:
-            return known != position
-        self._seen[event_id] = position
-        if len(self._seen) > self._seen_max:
-            self._seen.popitem(last=False)
-        return False
+        """True when `event_id` was already flushed from another spool position (flusher.dedup)."""
+        return not self.memory.admit(event_id, record.segment_id, record.offset)
 
     # -- component lifecycle ---------------------------------------------------------------
     def start(self) -> None:

@@ -94,10 +94,12 @@ def audit(query: Query, ledger: Ledger, truth: Truth, *, data_dir: Path | None =
         if duplicated else []
     problems += [f"unexpected: {len(extra)} events never acknowledged, e.g. {sorted(extra)[:5]}"] if extra else []
 
-    # 2. every rejected event kept in rejected/ with its reason
+    # 2. every rejected event kept in rejected/ with its reason (rejected/w<i>/ of `serve --workers`)
     if data_dir is not None and ledger.rejected:
+        stores = [data_dir / "rejected", *sorted((data_dir / "rejected").glob("w*"))]
         kept = {str((entry.get("event") or {}).get("event_id")): entry["reason"]
-                for entry in RejectedStore(data_dir / "rejected").read_all() if isinstance(entry.get("event"), dict)}
+                for store in stores for entry in RejectedStore(store).read_all()
+                if isinstance(entry.get("event"), dict)}
         for event_id, reason in ledger.rejected.items():
             if kept.get(event_id) != reason:
                 problems.append(f"rejected event {event_id} ({reason}) not kept in rejected/ "

@@ -10,7 +10,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from load import bench_collector, bench_flusher, bench_pipeline, bench_query_port, bench_views
+from load import (
+    bench_beacon,
+    bench_collector,
+    bench_engagement,
+    bench_flusher,
+    bench_pipeline,
+    bench_query_port,
+    bench_storage,
+    bench_views,
+    bench_workers,
+)
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "collector": bench_collector.run,
@@ -19,6 +29,10 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "views": bench_views.run,
     "rss": bench_pipeline.run_rss,
     "query_port": bench_query_port.run,
+    "storage": bench_storage.run,
+    "workers": bench_workers.run,
+    "beacon": bench_beacon.run,
+    "engagement_join": bench_engagement.run,
 }
 
 

@@ -99,10 +99,15 @@ def _start(args: list[str], port: int, env: dict[str, str], log: Path) -> subpro
     return proc
 
 
-def wrk(url: str, body: Path, duration_s: int) -> dict[str, Any]:
-    """Run wrk pinned to CLIENT_CPU; return its WRK_JSON summary plus `req_per_s` and the command."""
-    cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s}s", "-s", str(LUA), url]
-    out = subprocess.run(cmd, env={**os.environ, "BODY_FILE": str(body)}, capture_output=True, text=True,
+def wrk(url: str, body: Path | None, duration_s: int, *, cpu: str | None = CLIENT_CPU, threads: int = 1,
+        unique_events: int = 0) -> dict[str, Any]:
+    """Run wrk (pinned to `cpu` unless None) posting `body`, or with `unique_events`, fresh batches of
+    that many events per request (load/wrk/post.lua); return its WRK_JSON summary plus `req_per_s`
+    and the command."""
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    cmd = [*pin, "wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{duration_s}s", "-s", str(LUA), url]
+    env = {"UNIQUE_EVENTS": str(unique_events)} if unique_events else {"BODY_FILE": str(body)}
+    out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
                          check=True, timeout=duration_s + 60).stdout
     match = re.search(r"^WRK_JSON (.*)$", out, re.MULTILINE)
     if match is None:
@@ -110,7 +115,8 @@ def wrk(url: str, body: Path, duration_s: int) -> dict[str, Any]:
     result: dict[str, Any] = orjson.loads(match.group(1))
     result["req_per_s"] = round(result["requests"] / (result["duration_us"] / 1e6), 1)
     result["valid"] = not any(result["errors"].values())
-    result["command"] = f"BODY_FILE={body.name} " + " ".join(cmd).replace(str(ROOT) + "/", "")
+    shown = f"UNIQUE_EVENTS={unique_events}" if unique_events else f"BODY_FILE={body.name if body else ''}"
+    result["command"] = f"{shown} " + " ".join(cmd).replace(str(ROOT) + "/", "")
     return result
 
 

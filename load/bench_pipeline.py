@@ -148,7 +148,7 @@ def run_rss(n_events: int = 1_000_000, batch: int = 50, concurrency: int = 16) -
     try:
         data = work / "data"
         collector = start("collector", data)
-        flusher = start("flusher", data, ready_path="/")
+        flusher = start("flusher", data)
         try:
             elapsed = asyncio.run(_blast(collector.url, n_events, batch, concurrency))
             deadline = time.monotonic() + 600

@@ -19,6 +19,8 @@ import datetime as dt
 import random
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 HUMAN_AGENTS = (
@@ -52,6 +54,12 @@ REFERRER_HOST = {
     "": "", "https://www.google.com/search?q=pricing": "google.com", "https://www.google.com/": "google.com",
     "https://l.facebook.com/": "l.facebook.com", "https://blog.partner.example/review": "blog.partner.example",
 }
+#: Events beacon.js sends without the visitor doing anything: they do not make a session engaged.
+PASSIVE_EVENTS = ("engagement", "web_vitals", "not_found")
+#: engaged_ms of generated engagement reports: the 10 s engaged-session threshold on both sides.
+ENGAGED_MS = (0, 1_000, 4_000, 10_000, 10_001, 25_000, 60_000)
+#: (revenue as sent, currency): a purchase's props; "n/a" is not a number and carries no revenue.
+PURCHASES = ((19.99, "EUR"), (49.9, "EUR"), (120, "USD"), (0.5, "USD"), ("n/a", "EUR"))
 LANDING_PATHS = ("/", "/pricing", "/features", "/blog/launch")
 INNER_PATHS = ("/pricing", "/features", "/docs", "/about", "/signup")
 UTM_KEYS = ("source", "medium", "campaign", "term", "content")
@@ -188,6 +196,10 @@ def generate(config: ModelConfig) -> Traffic:
                 if variants:
                     event["variants"] = dict(variants)
                 session.events.append(event)
+                if not is_bot and p == 0 and rng.random() < 0.3:
+                    t += rng.randint(100, 3_000)
+                    session.events.append(_report(event, "web_vitals", t, uid(), {"lcp": 1200, "cls": 0.02},
+                                                        variants))
                 if not bounce:
                     # exposure on this page, as beacon.js sends it (a custom event carrying variants)
                     for exp, var in planned.items():
@@ -215,6 +227,16 @@ def generate(config: ModelConfig) -> Traffic:
                             "url": url, "event_id": uid(), "props": {"plan": rng.choice(["basic", "pro"]), "qty": 1},
                             **({"variants": dict(variants)} if variants else {}),
                         })
+                if not bounce and p == n_pages - 1 and not is_bot and rng.random() < 0.15:
+                    revenue, currency = rng.choice(PURCHASES)
+                    t += rng.randint(500, 20_000)
+                    session.events.append(_report(event, "purchase", t, uid(),
+                                                  {"revenue": revenue, "currency": currency}, variants))
+                # engagement reports of the page: none, one, or two (the tab was hidden and shown again)
+                for _ in range(0 if is_bot else rng.choice((0, 1, 1, 1, 2))):
+                    t += rng.randint(1_000, 30_000)
+                    report = {"engaged_ms": rng.choice(ENGAGED_MS), "scroll_depth": rng.randint(5, 100)}
+                    session.events.append(_report(event, "engagement", t, uid(), report, variants))
                 path = rng.choice(INNER_PATHS)
             for event in session.events:
                 events.append((event, agent))
@@ -252,6 +274,10 @@ class Truth:
         for sid, s in self.traffic.sessions.items():
             ordered = sorted(s.events, key=lambda e: (e["ts"], e["event_id"]))
             views = [e for e in ordered if e["type"] == "page_view"]
+            reports = [e["props"] for e in ordered if e["type"] == "engagement"]
+            engaged_ms = sum(min(int(r["engaged_ms"]), 86_400_000) for r in reports)
+            interactions = len(ordered) - len(views) - sum(e["type"] in PASSIVE_EVENTS for e in ordered)
+            is_engaged = len(views) >= 2 or interactions > 0 or engaged_ms > 10_000  # GA4's engaged session
             first, last = ordered[0]["ts"], ordered[-1]["ts"]
             out[sid] = {
                 "site_id": self.site, "session_id": sid, "anonymous_id": s.anonymous_id,
@@ -261,7 +287,9 @@ class Truth:
                 "utm_source": s.utm.get("source", ""), "utm_medium": s.utm.get("medium", ""),
                 "utm_campaign": s.utm.get("campaign", ""), "referrer_host": s.referrer_host,
                 "channel": s.channel, "is_bot": int(s.is_bot),
-                "is_bounce": int(len(views) == 1 and len(ordered) == 1),
+                "engaged_ms": engaged_ms, "max_scroll_depth": max((min(int(r["scroll_depth"]), 100) for r in reports),
+                                                                  default=0),
+                "is_engaged": int(is_engaged), "is_bounce": int(len(views) == 1 and not is_engaged),
             }
         return out
 
@@ -279,6 +307,9 @@ class Truth:
                 "pageviews": sum(s["pageviews"] for s in rows),
                 "bounce_rate": sum(s["is_bounce"] for s in rows) / len(rows),
                 "avg_duration_s": sum(s["duration_s"] for s in rows) / len(rows),
+                "engaged_sessions": sum(s["is_engaged"] for s in rows),
+                "engagement_rate": sum(s["is_engaged"] for s in rows) / len(rows),
+                "avg_engaged_s": sum(s["engaged_ms"] for s in rows) / len(rows) / 1000,
             }
             for day, rows in by_day.items()
         }
@@ -301,29 +332,40 @@ class Truth:
                 "variants": variants}
 
     def landing_pages(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = defaultdict(lambda: {"sessions": 0, "visitors": set(), "leads": 0})
-        for s in self.human_sessions():
-            row = out[s["entry_path"]]
-            row["sessions"] += 1
-            row["visitors"].add(s["anonymous_id"])
-        for lead in self.traffic.leads:
-            out[self.lead_attribution(lead)["landing_path"]]["leads"] += 1
-        return {k: {"sessions": v["sessions"], "visitors": len(v["visitors"]), "leads": v["leads"]}
-                for k, v in out.items()}
+        """landing path -> sessions, visitors, leads (frozen landing page), engaged sessions and rate."""
+        leads = [self.lead_attribution(lead)["landing_path"] for lead in self.traffic.leads]
+        return _by_session_key(self.human_sessions(), lambda s: s["entry_path"], leads)
 
     def channels(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
-        """(channel, utm_source, utm_medium, utm_campaign) -> sessions, visitors, leads (last touch)."""
-        out: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(
-            lambda: {"sessions": 0, "visitors": set(), "leads": 0})
+        """(channel, utm_source, utm_medium, utm_campaign) -> sessions, visitors, leads (last touch),
+        engaged sessions and rate."""
+        touches = [self.lead_attribution(lead)["last_touch"] for lead in self.traffic.leads]
+        return _by_session_key(self.human_sessions(), _channel_key,
+                               [(t["channel"], t["utm_source"], t["utm_medium"], t["utm_campaign"]) for t in touches])
+
+    def revenue(self) -> dict[str, dict[str, Decimal]]:
+        """session_id -> {currency: the sum of its purchases' revenue} (sessions with revenue only),
+        bots included: what v_sessions.revenue holds."""
+        out: dict[str, dict[str, Decimal]] = {}
+        for sid, s in self.traffic.sessions.items():
+            for e in s.events:
+                props = e.get("props") or {}
+                if "revenue" in props and isinstance(props["revenue"], int | float):
+                    by_currency = out.setdefault(sid, {})
+                    currency = str(props.get("currency", "")).upper()
+                    by_currency[currency] = by_currency.get(currency, Decimal(0)) + Decimal(str(props["revenue"]))
+        return out
+
+    def revenue_by(self, key: Callable[[dict[str, Any]], Any]) -> dict[Any, dict[str, Decimal]]:
+        """key(v_sessions row) -> {currency: revenue} over human sessions (v_landing_pages: entry_path,
+        v_channels: channel and UTM)."""
+        per_session = self.revenue()
+        out: dict[Any, dict[str, Decimal]] = {}
         for s in self.human_sessions():
-            row = out[(s["channel"], s["utm_source"], s["utm_medium"], s["utm_campaign"])]
-            row["sessions"] += 1
-            row["visitors"].add(s["anonymous_id"])
-        for lead in self.traffic.leads:
-            t = self.lead_attribution(lead)["last_touch"]
-            out[(t["channel"], t["utm_source"], t["utm_medium"], t["utm_campaign"])]["leads"] += 1
-        return {k: {"sessions": v["sessions"], "visitors": len(v["visitors"]), "leads": v["leads"]}
-                for k, v in out.items()}
+            for currency, amount in per_session.get(s["session_id"], {}).items():
+                row = out.setdefault(key(s), {})
+                row[currency] = row.get(currency, Decimal(0)) + amount
+        return out
 
     def variant_counts(self) -> dict[tuple[str, str], dict[str, int]]:
         """(experiment, variant) -> visitors (first-exposure variant) and converters (lead at/after it)."""
@@ -336,6 +378,40 @@ class Truth:
             if last_lead.get(anon, 0) >= first_ts:
                 out[(exp, var)]["converters"] += 1
         return dict(out)
+
+
+def _report(view: dict[str, Any], type_: str, ts: int, event_id: str, props: dict[str, Any],
+            variants: dict[str, str]) -> dict[str, Any]:
+    """An event beacon.js sends on the page of `view`: its URL, ids and campaign, the variants now."""
+    event = {"type": type_, "site_id": view["site_id"], "anonymous_id": view["anonymous_id"],
+             "session_id": view["session_id"], "ts": ts, "url": view["url"], "event_id": event_id, "props": props}
+    if "utm" in view:
+        event["utm"] = dict(view["utm"])
+    if variants:
+        event["variants"] = dict(variants)
+    return event
+
+
+def _channel_key(s: dict[str, Any]) -> tuple[str, str, str, str]:
+    return s["channel"], s["utm_source"], s["utm_medium"], s["utm_campaign"]
+
+
+def _by_session_key(sessions: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any],
+                    lead_keys: list[Any]) -> dict[Any, dict[str, Any]]:
+    """Sessions, visitors and engaged sessions per key, with the leads counted at `lead_keys`."""
+    out: dict[Any, dict[str, Any]] = defaultdict(
+        lambda: {"sessions": 0, "visitors": set(), "leads": 0, "engaged_sessions": 0})
+    for s in sessions:
+        row = out[key(s)]
+        row["sessions"] += 1
+        row["visitors"].add(s["anonymous_id"])
+        row["engaged_sessions"] += s["is_engaged"]
+    for lead_key in lead_keys:
+        out[lead_key]["leads"] += 1
+    return {k: {"sessions": v["sessions"], "visitors": len(v["visitors"]), "leads": v["leads"],
+                "engaged_sessions": v["engaged_sessions"],
+                "engagement_rate": v["engaged_sessions"] / v["sessions"] if v["sessions"] else None}
+            for k, v in out.items()}
 
 
 def _path(url: str) -> str:

@@ -82,9 +82,11 @@ def start(command: str, data_dir: Path, env: dict[str, str] | None = None, ready
     Raises RuntimeError (with the log) when it exits or does not get ready."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
+    # `serve` in one process unless a caller asks for workers (CLICKSTREAM_WORKERS defaults to the CPUs)
     full_env.update({"CLICKSTREAM_PORT": str(port), "CLICKSTREAM_HOST": "127.0.0.1",
                      "CLICKSTREAM_SQL_PORT": str(free_port()), "CLICKSTREAM_SQL_HOST": "127.0.0.1",
-                     "CLICKSTREAM_DATA_DIR": str(data_dir), "CLICKSTREAM_LOG_LEVEL": "warning"})
+                     "CLICKSTREAM_DATA_DIR": str(data_dir), "CLICKSTREAM_LOG_LEVEL": "warning",
+                     "CLICKSTREAM_WORKERS": "0"})
     full_env.update(env or {})
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}-{command.replace(' ', '-')}-{port}.log"

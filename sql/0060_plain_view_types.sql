@@ -1,9 +1,10 @@
 -- v_sessions with plain column types, for BI tools (docs/dashboards.md).
 -- The `sessions` table keeps anonymous_id, started_at, ended_at and is_bot as
 -- SimpleAggregateFunction(any|min|max, T) columns, and any()/min()/max() over such a column keep that
--- type, so 0006's v_sessions (and v_lead_sessions, which reads it) declared e.g.
+-- type, so v_sessions (0006, 0031) and v_lead_sessions, which reads it, declared e.g.
 -- `SimpleAggregateFunction(min, DateTime64(3, 'UTC'))` where Metabase, Superset and Grafana expect a
--- DateTime64. Same rows and values as 0006; only the declared types change (CAST to the inner type).
+-- DateTime64. This is 0031's v_sessions with those four columns CAST to their inner type: same rows
+-- and values, only the declared types change. A later redefinition of v_sessions keeps the CASTs.
 CREATE OR REPLACE VIEW v_sessions AS
 SELECT
     site_id,
@@ -25,7 +26,11 @@ SELECT
     touch.7 AS channel,
     variants_ AS variants,
     CAST(is_bot_ AS UInt8) AS is_bot,
-    toUInt8(pageviews_ = 1 AND events_ = 1) AS is_bounce
+    e.engaged_ms AS engaged_ms,
+    e.max_scroll_depth AS max_scroll_depth,
+    e.revenue AS revenue,
+    toUInt8(pageviews_ >= 2 OR events_ - pageviews_ > e.passive_events OR e.engaged_ms > 10000) AS is_engaged,
+    toUInt8(pageviews_ = 1 AND NOT is_engaged) AS is_bounce
 FROM
 (
     SELECT
@@ -43,11 +48,18 @@ FROM
         max(is_bot) AS is_bot_
     FROM sessions
     GROUP BY site_id, session_id
-)
+) AS s
+LEFT JOIN
+(
+    SELECT site_id, session_id, sum(engaged_ms) AS engaged_ms, max(max_scroll_depth) AS max_scroll_depth,
+           sum(passive_events) AS passive_events, sumMap(revenue) AS revenue
+    FROM session_engagement
+    GROUP BY site_id, session_id
+) AS e USING (site_id, session_id)
 ;
 
 -- Recreated unchanged: a view's column types are fixed when it is created, so v_lead_sessions keeps
--- 0006's types until it is created again over the new v_sessions.
+-- its old types until it is created again over the new v_sessions.
 -- Identity link (as in 0006): every session of the visitor behind each lead (anonymous_id -> lead_id).
 CREATE OR REPLACE VIEW v_lead_sessions AS
 SELECT

@@ -7,9 +7,11 @@ ClickHouse in this process (chDB locks its directory: one process per directory)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
+from collections.abc import Callable, Mapping
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from clickstream.core import resources
+from clickstream.core import ddl, resources
 from clickstream.core.component import Check
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ log = logging.getLogger(__name__)
 DATABASE = "clickstream"
 #: Every table an insert reaches: the raw tables and every materialized-view target. Each needs a
 #: dedup window or a retried insert is counted twice (verified on chDB 26.9, see tests).
-DEDUP_TABLES = ("events", "sessions", "variant_exposures", "lead_events", "conversions", "dead_letters")
+DEDUP_TABLES = ("events", "sessions", "variant_exposures", "lead_events", "conversions", "dead_letters",
+                "session_engagement")
 
 #: Settings of every insert. TRICKY: async_insert defaults to 1 in ClickHouse 26.x, and an async
 #: insert ignores insert_deduplication_token semantics we rely on; pass 0 explicitly.
@@ -35,6 +38,10 @@ INSERT_SETTINGS: dict[str, Any] = {
     "async_insert": 0,
     "insert_deduplicate": 1,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
+    # On a cluster the raw tables are Distributed (clickstream.core.cluster): the insert returns
+    # only once every shard stored its rows, with this insert's dedup token (no background queue
+    # on the receiving node). A no-op on a single server. deploy/README.md "Exactly once on a cluster".
+    "distributed_foreground_insert": 1,
 }
 
 #: ClickHouse error codes that mean "this data cannot be inserted" (ErrorCodes.cpp): the flusher
@@ -112,14 +119,15 @@ def connect(url: str, *, readonly_session: bool = False, max_result_rows: int = 
     return client
 
 
-def open_clickhouse(url: str, *, retention_days: int = 0) -> Client:
+def open_clickhouse(url: str, *, retention_days: int = 0, target: MigrationTarget | None = None) -> Client:
     """Connect, migrate, log the engine and check the settings exactly-once depends on.
 
-    Raises RuntimeError when a dedup window is missing (retries would double count), and
+    `target` renders the migrations (default: one server; clickstream.core.cluster.target for a
+    cluster). Raises RuntimeError when a dedup window is missing (retries would double count), and
     ClickHouseError when a migration fails.
     """
     client = connect(url)
-    applied = migrate(client, retention_days=retention_days)
+    applied = migrate(client, retention_days=retention_days, target=target or SINGLE_SERVER)
     log.info("ClickHouse: %s; migrations applied now: %s", describe(client, url), applied or "none")
     problems = check_guarantees(client)
     if problems:
@@ -144,16 +152,49 @@ def migrations(sql_dir: Traversable | None = None) -> list[tuple[int, str, Trave
     return sorted(found, key=lambda item: item[0])
 
 
-def migrate(client: Client, *, retention_days: int = 0, sql_dir: Traversable | None = None) -> list[str]:
+SCHEMA_MIGRATIONS_COLUMNS = ("version UInt32, name String, checksum String, "
+                             "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationTarget:
+    """Where migrations go: one server (the default) or a cluster (clickstream.core.cluster.target).
+
+    `render` turns a migration file into the statements to run; `settings` go with each of them;
+    `events_table` is the table that carries the retention TTL.
+    """
+
+    render: Callable[[str], list[str]] = split_statements
+    database_ddl: str = ""
+    schema_migrations_ddl: str = (f"CREATE TABLE IF NOT EXISTS schema_migrations ({SCHEMA_MIGRATIONS_COLUMNS}) "
+                                  "ENGINE = MergeTree ORDER BY version")
+    events_table: str = "events"
+    on_cluster: str = ""
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def retention_ddl(self, retention_days: int) -> str:
+        """The statement that sets (days > 0) or removes (0) the TTL of events."""
+        head = f"ALTER TABLE {self.events_table}{self.on_cluster}"
+        if retention_days > 0:
+            return f"{head} MODIFY TTL toDateTime(ts) + INTERVAL {int(retention_days)} DAY"
+        return f"{head} REMOVE TTL"
+
+
+SINGLE_SERVER = MigrationTarget()
+
+
+def migrate(client: Client, *, retention_days: int = 0, sql_dir: Traversable | None = None,
+            target: MigrationTarget = SINGLE_SERVER) -> list[str]:
     """Apply pending migrations (each file idempotent) and the events TTL; return applied names.
 
     Records every applied file in `schema_migrations` (version, name, sha256). Raises
-    ClickHouseError when a statement fails (the migration is then not recorded).
+    ClickHouseError when a statement fails (the migration is then not recorded). `target` renders
+    each file (one server by default; a cluster with clickstream.core.cluster.target).
     """
-    client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, "
-        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
-    )
+    settings = dict(target.settings)
+    if target.database_ddl:
+        client.command(target.database_ddl, settings=settings)
+    client.command(target.schema_migrations_ddl, settings=settings)
     done: dict[int, str] = {
         int(v): str(c) for v, c in client.query("SELECT version, checksum FROM schema_migrations").result_rows
     }
@@ -165,39 +206,54 @@ def migrate(client: Client, *, retention_days: int = 0, sql_dir: Traversable | N
                 log.warning("migration %s changed after it was applied; released migrations are immutable, "
                             "add a new numbered file instead", name)
             continue
-        for statement in split_statements(text):
-            client.command(statement)
+        for statement in target.render(text):
+            client.command(statement, settings=settings)
         client.insert("schema_migrations", [[version, name, hashlib.sha256(text.encode()).hexdigest()]],
                       column_names=["version", "name", "checksum"], settings={"async_insert": 0})
         applied.append(name)
         log.info("migration applied: %s", name)
-    apply_retention(client, retention_days)
+    apply_retention(client, retention_days, target)
     return applied
 
 
-def apply_retention(client: Client, retention_days: int) -> None:
+def apply_retention(client: Client, retention_days: int, target: MigrationTarget = SINGLE_SERVER) -> None:
     """Set (or remove, for 0) the TTL of `events`: rows older than `retention_days` are dropped."""
     create = client.query(
-        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'events'"
+        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+        parameters={"t": target.events_table},
     ).result_rows[0][0]
-    has_ttl = " TTL " in create
-    if retention_days > 0:
-        client.command(f"ALTER TABLE events MODIFY TTL toDateTime(ts) + INTERVAL {int(retention_days)} DAY")
-    elif has_ttl:
-        client.command("ALTER TABLE events REMOVE TTL")
+    if retention_days > 0 or " TTL " in create:
+        client.command(target.retention_ddl(retention_days), settings=dict(target.settings))
 
 
 def check_guarantees(client: Client) -> list[str]:
-    """Problems with the settings exactly-once depends on (empty when all is well)."""
-    problems = []
+    """Problems with the settings exactly-once depends on (empty when all is well).
+
+    Checked on every table an insert reaches: DEDUP_TABLES and the target of every materialized
+    view in the database (a roll-up added by a later migration is covered without a list to keep).
+    A Distributed table (a cluster, clickstream.core.cluster) must have a sharding key, and its
+    local table the dedup window.
+    """
     rows = client.query(
-        "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() AND name IN {t:Array(String)}",
-        parameters={"t": list(DEDUP_TABLES)},
+        "SELECT name, engine, engine_full, create_table_query FROM system.tables WHERE database = currentDatabase()"
     ).result_rows
-    engines: dict[str, str] = {str(name): str(engine) for name, engine in rows}
-    for table in DEDUP_TABLES:
-        engine = engines.get(table, "")
-        if "deduplication_window" not in engine:
+    tables: dict[str, tuple[str, str]] = {str(name): (str(engine), str(full)) for name, engine, full, _ in rows}
+    reached = set(DEDUP_TABLES)
+    for _, engine, _, create in rows:
+        if engine == "MaterializedView":
+            view = ddl.parse(str(create))
+            if view.target is not None:
+                reached.add(view.target.name)
+    problems = []
+    for table in sorted(reached):
+        engine, full = tables.get(table, ("", ""))
+        if engine == "Distributed":
+            args = ddl.call_args(full)
+            if len(args) < 4:
+                problems.append(f"Distributed table {table} has no sharding key: it cannot split inserts across shards")
+            table = args[2].strip("'`\"") if len(args) > 2 else table
+            engine, full = tables.get(table, ("", ""))
+        if not re.search(r"deduplication_window = [1-9]", full):
             problems.append(f"table {table} has no deduplication window: retried inserts would count twice")
     return problems
 

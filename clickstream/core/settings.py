@@ -11,6 +11,8 @@ fields and checked once, at start: a value that does not parse or is out of boun
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -25,6 +27,11 @@ MiB = 1024 * 1024
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+#: URL paths the collector may be given for beacon.js and POST /collect, and the first segments
+#: other routes own (docs/architecture.md "HTTP").
+_ROUTE_PATH = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
+RESERVED_ROUTES = ("healthz", "readyz", "metrics", "stitch", "sql", "dashboard")
 
 
 class SettingsError(ValueError):
@@ -48,7 +55,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, gt=0, le=65535, description="Port of the HTTP listener")
     clickhouse_url: str = Field("", description="chdb:///path or http(s)://user:pass@host:8123/db "
                                                 "[default chdb://<data-dir>/clickhouse]")
+    clickhouse_cluster: str = Field("", description="ClickHouse cluster name (remote_servers) the migrations are "
+                                                    "rendered for; empty = one server (deploy/README.md)")
     log_level: str = Field("info", description="Log level (debug, info, warning, error)")
+    workers: NonNegative = Field(default_factory=lambda: os.cpu_count() or 1,
+                                 description="serve: collector processes on the port, each with its own spool; "
+                                             "0 = everything in one process [default: the number of CPUs]")
+    spool_path: Path | None = Field(None, description="Spool directory [default <data-dir>/spool]")
+    rejected_path: Path | None = Field(None, description="Dead-letter directory [default <data-dir>/rejected]")
 
     # collector
     max_body_bytes: Positive = Field(64 * 1024, description="Larger POST /collect bodies get 413")
@@ -59,6 +73,17 @@ class Settings(BaseSettings):
         ("*",), description="Comma-separated origins allowed to POST /collect; * echoes any origin")
     rejected_max_bytes: Positive = Field(64 * MiB, description="Bound of rejected/ (oldest files evicted, counted)")
     rejected_file_max_bytes: Positive = Field(8 * MiB, description="Rotation size of rejected/ files")
+    script_path: str = Field("/beacon.js", description="Also serve beacon.js here (first-party proxying against "
+                                                       "blockers); /beacon.js stays")
+    collect_path: str = Field("/collect", description="Also accept events here; the script served at "
+                                                      "script_path posts to it; /collect stays")
+    forwarded_allow_ips: str = Field("127.0.0.1", description="Proxies whose X-Forwarded-For gives the client "
+                                                              "IP (uvicorn's forwarded_allow_ips; * = any)")
+    salt_dir: Path | None = Field(None, description="Daily salts of IP hashes and cookieless ids, deleted after "
+                                                    "their day; keep out of backups "
+                                                    "[default <tmp>/clickstream-salt-<uid>]")
+    cookieless_max_visitors: Positive = Field(100_000, description="Cookieless visitors whose session is kept "
+                                                                   "in memory (oldest evicted, counted)")
 
     # spool
     spool_fsync_interval_ms: NonNegative = Field(20, description="Group commit interval; 0 = fsync before each 202")
@@ -109,12 +134,31 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with chdb://, http:// or https://, got {url!r}")
         return url
 
+    @field_validator("script_path", "collect_path")
+    @classmethod
+    def _route_path(cls, path: str) -> str:
+        if not _ROUTE_PATH.fullmatch(path):
+            raise ValueError(f"must be a path like /js/app.js (segments of letters, digits, . _ ~ -, "
+                             f"not starting with a dot), got {path!r}")
+        if path.split("/")[1] in RESERVED_ROUTES:
+            raise ValueError(f"{path!r} is taken by another route ({', '.join('/' + r for r in RESERVED_ROUTES)})")
+        return path
+
     @field_validator("lead_webhook_url")
     @classmethod
     def _webhook_url(cls, url: str) -> str:
         if url and not url.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {url!r}")
         return url
+
+    @model_validator(mode="after")
+    def _paths_differ(self) -> Settings:
+        if self.collect_path == "/beacon.js":
+            raise ValueError("collect_path: '/beacon.js' is the script's own path")
+        if self.script_path in (self.collect_path, "/collect"):
+            raise ValueError(f"script_path: {self.script_path!r} must differ from collect_path "
+                             f"{self.collect_path!r} and from /collect")
+        return self
 
     @model_validator(mode="after")
     def _log_level_known(self) -> Settings:
@@ -132,15 +176,23 @@ class Settings(BaseSettings):
 
     @property
     def spool_dir(self) -> Path:
-        return self.data_dir / "spool"
+        return self.spool_path or self.data_dir / "spool"
 
     @property
     def rejected_dir(self) -> Path:
-        return self.data_dir / "rejected"
+        return self.rejected_path or self.data_dir / "rejected"
 
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+    @property
+    def resolved_salt_dir(self) -> Path:
+        """Where the daily salts live: `salt_dir`, else a per-user folder of the system's temporary
+        directory, outside the data directory (so a copy of the data never holds a salt)."""
+        if self.salt_dir is not None:
+            return self.salt_dir
+        return Path(tempfile.gettempdir()) / f"clickstream-salt-{os.getuid()}"
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -201,10 +253,12 @@ def describe(name: str) -> str:
     """Help text of setting `name` for the CLI: its description, variable and default."""
     field = Settings.model_fields[name]
     default = field.default
+    if field.default_factory is not None:  # its description says the default
+        return f"{field.description} [{ENV_PREFIX}{name.upper()}]"
     if isinstance(default, SecretStr):
         default = "unset" if not default.get_secret_value() else "set"
     elif isinstance(default, tuple):
         default = ",".join(default)
-    if default == "":
+    if default == "" or default is None:
         return f"{field.description} [{ENV_PREFIX}{name.upper()}]"
     return f"{field.description} [{ENV_PREFIX}{name.upper()}, default {default}]"

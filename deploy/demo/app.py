@@ -52,19 +52,26 @@ class DemoConfig:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> DemoConfig:
         """Settings of `python -m deploy.demo`: CLICKSTREAM_PORT / CLICKSTREAM_HOST (the pipeline),
-        CLICKSTREAM_STITCH_TOKEN, DEMO_COLLECTOR_URL (browser-facing override), DEMO_SITE_ID,
-        DEMO_RESPECT_DNT=1. Raises ValueError naming the variable when a port is not a number."""
+        CLICKSTREAM_STITCH_TOKEN, DEMO_COLLECTOR_URL (browser-facing override), DEMO_STITCH_URL
+        (server-side override, e.g. a separate stitcher), DEMO_SITE_ID, DEMO_RESPECT_DNT=1.
+        Raises ValueError naming the variable when a port is not a number."""
         env = dict(os.environ if environ is None else environ)
         port = env_port(env, "CLICKSTREAM_PORT", 8000)
         host = env.get("CLICKSTREAM_HOST", "127.0.0.1")
         local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
         return cls(
             collector_url=env.get("DEMO_COLLECTOR_URL", local).rstrip("/"),
-            stitch_url=local,
+            stitch_url=env.get("DEMO_STITCH_URL", local).rstrip("/"),
             stitch_token=env.get("CLICKSTREAM_STITCH_TOKEN") or DEFAULT_STITCH_TOKEN,
             site_id=env.get("DEMO_SITE_ID", cls.site_id),
             respect_dnt=env.get("DEMO_RESPECT_DNT", "") in ("1", "true", "yes", "on"),
         )
+
+
+def app_from_env() -> Starlette:
+    """The demo site alone, configured from the environment (`DemoConfig.from_env`): the factory of
+    `uvicorn --factory deploy.demo.app:app_from_env` in deploy/compose.yaml."""
+    return create_app(DemoConfig.from_env())
 
 
 def env_port(env: dict[str, str], name: str, default: int) -> int:

@@ -64,8 +64,9 @@ def _beacon(page: Page, exposures: dict[str, str]) -> str:
         stub = ("<script>window.clickstream=window.clickstream||[];clickstream.expose=clickstream.expose||"
                 f"((...a)=>clickstream.push([\"expose\",...a]));{calls}</script>\n")
     dnt = " data-respect-dnt" if page.respect_dnt else ""
+    # data-local: the demo runs on 127.0.0.1, where beacon.js sends nothing unless told to
     return (f"{stub}<script defer src=\"{escape(page.collector_url)}/beacon.js\" "
-            f"data-site=\"{escape(page.site_id)}\"{dnt}></script>\n"
+            f"data-site=\"{escape(page.site_id)}\" data-local{dnt}></script>\n"
             "<script defer src=\"/static/demo.js\"></script>")
 
 

@@ -27,11 +27,15 @@ from deploy.demo import DemoConfig, create_app
 from tests.conftest import ROOT, Server, free_port
 
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 #: A regular desktop Chrome: "HeadlessChrome" would (rightly) be flagged as a bot by the flusher.
 USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/126.0.0.0 Safari/537.36")
+#: TRICKY: the context's user_agent does not reach navigator.sendBeacon requests sent while a page
+#: unloads (they went out as HeadlessChrome, so bots, and another cookieless visitor); the
+#: browser-wide --user-agent does.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 f"--user-agent={USER_AGENT}"]
 ARTIFACTS = ROOT / "artifacts"
 EVENT_SCHEMA = jsonschema.Draft202012Validator(json.loads((ROOT / "schemas/event.schema.json").read_text()))
 #: What the collector adds to an event (collector.pipeline.process); stripped before re-validating.

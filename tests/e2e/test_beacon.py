@@ -196,7 +196,8 @@ def test_beacon_delivers_on_pagehide(site: DemoSite, page: Page, recorder: Recor
     probe = page.evaluate("JSON.parse(localStorage.getItem('probe_beacon'))")
     assert probe["url"] == f"{site.collector.url}/collect"
     assert probe["kind"] == "string"  # a string body goes as text/plain: no CORS preflight
-    assert [e["type"] for e in json.loads(probe["data"])] == ["leaving_now"]
+    # with it, the page's engagement report when it lasted a second or more
+    assert [e["type"] for e in json.loads(probe["data"]) if e["type"] != "engagement"] == ["leaving_now"]
     site.audit(recorder)
 
 
@@ -243,7 +244,8 @@ def test_failed_batches_wait_in_local_storage_for_the_next_page(site: DemoSite, 
             && q.every(b => b.n >= 1 && b.t - now > 500 && b.t - now < 30000);
     }"""), 20, "the failed batches to wait in localStorage", detail=lambda: local_storage(page, "cs_q"))
     page.goto(f"{site.collector.url}/healthz")
-    assert site.spooled() == []
+    # only the engagement report may have gone out: by sendBeacon on pagehide, which page.route cannot stop
+    assert {e["type"] for e in site.spooled()} <= {"engagement"}
     page.unroute(collect)
 
     page.goto(f"{site.url}/features")  # the collector is back: this page resends what was left
@@ -252,8 +254,9 @@ def test_failed_batches_wait_in_local_storage_for_the_next_page(site: DemoSite, 
     settle(page, recorder)
     wait_for(lambda: not local_storage(page, "cs_q"), 10, "the retry queue to empty")
     events = site.spooled()
-    # each page exposes the hero: one exposure per page load
-    assert sorted(e["type"] for e in events) == ["exposure", "exposure", "page_view", "page_view", "while_down"]
+    # each page exposes the hero: one exposure per page load (engagement depends on time on page)
+    assert sorted(e["type"] for e in events if e["type"] != "engagement") == [
+        "exposure", "exposure", "page_view", "page_view", "while_down"]
     assert [path(v) for v in of_type(events, "page_view")] == ["/lp/analytics", "/features"]
     site.audit(recorder)
 
@@ -326,7 +329,8 @@ def test_beacon_js_is_served_cacheable_and_small(site: DemoSite) -> None:
     assert response.headers["content-type"].startswith("application/javascript")
     assert "max-age" in response.headers["cache-control"]
     assert response.headers["content-encoding"] == "gzip"
-    assert int(response.headers["content-length"]) < 3 * 1024  # under 3 KB gzipped on the wire (README)
+    # the budget with every feature in (BENCHMARKS.md "beacon.js size"): 4 KB gzipped on the wire
+    assert int(response.headers["content-length"]) <= 4 * 1024
     assert response.content == raw.content  # httpx decodes the gzip: the same minified script
     assert "content-encoding" not in raw.headers
     assert again.status_code == 304

@@ -6,6 +6,7 @@ Outcomes are read where they land: the HTTP status and body, the spool's bytes o
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -366,3 +367,72 @@ def test_cors_allow_list_and_fsync_per_request(server_factory: Callable[..., Ser
         assert event["event_id"] in spooled(srv.data_dir)
         counters = metrics(c)
         assert counters[("clickstream_spool_fsync_seconds_count", ())] >= 1  # fsynced before the 202
+
+
+# -- consent pending: cookieless ids; first-party paths ----------------------------------------
+def pending_event(**overrides: Any) -> dict[str, Any]:
+    event = make_event(consent="pending", **overrides)
+    del event["anonymous_id"], event["session_id"]
+    return event
+
+
+@pytest.fixture(scope="module")
+def first_party(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A collector with first-party paths, a salt directory of its own, trusting 127.0.0.1 as proxy."""
+    root = tmp_path_factory.mktemp("first-party")
+    srv = start_server("collector", root / "data", {
+        "CLICKSTREAM_SCRIPT_PATH": "/assets/site.js", "CLICKSTREAM_COLLECT_PATH": "/assets/i",
+        "CLICKSTREAM_SALT_DIR": str(root / "salt")})
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log(), srv.log()
+
+
+def test_pending_events_get_a_cookieless_visitor_and_session_from_ip_and_user_agent(first_party: Server) -> None:
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/125.0"
+    sent = {
+        ("a", "203.0.113.1", ua): pending_event(site_id="a.example"),
+        ("a2", "203.0.113.1", ua): pending_event(site_id="a.example", type="cta_click"),
+        ("b", "203.0.113.1", ua): pending_event(site_id="b.example"),
+        ("ip2", "203.0.113.2", ua): pending_event(site_id="a.example"),
+        ("ua2", "203.0.113.1", ua + " Edg/125"): pending_event(site_id="a.example"),
+    }
+    with first_party.client() as http:
+        for (_, ip, agent), event in sent.items():
+            answer = http.post("/assets/i", content=orjson.dumps(event),
+                               headers={"User-Agent": agent, "X-Forwarded-For": ip})
+            assert answer.status_code == 202, answer.text
+        counters = metrics(http)
+    stored = spooled(first_party.data_dir)
+    got = {name: stored[event["event_id"]] for (name, _, _), event in sent.items()}
+    assert all("consent" not in e and e["anonymous_id"].startswith("cookieless-") for e in got.values())
+    assert (got["a"]["anonymous_id"], got["a"]["session_id"]) == (got["a2"]["anonymous_id"], got["a2"]["session_id"])
+    assert len({got[n]["anonymous_id"] for n in ("a", "b", "ip2", "ua2")}) == 4
+    assert len({got[n]["session_id"] for n in ("a", "b", "ip2", "ua2")}) == 4
+    # the IP came from X-Forwarded-For (uvicorn trusts the proxy at 127.0.0.1): a hash of the salt of today
+    salt = next((first_party.data_dir.parent / "salt").glob("*.salt")).read_bytes()
+    assert got["ip2"]["ip_hash"] == hashlib.blake2b(b"203.0.113.2", key=salt, digest_size=8).hexdigest()
+    assert counters[("clickstream_cookieless_sessions", ())] == 4
+
+
+def test_first_party_paths_serve_the_script_pointing_at_the_collect_path_and_keep_the_defaults(
+        first_party: Server) -> None:
+    with first_party.client() as http:
+        custom = http.get("/assets/site.js")
+        default = http.get("/beacon.js")
+        for path in ("/assets/i", "/collect"):
+            assert http.post(path, content=orjson.dumps(make_event())).status_code == 202
+        assert http.post("/assets/site.js", content=b"{}").status_code == 405
+    assert custom.status_code == default.status_code == 200
+    assert b'URL("i",' in custom.content and b'URL("collect",' in default.content
+    assert custom.headers["etag"] != default.headers["etag"]
+
+
+def test_a_pending_event_with_a_client_chosen_id_is_rejected_and_kept(server: Server, client: httpx.Client) -> None:
+    event = {**pending_event(), "anonymous_id": "chosen-" + uuid.uuid4().hex}
+    response = client.post("/collect", content=orjson.dumps(event), headers=JSON)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["path"] == "/anonymous_id"
+    kept = [e["reason"] for e in rejected(server.data_dir)
+            if isinstance(e.get("event"), dict) and e["event"].get("event_id") == event["event_id"]]
+    assert kept == ["schema_violation"]

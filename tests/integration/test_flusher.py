@@ -38,10 +38,13 @@ def session_events(n_sessions: int, per_session: int) -> list[dict[str, Any]]:
     events = []
     for s in range(n_sessions):
         for i in range(per_session):
+            # every fifth event an engagement report or a purchase: session_engagement gets rows too
+            kind = {1: ("engagement", {"engaged_ms": 1500, "scroll_depth": 40}),
+                    3: ("purchase", {"revenue": 9.5, "currency": "EUR"})}.get(i % 5, ("page_view", None))
             events.append(stamped(
                 session_id=f"s{s}", anonymous_id=f"a{s}", ts=base + s * 1000 + i,
                 url=f"https://example.com/p{i}?utm_source=google&utm_medium=cpc",
-                variants={"hero": "B" if s % 2 else "control"},
+                variants={"hero": "B" if s % 2 else "control"}, type=kind[0], **({"props": kind[1]} if kind[1] else {}),
             ))
     return events
 
@@ -87,6 +90,8 @@ def counts(client: Client) -> dict[str, Any]:
         "session_pageviews": q("SELECT sum(pageviews) FROM v_sessions").result_rows[0][0],
         "sessions": q("SELECT count() FROM v_sessions").result_rows[0][0],
         "exposure_rows": q("SELECT count() FROM variant_exposures").result_rows[0][0],
+        "engagement": q("SELECT sum(engaged_ms), sum(passive_events), toString(sumMap(revenue)) "
+                        "FROM session_engagement").result_rows[0],
         "lift_visitors": q("SELECT sum(visitors) FROM v_variant_lift").result_rows[0][0],
     }
 
@@ -113,6 +118,7 @@ def test_same_spool_range_twice_changes_nothing(data_dir: Path, client: Client) 
     assert flusher.flush_once() == 100
     before = counts(client)
     assert before["events"] == before["distinct_event_ids"] == before["session_events"] == 100
+    assert before["engagement"] == (20 * 1500, 20, "{'EUR':190}")  # 20 reports of 1.5 s, 20 purchases of 9.5
     for segment in segments:  # the same ranges come back, as after a crash before the delete
         shutil.copy(backup / f"{segment}.seg", data_dir / "spool" / f"{segment}.seg")
     assert flusher.flush_once() == 100  # inserted again, and dropped by ClickHouse as duplicates

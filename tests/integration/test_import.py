@@ -31,8 +31,9 @@ def test_import_history_twice_is_stored_once(tmp_path: Path) -> None:
     no_id = make_event(ts="2024-03-01T10:00:00Z", session_id="hist-2")
     del no_id["event_id"]
     enveloped = {"event": make_event(ts=make_event()["ts"] - 10 * DAY, session_id="hist-3"), "user_agent": UA}
+    pending = {k: v for k, v in make_event(consent="pending").items() if k not in ("anonymous_id", "session_id")}
     lines = [orjson.dumps(old), orjson.dumps(no_id), orjson.dumps(enveloped), b"{not json",
-             orjson.dumps(make_event(type="Bad Type")), orjson.dumps(make_event(ts=1000))]
+             orjson.dumps(make_event(type="Bad Type")), orjson.dumps(make_event(ts=1000)), orjson.dumps(pending)]
     path = tmp_path / "history.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
 
@@ -40,7 +41,8 @@ def test_import_history_twice_is_stored_once(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
     assert summary["accepted"] == 3
-    assert summary["rejected"] == {"malformed_json": 1, "schema_violation": 1, "ts_too_old": 1}
+    # an event sent before consent has no ids, and history has no request to derive them from
+    assert summary["rejected"] == {"malformed_json": 1, "schema_violation": 1, "ts_too_old": 1, "consent_pending": 1}
     assert summary["flushed_rows"] == 3
     second = run_import(data_dir, path, "--flush")  # the same file again: the same event ids
     assert second.returncode == 0, second.stderr[-2000:]
@@ -54,5 +56,6 @@ def test_import_history_twice_is_stored_once(tmp_path: Path) -> None:
     assert [(r[0], r[1]) for r in rows] == [("hist-1", 1), ("hist-2", 1), ("hist-3", 1)]
     assert dict((r[0], r[2]) for r in rows)["hist-3"] == "Firefox"
     kept = [e for e in RejectedStore(data_dir / "rejected").read_all()]
-    assert sorted(e["reason"] for e in kept) == sorted(["malformed_json", "schema_violation", "ts_too_old"] * 2)
+    assert sorted(e["reason"] for e in kept) == sorted(["malformed_json", "schema_violation", "ts_too_old",
+                                                        "consent_pending"] * 2)
     assert all(e["message"].startswith("line ") for e in kept)

@@ -170,6 +170,40 @@ def test_v_daily_traffic_matches(loaded: Loaded) -> None:
             assert got[day][key] == want[key], (day, key)
         assert got[day]["bounce_rate"] == pytest.approx(want["bounce_rate"], abs=1e-12)
         assert got[day]["avg_duration_s"] == pytest.approx(want["avg_duration_s"], abs=1e-9)
+        assert got[day]["engaged_sessions"] == want["engaged_sessions"], day
+        assert got[day]["engagement_rate"] == pytest.approx(want["engagement_rate"], abs=1e-12)
+        assert got[day]["avg_engaged_s"] == pytest.approx(want["avg_engaged_s"], abs=1e-9)
+
+
+def test_engaged_sessions_follow_ga4_with_both_sides_of_the_10_s_threshold(loaded: Loaded) -> None:
+    """The generated traffic holds the cases the bounce rule separates (load.model.ENGAGED_MS)."""
+    client, truth, _ = loaded
+    sessions = truth.human_sessions()
+    one_view = [s for s in sessions if s["pageviews"] == 1 and s["events"] > 1]
+    assert any(s["is_bounce"] and s["engaged_ms"] == 10_000 for s in one_view)  # reports, 10 s: a bounce
+    assert any(not s["is_bounce"] and s["engaged_ms"] == 10_001 and s["events"] == 2 for s in one_view)
+    got = rows(client, "SELECT session_id, is_bounce, is_engaged, engaged_ms, max_scroll_depth FROM v_sessions "
+                       "WHERE pageviews = 1 AND events > 1 AND is_bot = 0")
+    want = {s["session_id"]: s for s in one_view}
+    assert {r["session_id"] for r in got} == set(want)
+    for r in got:
+        assert {k: r[k] for k in ("is_bounce", "is_engaged", "engaged_ms", "max_scroll_depth")} == {
+            k: want[r["session_id"]][k] for k in ("is_bounce", "is_engaged", "engaged_ms", "max_scroll_depth")}
+
+
+def test_revenue_per_session_landing_page_and_channel_by_currency(loaded: Loaded) -> None:
+    client, truth, _ = loaded
+    per_session = truth.revenue()
+    assert {c for by in per_session.values() for c in by} == {"EUR", "USD"}
+    got = {r["session_id"]: r["revenue"] for r in rows(client, "SELECT session_id, revenue FROM v_sessions")}
+    assert {sid: rev for sid, rev in got.items() if rev} == per_session
+    landing = {r["landing_path"]: r["revenue"]
+               for r in rows(client, "SELECT landing_path, revenue FROM v_landing_pages")}
+    assert {k: v for k, v in landing.items() if v} == truth.revenue_by(lambda s: s["entry_path"])
+    channels = {(r["channel"], r["utm_source"], r["utm_medium"], r["utm_campaign"]): r["revenue"]
+                for r in rows(client, "SELECT * FROM v_channels")}
+    want = truth.revenue_by(lambda s: (s["channel"], s["utm_source"], s["utm_medium"], s["utm_campaign"]))
+    assert {k: v for k, v in channels.items() if v} == want
 
 
 def test_v_landing_pages_matches(loaded: Loaded) -> None:

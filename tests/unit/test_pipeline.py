@@ -8,6 +8,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from clickstream.core.errors import ClickstreamError
 from clickstream.core.schema import TOO_DEEP_MESSAGE
 from clickstream.core.settings import Settings
 from clickstream.core.times import parse_ts
-from collector.pipeline import IpHasher, check_clock, parse_body, process
+from collector.pipeline import check_clock, parse_body, process
 from collector.validation import EventValidator, RejectReason
 from tests.conftest import make_event
 
@@ -31,9 +32,9 @@ NOW_MS = 1_700_000_000_000
 
 
 def run(events: list[Any], *, received_at_ms: int = NOW_MS, user_agent: str = "Mozilla/5.0 test",
-        ip_hash: str = "0123456789abcdef") -> Any:
+        ip_hash: str = "0123456789abcdef", pending: Callable[[dict[str, Any]], None] | None = None) -> Any:
     return process(events, VALIDATOR, received_at_ms=received_at_ms, user_agent=user_agent, ip_hash=ip_hash,
-                   max_age_ms=MAX_AGE_MS, max_skew_ms=MAX_SKEW_MS)
+                   max_age_ms=MAX_AGE_MS, max_skew_ms=MAX_SKEW_MS, pending=pending)
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -228,44 +229,6 @@ def test_too_deep_event_is_a_schema_violation_not_an_exception() -> None:
     assert (error.path, error.message, error.reason) == ("", TOO_DEEP_MESSAGE, RejectReason.SCHEMA_VIOLATION)
 
 
-# -- IP hashing -------------------------------------------------------------------------------
-DAY1 = dt.datetime(2024, 3, 1, 0, 0, 1, tzinfo=dt.UTC)
-DAY1_LATE = dt.datetime(2024, 3, 1, 23, 59, 59, tzinfo=dt.UTC)
-DAY2 = dt.datetime(2024, 3, 2, 0, 0, 0, tzinfo=dt.UTC)
-
-
-def test_ip_hash_is_stable_within_a_utc_day_and_rotates_daily() -> None:
-    hasher = IpHasher(b"k" * 32)
-    first = hasher("203.0.113.7", DAY1)
-    assert hasher("203.0.113.7", DAY1_LATE) == first
-    assert hasher("203.0.113.7", DAY2) != first
-    assert hasher("203.0.113.7", DAY1) == first  # the key is a function of (secret, day)
-    assert hasher("203.0.113.8", DAY1) != first
-
-
-def test_ip_hash_without_a_time_is_todays_and_memoised() -> None:
-    hasher = IpHasher(b"s" * 32, cache_size=2)
-    for _ in range(3):  # retry if the UTC day changed between the two calls
-        today = dt.datetime.now(dt.UTC)
-        values = [hasher(ip) for ip in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.1")]
-        if dt.datetime.now(dt.UTC).date() == today.date():
-            break
-    reference = IpHasher(b"s" * 32)
-    assert values == [reference(ip, today) for ip in ("198.51.100.1", "198.51.100.2", "198.51.100.3",
-                                                      "198.51.100.1")]
-
-
-def test_ip_hash_depends_on_the_secret_and_never_shows_the_ip() -> None:
-    ip = "2001:db8::1"
-    a, b = IpHasher(b"a" * 32)(ip, DAY1), IpHasher(b"b" * 32)(ip, DAY1)
-    assert a != b
-    assert len(a) == 16 and int(a, 16) >= 0
-    assert ip not in a and "2001" not in a
-    import hashlib
-    assert a not in (hashlib.blake2b(ip.encode(), digest_size=8).hexdigest(),
-                     hashlib.sha256(ip.encode()).hexdigest()[:16])
-
-
 def test_integer_and_rfc3339_ts_of_the_same_instant_give_the_same_record() -> None:
     # the integer case takes process()'s fast path, the string case the general one
     as_int = event(ts=NOW_MS - 250)
@@ -274,3 +237,44 @@ def test_integer_and_rfc3339_ts_of_the_same_instant_give_the_same_record() -> No
     a, b = run([as_int]).records, run([as_text]).records
     assert a == b and len(a) == 1
     assert batch == a * 2
+
+
+# -- consent pending --------------------------------------------------------------------------
+def pending_event(**overrides: Any) -> dict[str, Any]:
+    sent = event(consent="pending", **overrides)
+    del sent["anonymous_id"], sent["session_id"]
+    return sent
+
+
+def test_pending_event_gets_its_ids_from_the_hook_and_loses_consent() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def hook(e: dict[str, Any]) -> None:
+        seen.append(dict(e))
+        e["anonymous_id"], e["session_id"] = "cookieless-abc", "s-9"
+
+    consented = event()
+    outcome = run([pending_event(), consented], pending=hook)
+    assert outcome.errors == []
+    first, second = (orjson.loads(r) for r in outcome.records)
+    assert (first["anonymous_id"], first["session_id"]) == ("cookieless-abc", "s-9")
+    assert "consent" not in first
+    [given] = seen  # the hook sees the event after the clock check, without consent or ids
+    assert given["ts"] == NOW_MS and not {"consent", "anonymous_id", "session_id"} & set(given)
+    assert (second["anonymous_id"], second["session_id"]) == (consented["anonymous_id"], consented["session_id"])
+
+
+def test_pending_event_without_a_hook_is_rejected_with_its_reason() -> None:
+    sent = pending_event(ts="2023-11-14T22:13:20Z")
+    outcome = run([sent])
+    assert outcome.records == []
+    [error] = outcome.errors
+    assert (error.path, error.reason) == ("/consent", RejectReason.CONSENT_PENDING)
+    assert outcome.rejected_entries[0]["event"] == sent and sent["ts"] == "2023-11-14T22:13:20Z"  # as sent
+
+
+def test_pending_event_with_a_client_id_is_a_schema_violation() -> None:
+    calls: list[Any] = []
+    outcome = run([{**pending_event(), "anonymous_id": "chosen"}], pending=calls.append)
+    assert [(e.path, e.reason) for e in outcome.errors] == [("/anonymous_id", RejectReason.SCHEMA_VIOLATION)]
+    assert calls == []

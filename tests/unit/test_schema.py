@@ -306,6 +306,7 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
                            st.one_of(near_bound_text(256), scalars), max_size=6),
     "variants": big_map(),
     "props": big_map(),
+    "consent": st.sampled_from(["pending", "granted", "", None, 1]),
     "screen": st.dictionaries(st.sampled_from(["w", "h", "dpr"]),
                               st.sampled_from([-1, 0, 1, 1.0, 1.5, 100000, 100001, "1", None]), max_size=3),
 }

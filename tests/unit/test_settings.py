@@ -24,6 +24,10 @@ def test_defaults_match_the_contract() -> None:
     assert s.resolved_clickhouse_url == f"chdb://{Path('./data/clickhouse').resolve()}"
     assert (s.sql_host, s.sql_port, s.sql_user, s.sql_password.get_secret_value()) == (
         "127.0.0.1", 8123, "dashboards", "")
+    assert (s.script_path, s.collect_path, s.forwarded_allow_ips) == ("/beacon.js", "/collect", "127.0.0.1")
+    # the daily salts live outside the data directory unless told otherwise
+    assert Path("./data").resolve() not in s.resolved_salt_dir.resolve().parents
+    assert Settings.from_env({"CLICKSTREAM_SALT_DIR": "/run/cs"}).resolved_salt_dir == Path("/run/cs")
 
 
 def test_values_parse_by_type() -> None:
@@ -67,6 +71,13 @@ def test_overrides_win_over_env_and_none_is_ignored() -> None:
     ("CLICKSTREAM_SQL_MAX_CONCURRENT_QUERIES", "0"),
     ("CLICKSTREAM_SQL_MAX_EXECUTION_TIME_S", "-1"),
     ("CLICKSTREAM_SQL_USER", ""),
+    ("CLICKSTREAM_SCRIPT_PATH", "js/app.js"),
+    ("CLICKSTREAM_SCRIPT_PATH", "/js/../app.js"),
+    ("CLICKSTREAM_SCRIPT_PATH", "/collect"),
+    ("CLICKSTREAM_COLLECT_PATH", "/metrics"),
+    ("CLICKSTREAM_COLLECT_PATH", "/beacon.js"),
+    ("CLICKSTREAM_COLLECT_PATH", "/api/e/"),
+    ("CLICKSTREAM_COOKIELESS_MAX_VISITORS", "0"),
 ])
 def test_bad_value_names_the_variable(var: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
