@@ -3,8 +3,8 @@
 -- SimpleAggregateFunction(any|min|max, T) columns, and any()/min()/max() over such a column keep that
 -- type, so v_sessions (0006, 0031) and v_lead_sessions, which reads it, declared e.g.
 -- `SimpleAggregateFunction(min, DateTime64(3, 'UTC'))` where Metabase, Superset and Grafana expect a
--- DateTime64. This is 0031's v_sessions with those four columns CAST to their inner type: same rows
--- and values, only the declared types change. A later redefinition of v_sessions keeps the CASTs.
+-- DateTime64; likewise session_engagement's max_scroll_depth (0030). This is 0031's v_sessions with
+-- those five columns CAST to their inner type: same rows and values, only the declared types change. A later redefinition of v_sessions keeps the CASTs.
 CREATE OR REPLACE VIEW v_sessions AS
 SELECT
     site_id,
@@ -27,7 +27,7 @@ SELECT
     variants_ AS variants,
     CAST(is_bot_ AS UInt8) AS is_bot,
     e.engaged_ms AS engaged_ms,
-    e.max_scroll_depth AS max_scroll_depth,
+    CAST(e.max_scroll_depth AS UInt8) AS max_scroll_depth,
     e.revenue AS revenue,
     toUInt8(pageviews_ >= 2 OR events_ - pageviews_ > e.passive_events OR e.engaged_ms > 10000) AS is_engaged,
     toUInt8(pageviews_ = 1 AND NOT is_engaged) AS is_bounce
