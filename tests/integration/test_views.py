@@ -75,7 +75,7 @@ def live_queries(server: Server) -> dict[str, Any]:
         return done.returncode, done.stdout.decode(), done.stderr.decode()[-500:]
 
     out["cli_json"] = cli("SELECT 42 AS answer", "--format", "json")
-    out["cli_table"] = cli("SELECT 'a' AS x, 1 AS y UNION ALL SELECT 'b', 2 ORDER BY x")
+    out["cli_table"] = cli("SELECT * FROM (SELECT 'a' AS x, 1 AS y UNION ALL SELECT 'b', 2) ORDER BY x")
     out["cli_write"] = cli("DROP TABLE events")
     out["cli_no_password"] = cli("SELECT 1", CLICKSTREAM_SQL_PASSWORD="")
     (server.data_dir / ".sql_password").write_text(SQL_PASSWORD + "\n")  # what `make run` keeps
