@@ -22,13 +22,14 @@ system:
 
 DATA_DIR ?= data
 
-# First start: random secrets for POST /sql and POST /stitch, kept in the data directory (0600).
-$(DATA_DIR)/.admin_token $(DATA_DIR)/.stitch_token:
+# First start: random secrets for the query port (dashboards, `clickstream sql`) and POST /stitch,
+# kept in the data directory (0600).
+$(DATA_DIR)/.sql_password $(DATA_DIR)/.stitch_token:
 	@mkdir -p $(DATA_DIR)
 	@umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(24))" > $@
 
-run: install $(DATA_DIR)/.admin_token $(DATA_DIR)/.stitch_token
-	CLICKSTREAM_DATA_DIR=$(DATA_DIR) CLICKSTREAM_ADMIN_TOKEN=$$(cat $(DATA_DIR)/.admin_token) \
+run: install $(DATA_DIR)/.sql_password $(DATA_DIR)/.stitch_token
+	CLICKSTREAM_DATA_DIR=$(DATA_DIR) CLICKSTREAM_SQL_PASSWORD=$$(cat $(DATA_DIR)/.sql_password) \
 	CLICKSTREAM_STITCH_TOKEN=$$(cat $(DATA_DIR)/.stitch_token) $(BIN)/clickstream serve
 
 lint: install

@@ -49,11 +49,14 @@ def main() -> None:
 @_data_dir
 def collector(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Run the collector alone: POST /collect -> spool (no ClickHouse needed)."""
-    from clickstream.runner import run_collector
+    from clickstream.runner import ListenerError, run_collector
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     _logging(settings)
-    run_collector(settings)
+    try:
+        run_collector(settings)
+    except ListenerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -64,16 +67,21 @@ def collector(host: str | None, port: int | None, data_dir: Path | None) -> None
 @click.option("--workers", type=click.IntRange(min=0), default=None, help=describe("workers"))
 def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_url: str | None,
           workers: int | None) -> None:
-    """Collector + flusher + stitcher + POST /sql, embedded ClickHouse by default.
+    """Collector + flusher + stitcher, embedded ClickHouse by default, and the query port for dashboards
+    (ClickHouse's HTTP interface) when CLICKSTREAM_SQL_PASSWORD is set.
 
     With --workers N (default: the number of CPUs), N collector processes share the port, each with
-    its own spool, and this process owns ClickHouse; --workers 0 runs everything in one process.
+    its own spool, and this process owns ClickHouse and the query port; --workers 0 runs everything in
+    one process.
     """
-    from clickstream.runner import run_serve
+    from clickstream.runner import ListenerError, run_serve
 
     settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url, workers=workers)
     _logging(settings)
-    run_serve(settings)
+    try:
+        run_serve(settings)
+    except ListenerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command(hidden=True)
@@ -162,23 +170,24 @@ def migrate(data_dir: Path | None, clickhouse_url: str | None, cluster: str | No
               help="table (default) or json (one JSON object per row)")
 @_data_dir
 @_ch_url
-@click.option("--url", "server_url", default=None,
-              help="URL of a running `clickstream serve` [default http://CLICKSTREAM_HOST:CLICKSTREAM_PORT]")
-def sql(query: str, fmt: str, data_dir: Path | None, clickhouse_url: str | None, server_url: str | None) -> None:
+@click.option("--url", "port_url", default=None,
+              help="URL of the query port of a running `clickstream serve` "
+                   "[default http://CLICKSTREAM_SQL_HOST:CLICKSTREAM_SQL_PORT when serve holds the data directory]")
+def sql(query: str, fmt: str, data_dir: Path | None, clickhouse_url: str | None, port_url: str | None) -> None:
     """Run one read-only QUERY and print the result.
 
-    Against a ClickHouse server URL directly; on the embedded directory when no process holds it;
-    else through the running `clickstream serve` (POST /sql with CLICKSTREAM_ADMIN_TOKEN).
+    While `clickstream serve` runs: through its query port (ClickHouse's HTTP interface; password from
+    CLICKSTREAM_SQL_PASSWORD or <data-dir>/.sql_password). Otherwise on the embedded directory itself,
+    or on the ClickHouse server of --clickhouse-url. Read only and bounded the same way everywhere.
     """
+    from reports.output import dumps, format_table
     from reports.query import run_cli_query
 
     settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
     try:
-        result = run_cli_query(settings, query, server_url)
+        result = run_cli_query(settings, query, port_url)
     except Exception as exc:  # every failure is shown as a message, not a traceback
         raise click.ClickException(str(exc)) from exc
-    from reports.sql import dumps, format_table
-
     if fmt == "json":
         for row in result["rows"]:
             click.echo(dumps(dict(zip(result["columns"], row, strict=True))).decode())
@@ -286,24 +295,30 @@ def stitcher(host: str | None, port: int | None, data_dir: Path | None, clickhou
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="Wait for the flusher, then check events, rejections and views against the ground truth")
 @click.option("--audit-timeout-s", type=float, default=300.0, show_default=True)
+@click.option("--sql-url", default=None,
+              help="Query port of the serve under load, for the audit [default http://CLICKSTREAM_SQL_HOST:SQL_PORT]")
 @_data_dir
 def load(url: str, events: int | None, rate: float | None, duration_s: float | None, seed: int, concurrency: int,
-         out_dir: Path | None, audit: bool, audit_timeout_s: float, data_dir: Path | None) -> None:
+         out_dir: Path | None, audit: bool, audit_timeout_s: float, sql_url: str | None,
+         data_dir: Path | None) -> None:
     """Drive realistic traffic at a running collector and audit the result against its ground truth.
 
-    Leads go through POST /stitch when CLICKSTREAM_STITCH_TOKEN is set; the audit reads through POST /sql
-    with CLICKSTREAM_ADMIN_TOKEN; rejected/ is checked when --data-dir (or CLICKSTREAM_DATA_DIR) is given.
-    Exit status 0 only for a clean audit: 0 lost, 0 duplicated, every view equal to the ground truth.
+    Leads go through POST /stitch when CLICKSTREAM_STITCH_TOKEN is set; the audit reads through the query
+    port (password CLICKSTREAM_SQL_PASSWORD or <data-dir>/.sql_password); rejected/ is checked when
+    --data-dir (or CLICKSTREAM_DATA_DIR) is given. Exit status 0 only for a clean audit: 0 lost,
+    0 duplicated, every view equal to the ground truth.
     """
     import os
 
     from load.run import LoadOptions, run
+    from reports.query import sql_password
 
     settings = _settings(data_dir=data_dir)
     given_dir = data_dir or (settings.data_dir if "CLICKSTREAM_DATA_DIR" in os.environ else None)
     options = LoadOptions(url=url.rstrip("/"), events=events, rate=rate, duration_s=duration_s, seed=seed,
                           concurrency=concurrency, stitch_token=settings.stitch_token.get_secret_value(),
-                          admin_token=settings.admin_token.get_secret_value(), data_dir=given_dir,
+                          sql_url=sql_url or f"http://{settings.sql_host}:{settings.sql_port}",
+                          sql_user=settings.sql_user, sql_password=sql_password(settings), data_dir=given_dir,
                           out_dir=out_dir, audit=audit, audit_timeout_s=audit_timeout_s)
     sys.exit(run(options))
 

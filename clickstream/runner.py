@@ -1,21 +1,32 @@
-"""Build and run the processes behind the CLI: collector, flusher, stitcher, serve (all in one)."""
+"""Build and run the processes behind the CLI: collector, flusher, stitcher, serve, worker.
+
+`serve` has two listeners in one process and one event loop: the main one (`/collect`, `/stitch`,
+`/beacon.js`, health; a Unix socket for its workers with `--workers N`) and the query port
+(ClickHouse's HTTP interface, reports/query_port) on CLICKSTREAM_SQL_HOST:SQL_PORT when
+CLICKSTREAM_SQL_PASSWORD is set. On SIGTERM or SIGINT both stop accepting at once; the components
+stop (in reverse order of start) only after the query port's listener has finished its requests;
+then the process exits 0.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
+import uvloop
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from clickstream import workers
-from clickstream.core.clickhouse import connect
 from clickstream.core.cluster import open_configured
 from clickstream.core.component import Component
 from clickstream.core.settings import Settings
@@ -23,7 +34,7 @@ from clickstream.web import create_app
 from collector.app import Collector
 from collector.metrics import CollectorMetrics
 from flusher.loop import Flusher, FlusherMetrics
-from reports.sql import SqlEndpoint
+from reports.query_port import QueryPort, QueryPortConfig
 from stitcher.service import Stitcher
 
 log = logging.getLogger(__name__)
@@ -37,49 +48,134 @@ def collector_app(settings: Settings) -> ASGIApp:
 
 
 def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Component]:
-    """collector + flusher + stitcher + POST /sql in one process owning ClickHouse."""
+    """collector + flusher + stitcher (+ the query port) in one process owning ClickHouse."""
     client = open_configured(settings)
     collector = Collector(settings, CollectorMetrics(registry))
     flusher = Flusher(settings, client, writer=collector.spool, metrics=FlusherMetrics(registry))
-    admin_token = settings.admin_token.get_secret_value()
-    sql_client = (
-        connect(settings.resolved_clickhouse_url, readonly_session=True,
-                max_result_rows=settings.sql_max_result_rows)
-        if admin_token else None
-    )
-    return [
-        collector,
-        flusher,
-        Stitcher(settings, client, flusher=flusher, registry=registry),
-        SqlEndpoint(sql_client, admin_token),
-    ]
+    components: list[Component] = [collector, flusher, Stitcher(settings, client, flusher=flusher, registry=registry)]
+    port = query_port(settings, registry)
+    if port is not None:
+        components.append(port)  # started last, stopped first: before the flusher drains
+    return components
 
 
-def serve_app(settings: Settings) -> ASGIApp:
-    registry = CollectorRegistry()
-    return create_app(serve_components(settings, registry), registry,
-                      cors_allow_origins=settings.cors_allow_origins)
+def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | None:
+    """The query port on the embedded engine, or None when CLICKSTREAM_SQL_PASSWORD is unset. With a
+    ClickHouse server URL there is none either: dashboards connect to that server itself."""
+    config = QueryPortConfig.from_settings(settings)
+    if config is None:
+        return None
+    url = settings.resolved_clickhouse_url
+    if not url.startswith("chdb://"):
+        log.warning("CLICKSTREAM_SQL_PASSWORD is set but ClickHouse is a server (%s): connect dashboards to "
+                    "it; the query port serves only the embedded engine", url.split("@")[-1])
+        return None
+    return QueryPort(config, Path(url.removeprefix("chdb://")), registry)
+
+
+class ListenerError(RuntimeError):
+    """An address to listen on cannot be bound (in use, not this machine's): nothing was started."""
+
+
+def bind(host: str, port: int, variables: str) -> socket.socket:
+    """A listening TCP socket on host:port, bound before anything starts so that a taken address
+    fails at once with the settings' names (`variables`), not after the components started.
+    Raises ListenerError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"cannot listen on {host}:{port} ({variables}): {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Listener(uvicorn.Server):
+    """A uvicorn server that leaves signals to `run_uvicorn`, which stops every listener of the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+#: An extra listener of the process and the socket it serves.
+Listener = tuple[uvicorn.Server, socket.socket]
 
 
 def run_uvicorn(app: ASGIApp, settings: Settings, *, sockets: list[socket.socket] | None = None,
-                uds: Path | None = None) -> None:
-    """Serve with uvloop + httptools, no access log (it would dominate the hot path's cost).
+                uds: Path | None = None, extra: Sequence[Listener] = (),
+                extra_closed: asyncio.Event | None = None) -> None:
+    """Serve `app` with uvloop + httptools, no access log (it would dominate the hot path's cost).
 
-    On CLICKSTREAM_HOST:CLICKSTREAM_PORT, or on inherited `sockets` (a `serve --workers` worker),
-    or on the Unix socket `uds` (the owner of `serve --workers`). X-Forwarded-For is read from the
-    proxies in `forwarded_allow_ips` only (uvicorn's proxy headers): IP hashes and cookieless ids
-    need the browser's address, not the proxy's."""
+    On CLICKSTREAM_HOST:CLICKSTREAM_PORT (bound first: ListenerError when taken), or on inherited
+    `sockets` (a `serve --workers` worker), or on the Unix socket `uds` (the owner of `serve
+    --workers`); then, once the app's start (lifespan) completed, the `extra` listeners on their
+    sockets, in the same event loop. X-Forwarded-For is read from the proxies in
+    `forwarded_allow_ips` only (uvicorn's proxy headers): IP hashes and cookieless ids need the
+    browser's address, not the proxy's. SIGTERM / SIGINT stop every listener at once (a second
+    SIGINT forces); `extra_closed` is set when the extra listeners have finished.
+
+    TRICKY: uvicorn's own signal handling re-raises the caught signal after its graceful shutdown,
+    so a SIGTERM'd process would die by the signal (exit -15) although everything was flushed; the
+    handlers here only ask the servers to exit, and a clean shutdown returns (exit 0).
+    """
+    if sockets is None and uds is None:
+        sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, uds=str(uds) if uds else None, loop="uvloop",
-        http="httptools", access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
+        app, host=settings.host, port=settings.port, uds=str(uds) if uds else None, http="httptools",
+        access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
         forwarded_allow_ips=settings.forwarded_allow_ips,  # the client IP behind a first-party proxy
     )
-    # TRICKY: uvicorn restores the previous handlers after its graceful shutdown and re-raises the
-    # signal it caught, so with the default handlers a SIGTERM'd process dies by the signal
-    # (exit -15) even though everything was flushed. A clean shutdown must exit 0.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(_Listener(config), sockets, list(extra), extra_closed or asyncio.Event()))
+
+
+async def _serve(main: uvicorn.Server, sockets: list[socket.socket] | None, extra: list[Listener],
+                 extra_closed: asyncio.Event) -> None:
+    servers = [main, *(server for server, _ in extra)]
+
+    def stop(sig: signal.Signals) -> None:
+        log.info("%s: stopping every listener", sig.name)
+        for server in servers:
+            if server.should_exit and sig == signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: log.info("exiting after graceful shutdown (signal %d)", signum))
-    uvicorn.Server(config).run(sockets=sockets)
+        loop.add_signal_handler(sig, stop, sig)
+    main_task = asyncio.create_task(main.serve(sockets=sockets))
+    try:
+        while not main.started and not main_task.done():
+            await asyncio.sleep(0.05)
+        if main.started and extra:
+            results = await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in extra),
+                                           return_exceptions=True)
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                log.error("a listener failed (%r): stopping", failed[0])
+                main.should_exit = True
+    finally:
+        extra_closed.set()
+    await main_task
+
+
+def _port_listeners(settings: Settings, components: Sequence[Component], sock: socket.socket | None) -> list[Listener]:
+    """The query port's listener, for the QueryPort among `components` (none without one)."""
+    return [(_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
+                                      http="httptools", lifespan="off", access_log=False,
+                                      log_level=settings.log_level, timeout_graceful_shutdown=30)), sock)
+            for port in components if isinstance(port, QueryPort) and sock is not None]
+
+
+def _bind_query_port(settings: Settings) -> socket.socket | None:
+    """The query port's socket, bound before anything starts, when the port is on."""
+    if QueryPortConfig.from_settings(settings) is None or not settings.resolved_clickhouse_url.startswith("chdb://"):
+        return None
+    return bind(settings.sql_host, settings.sql_port, "CLICKSTREAM_SQL_HOST, CLICKSTREAM_SQL_PORT")
 
 
 def run_collector(settings: Settings) -> None:
@@ -88,24 +184,35 @@ def run_collector(settings: Settings) -> None:
 
 def run_serve(settings: Settings) -> None:
     """`clickstream serve`: all in one process (CLICKSTREAM_WORKERS=0), or N collector processes on
-    the port and this process owning ClickHouse (clickstream.workers)."""
-    if settings.workers == 0:
-        run_uvicorn(serve_app(settings), settings)
-        return
+    the port and this process owning ClickHouse (clickstream.workers); the query port on its own
+    listener in the process that owns ClickHouse. Raises ListenerError (before anything starts) when
+    an address is taken."""
+    port_socket = _bind_query_port(settings)
+    listeners_closed = asyncio.Event()
     registry = CollectorRegistry()
+    if settings.workers == 0:
+        sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
+        components = serve_components(settings, registry)
+        app = create_app(components, registry, cors_allow_origins=settings.cors_allow_origins,
+                         before_stop=listeners_closed.wait)
+        run_uvicorn(app, settings, sockets=sockets, extra=_port_listeners(settings, components, port_socket),
+                    extra_closed=listeners_closed)
+        return
     sock = workers.listen(settings)
     owner_socket = workers.owner_socket_path()
     client = open_configured(settings)
     pool = workers.Workers(settings, sock, owner_socket, registry)
     spools = workers.AllSpools(settings, client, pool, registry)
-    admin_token = settings.admin_token.get_secret_value()
-    sql_client = (connect(settings.resolved_clickhouse_url, readonly_session=True,
-                          max_result_rows=settings.sql_max_result_rows) if admin_token else None)
-    # started in this order, stopped in reverse: workers stop first (seal), the flushers last (drain)
-    components: list[Component] = [spools, Stitcher(settings, client, flusher=spools, registry=registry),
-                                   SqlEndpoint(sql_client, admin_token), pool]
+    # started in this order, stopped in reverse: workers stop first (seal), the query port, the flushers
+    # last (drain)
+    owned: list[Component] = [spools, Stitcher(settings, client, flusher=spools, registry=registry)]
+    port = query_port(settings, registry)
+    owned += [port] if port is not None else []
+    owned.append(pool)
     try:
-        run_uvicorn(create_app(components, registry, cors_allow_origins=()), settings, uds=owner_socket)
+        run_uvicorn(create_app(owned, registry, cors_allow_origins=(), before_stop=listeners_closed.wait),
+                    settings, uds=owner_socket, extra=_port_listeners(settings, owned, port_socket),
+                    extra_closed=listeners_closed)
     finally:
         owner_socket.unlink(missing_ok=True)
 

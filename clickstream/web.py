@@ -9,7 +9,7 @@ Also serves `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text forma
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
@@ -48,9 +48,14 @@ def create_app(
     registry: CollectorRegistry,
     *,
     cors_allow_origins: Sequence[str] = ("*",),
+    before_stop: Callable[[], Awaitable[object]] | None = None,
 ) -> ASGIApp:
     """An app serving every component's routes plus health, readiness and metrics (a Starlette
-    app, behind `FastPaths` when a component has a `RawRoute`)."""
+    app, behind `FastPaths` when a component has a `RawRoute`).
+
+    At shutdown the app awaits `before_stop()` (e.g. "the query port's listener has closed", see
+    clickstream/runner.py) before it stops the components in reverse order.
+    """
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
@@ -81,7 +86,11 @@ def create_app(
             for comp in components:
                 comp.start()
                 started.append(comp)
-            yield
+            try:
+                yield
+            finally:
+                if before_stop is not None:  # only after a complete start: nothing else waits otherwise
+                    await before_stop()
         finally:
             for comp in reversed(started):
                 comp.stop()

@@ -10,8 +10,9 @@ Layout (docs/architecture.md "Command line"):
   torn tails cut, open segments sealed);
 - the owner opens ClickHouse (embedded chDB allows one process per directory) and runs one
   flusher per spool directory (all sharing one client-retry memory, flusher.dedup, and one set of
-  metrics), the stitcher and `POST /sql`, served on a Unix socket. Workers forward `/stitch` and
-  `POST /sql` to it (`Forwarder`), and add the owner's checks to their `/readyz`;
+  metrics), the stitcher, served on a Unix socket, and the query port (ClickHouse's HTTP interface for
+  dashboards, its own listener). Workers forward `/stitch` to it (`Forwarder`), and add the owner's
+  checks to their `/readyz`;
 - the stitcher's freshness flush (`AllSpools.flush_now`) asks every worker to seal its active
   segment (SIGUSR1), waits until the segments that were open are sealed, then flushes every spool:
   an event acknowledged by any worker before a stitch request counts for it;
@@ -59,7 +60,7 @@ from flusher.pacing import interval_for
 log = logging.getLogger(__name__)
 
 #: Routes of the owner that a worker forwards (server-to-server or admin: never the hot path).
-FORWARDED = ("/stitch", "/sql")
+FORWARDED = ("/stitch",)
 _HOP_BY_HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"})
 _STOP_TIMEOUT_S = 60.0
 
@@ -276,7 +277,7 @@ def _recover(directory: Path) -> None:
 
 
 class Forwarder:
-    """A worker's component: `/stitch` and `POST /sql` answered by the owner, over its Unix socket."""
+    """A worker's component: `/stitch` answered by the owner, over its Unix socket."""
 
     def __init__(self, owner_socket: Path, paths: Sequence[str] = FORWARDED) -> None:
         self.owner_socket = owner_socket

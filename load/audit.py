@@ -1,7 +1,7 @@
 """Audit a load run: nothing lost, nothing duplicated, every rejection kept, views = ground truth.
 
-Reads ClickHouse through a `Query` callable (POST /sql of a running serve, or a client on the
-data directory) and compares with the run's ledger and `load.model.Truth`. Every difference is
+Reads ClickHouse through a `Query` callable (reports.query.port_rows_query: the query port of a
+running serve) and compares with the run's ledger and `load.model.Truth`. Every difference is
 returned as one human-readable line; an empty list is a clean audit.
 """
 
@@ -11,28 +11,16 @@ import datetime as dt
 import math
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from collector.rejected import RejectedStore
 from load.driver import Ledger
 from load.model import Truth
-from reports.query import query_server
+from reports.query import RowsQuery as Query
 
-Query = Callable[[str], list[dict[str, Any]]]
 CHUNKS = 16
 _SAFE_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-
-
-def http_query(base_url: str, admin_token: str) -> Query:
-    """Run SQL through a running serve's POST /sql (read only)."""
-
-    def query(sql: str) -> list[dict[str, Any]]:
-        result = query_server(base_url, admin_token, sql)
-        return [dict(zip(result["columns"], row, strict=True)) for row in result["rows"]]
-
-    return query
 
 
 def wait_for_flush(query: Query, site: str, expected_events: int, expected_leads: int,
@@ -118,6 +106,34 @@ def audit(query: Query, ledger: Ledger, truth: Truth, *, data_dir: Path | None =
                                 f"(found {kept.get(event_id)})")
 
     # 3. views against the ground truth
+    problems += view_problems(query, truth)
+
+    # 4. every lead frozen as the ground truth says
+    for lead in truth.traffic.leads:
+        event = ledger.stitched.get(lead.lead_id)
+        if event is None:
+            continue
+        want = truth.lead_attribution(lead)
+        for field in ("landing_path", "variants"):
+            if event.get(field) != want[field]:
+                problems.append(f"lead {lead.lead_id}: {field} = {event.get(field)!r}, expected {want[field]!r}")
+        for touch in ("first_touch", "last_touch"):
+            got_touch = event.get(touch) or {}
+            for key in ("channel", "utm_source", "utm_medium", "utm_campaign", "landing_path"):
+                if got_touch.get(key) != want[touch][key]:
+                    problems.append(f"lead {lead.lead_id}: {touch}.{key} = {got_touch.get(key)!r}, "
+                                    f"expected {want[touch][key]!r}")
+    return problems
+
+
+def view_problems(query: Query, truth: Truth) -> list[str]:
+    """Every difference between the dashboard views (v_sessions, v_daily_traffic, v_landing_pages,
+    v_channels, v_variant_lift) of `truth.site`, read through `query`, and the ground truth."""
+    site = truth.site
+    if not _SAFE_SITE.match(site):
+        raise ValueError(f"unsafe site id {site!r}")
+    where = f"site_id = '{site}'"
+    problems: list[str] = []
     want_sessions = {s["session_id"]: {k: v for k, v in s.items() if k not in ("site_id", "duration_s")}
                      for s in truth.sessions().values()}
     got_sessions: dict[Any, dict[str, Any]] = {}
@@ -140,20 +156,4 @@ def audit(query: Query, ledger: Ledger, truth: Truth, *, data_dir: Path | None =
 
     got_lift = {(r["experiment_id"], r["variant_id"]): r for r in query(f"SELECT * FROM v_variant_lift WHERE {where}")}
     problems += _diff_table("v_variant_lift", truth.variant_counts(), got_lift)
-
-    # 4. every lead frozen as the ground truth says
-    for lead in truth.traffic.leads:
-        event = ledger.stitched.get(lead.lead_id)
-        if event is None:
-            continue
-        want = truth.lead_attribution(lead)
-        for field in ("landing_path", "variants"):
-            if event.get(field) != want[field]:
-                problems.append(f"lead {lead.lead_id}: {field} = {event.get(field)!r}, expected {want[field]!r}")
-        for touch in ("first_touch", "last_touch"):
-            got_touch = event.get(touch) or {}
-            for key in ("channel", "utm_source", "utm_medium", "utm_campaign", "landing_path"):
-                if got_touch.get(key) != want[touch][key]:
-                    problems.append(f"lead {lead.lead_id}: {touch}.{key} = {got_touch.get(key)!r}, "
-                                    f"expected {want[touch][key]!r}")
     return problems

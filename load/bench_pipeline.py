@@ -4,7 +4,7 @@ freshness: `clickstream serve` on embedded ClickHouse in the steady state (its C
 holds `prefill_events`, 10 M by default, so the flusher starts with a full dedup memory and merges
 run on real parts); for each rate (200, 2,000, 20,000 events/s) an open-loop aiohttp sender offers
 `rate` events/s in requests of at most 100 events for `duration_s`; the first event of each
-request is a probe page view with its own session id. A poller asks POST /sql every 25 ms which
+request is a probe page view with its own session id. A poller asks the query port every 25 ms which
 probe sessions `sessions` holds, and every second how many active parts `events`, `sessions` and
 `variant_exposures` have. Freshness of a probe = time it became visible - time its 202 arrived
 (resolution 25 ms). Reported per rate: p50, p99, max, achieved rate, inserts per second (from the
@@ -36,7 +36,7 @@ from load.results import RESULTS, write_result
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 SITE = "fresh.example"
-ADMIN = "bench-admin"
+SQL_PASSWORD = "bench-sql"
 
 
 def _event(session_id: str, now_ms: int, i: int) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def _event(session_id: str, now_ms: int, i: int) -> dict[str, Any]:
 
 
 PARTS_SQL = ("SELECT table, count() FROM system.parts WHERE database = currentDatabase() AND active "
-             "AND table IN ('events', 'sessions', 'variant_exposures') GROUP BY table")
+             "AND table IN ('events', 'sessions', 'variant_exposures') GROUP BY table FORMAT JSONCompact")
 
 
 async def _metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
@@ -57,7 +57,7 @@ async def _metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
     return 0.0
 
 
-async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) -> dict[str, Any]:
+async def _freshness(url: str, sql_url: str, rate: int, duration_s: float, probes_per_s: int) -> dict[str, Any]:
     per_request = max(1, rate // probes_per_s)
     parts: dict[str, int] = {}
     accepted: dict[str, float] = {}
@@ -83,22 +83,22 @@ async def _freshness(url: str, rate: int, duration_s: float, probes_per_s: int) 
                     acks.append((accepted[probe] - started, len(batch)))
 
         async def poll() -> None:
-            headers = {"Authorization": f"Bearer {ADMIN}"}
+            auth = aiohttp.BasicAuth("dashboards", SQL_PASSWORD)
             last_parts = 0.0
             while not (done.is_set() and set(accepted) <= set(visible)):
                 if time.perf_counter() - last_parts >= 1.0:
                     last_parts = time.perf_counter()
-                    async with http.post(f"{url}/sql", data=PARTS_SQL.encode(), headers=headers) as response:
-                        for table, n in orjson.loads(await response.read()).get("rows", []):
+                    async with http.post(f"{sql_url}/", data=PARTS_SQL.encode(), auth=auth) as response:
+                        for table, n in orjson.loads(await response.read()).get("data", []):
                             parts[table] = max(parts.get(table, 0), int(n))
                 pending = [p for p in accepted if p not in visible]
                 if pending:
                     sql = ("SELECT DISTINCT session_id FROM sessions WHERE site_id = '" + SITE +
-                           "' AND session_id IN (" + ",".join(f"'{p}'" for p in pending) + ")")
-                    async with http.post(f"{url}/sql", data=sql.encode(), headers=headers) as response:
+                           "' AND session_id IN (" + ",".join(f"'{p}'" for p in pending) + ") FORMAT JSONCompact")
+                    async with http.post(f"{sql_url}/", data=sql.encode(), auth=auth) as response:
                         body = orjson.loads(await response.read())
                     seen_at = time.perf_counter()
-                    for (session_id,) in body.get("rows", []):
+                    for (session_id,) in body.get("data", []):
                         if session_id not in visible:
                             visible[session_id] = seen_at
                             timeline.append((seen_at - started, seen_at - accepted[session_id]))
@@ -143,12 +143,12 @@ def run_freshness(rates: tuple[int, ...] = (200, 2000, 20000), duration_s: float
         migrate(client)
         prefill(client, prefill_events)
         client.close()
-        server = start("serve", work / "data", {"CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz",
+        server = start("serve", work / "data", {"CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD}, ready_path="/readyz",
                        timeout=600)
         try:
             for rate in rates:
                 probes_per_s = max(20, -(-rate // 100))  # requests of at most 100 events (the default limit)
-                runs.append(asyncio.run(_freshness(server.url, rate, duration_s, probes_per_s)))
+                runs.append(asyncio.run(_freshness(server.url, server.sql_url, rate, duration_s, probes_per_s)))
         finally:
             exit_code = server.stop()
     finally:
@@ -158,7 +158,7 @@ def run_freshness(rates: tuple[int, ...] = (200, 2000, 20000), duration_s: float
     result = {"benchmark": "freshness", "prefill_events": prefill_events, "duration_s": duration_s,
               "exit_code": exit_code, "runs": [{k: v for k, v in r.items() if k not in ("timeline", "acks")}
                                                for r in runs],
-              "tool": "aiohttp open-loop sender + POST /sql poller (load/bench_pipeline.py)"}
+              "tool": "aiohttp open-loop sender + query port poller (load/bench_pipeline.py)"}
     return write_result("freshness", result)
 
 

@@ -31,32 +31,34 @@ from load.results import write_result
 
 BATCHES = tuple(int(b) for b in os.environ.get("BENCH_BATCHES", "1,50").split(","))
 DURATION_S = 10
-ADMIN = "bench-admin"
+SQL_PASSWORD = "bench-sql"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 
 
-def _sql(url: str, query: str) -> list[list[Any]]:
-    answer = httpx.post(url + "/sql", content=query, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)
+def _sql(sql_url: str, query: str) -> list[list[Any]]:
+    """Rows of one query through serve's query port (JSONCompact)."""
+    answer = httpx.post(sql_url, content=query + " FORMAT JSONCompact", auth=("dashboards", SQL_PASSWORD),
+                        timeout=120)
     answer.raise_for_status()
-    rows: list[list[Any]] = answer.json()["rows"]
+    rows: list[list[Any]] = answer.json()["data"]
     return rows
 
 
 def measure(workers: int, batch: int, work: Path) -> dict[str, Any]:
     server = start("serve", work / f"data-{workers}-{time.monotonic_ns()}",
-                   {"CLICKSTREAM_WORKERS": str(workers), "CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz",
-                   timeout=120)
+                   {"CLICKSTREAM_WORKERS": str(workers), "CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD},
+                   ready_path="/readyz", timeout=120)
     try:
         result = wrk(server.url + "/collect", None, DURATION_S, cpu=None, threads=2, unique_events=batch)
         stopped = time.monotonic()
         acknowledged = (result["requests"] - result["errors"]["non_2xx"]) * batch
         while True:
-            count, unique = _sql(server.url, "SELECT count(), uniqExact(event_id) FROM events")[0]
+            count, unique = _sql(server.sql_url, "SELECT count(), uniqExact(event_id) FROM events")[0]
             if int(count) >= acknowledged or time.monotonic() - stopped > 300:
                 break
             time.sleep(0.1)
         caught_up_s = time.monotonic() - stopped
-        sessions_events = int(_sql(server.url, "SELECT sum(events) FROM sessions")[0][0])
+        sessions_events = int(_sql(server.sql_url, "SELECT sum(events) FROM sessions")[0][0])
         in_flight = CONNECTIONS * batch
         clean = (int(count) == int(unique) == sessions_events and acknowledged <= int(count) <= acknowledged + in_flight
                  and not any(result["errors"].values()))

@@ -35,6 +35,15 @@ class Proc:
     log_path: Path
     env: dict[str, str]
 
+    @property
+    def sql_url(self) -> str:
+        """Base URL of the query port (on with CLICKSTREAM_SQL_PASSWORD, `serve` only)."""
+        return f"http://127.0.0.1:{self.env['CLICKSTREAM_SQL_PORT']}"
+
+    @property
+    def sql_password(self) -> str:
+        return self.env.get("CLICKSTREAM_SQL_PASSWORD", "")
+
     def client(self, **kwargs: Any) -> httpx.Client:
         """A synchronous HTTP client on this process's base URL."""
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
@@ -67,13 +76,15 @@ CLI = (sys.executable, "-m", "clickstream.cli")
 
 def start(command: str, data_dir: Path, env: dict[str, str] | None = None, ready_path: str = "/healthz",
           timeout: float = 60, taskset: str = "", program: Sequence[str] = CLI, cwd: Path = ROOT) -> Proc:
-    """Start `<program> <command>` (default `python -m clickstream.cli`) in `cwd` on a free port and
-    wait until `ready_path` answers 200. Raises RuntimeError (with the log) when it exits or does
-    not get ready."""
+    """Start `<program> <command>` (default `python -m clickstream.cli`) in `cwd` on a free port (and
+    the query port, CLICKSTREAM_SQL_PORT, on another) and wait until `ready_path` answers 200 (and,
+    for `serve` with CLICKSTREAM_SQL_PASSWORD, the query port's /ping).
+    Raises RuntimeError (with the log) when it exits or does not get ready."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
     # `serve` in one process unless a caller asks for workers (CLICKSTREAM_WORKERS defaults to the CPUs)
     full_env.update({"CLICKSTREAM_PORT": str(port), "CLICKSTREAM_HOST": "127.0.0.1",
+                     "CLICKSTREAM_SQL_PORT": str(free_port()), "CLICKSTREAM_SQL_HOST": "127.0.0.1",
                      "CLICKSTREAM_DATA_DIR": str(data_dir), "CLICKSTREAM_LOG_LEVEL": "warning",
                      "CLICKSTREAM_WORKERS": "0"})
     full_env.update(env or {})
@@ -84,12 +95,16 @@ def start(command: str, data_dir: Path, env: dict[str, str] | None = None, ready
         proc = subprocess.Popen([*prefix, *program, *command.split()], env=full_env,
                                 stdout=log_fh, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
+    # serve's query port listens once the main app has started: wait for it too when it is on
+    query_port = command.split()[0] == "serve" and bool(full_env.get("CLICKSTREAM_SQL_PASSWORD"))
+    sql_url = f"http://127.0.0.1:{full_env['CLICKSTREAM_SQL_PORT']}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{command} exited with {proc.returncode}:\n{log_path.read_text()}")
         try:
-            if httpx.get(url + ready_path, timeout=1).status_code == 200:
+            if httpx.get(url + ready_path, timeout=1).status_code == 200 and (
+                    not query_port or httpx.get(sql_url + "/ping", timeout=1).status_code == 200):
                 return Proc(url, data_dir, proc, log_path, full_env)
         except httpx.TransportError:
             pass

@@ -14,9 +14,10 @@ from typing import Any
 
 import click
 
-from load.audit import audit, http_query, wait_for_flush
+from load.audit import audit, wait_for_flush
 from load.driver import drive
 from load.model import ModelConfig, Truth, generate
+from reports.query import port_rows_query
 
 EVENTS_PER_VISITOR = 10.5  # what the model generates on average (measured over seeds 1-5)
 
@@ -30,7 +31,9 @@ class LoadOptions:
     seed: int = 1
     concurrency: int = 32
     stitch_token: str = ""
-    admin_token: str = ""
+    sql_url: str = "http://127.0.0.1:8123"
+    sql_user: str = "dashboards"
+    sql_password: str = ""
     data_dir: Path | None = None
     out_dir: Path | None = None
     audit: bool = True
@@ -63,13 +66,16 @@ def run(options: LoadOptions, echo: Callable[..., Any] = click.echo) -> int:
                                "events_per_s": round(len(ledger.accepted) / elapsed, 1), **ledger.summary()}
     problems: list[str] = []
     if options.audit:
-        if not options.admin_token:
-            raise click.UsageError("the audit reads ClickHouse through POST /sql: set CLICKSTREAM_ADMIN_TOKEN "
-                                   "(or pass --no-audit)")
-        query = http_query(options.url, options.admin_token)
-        summary["flush_wait_s"] = round(wait_for_flush(query, site, len(ledger.accepted), len(ledger.stitched),
-                                                       options.audit_timeout_s), 3)
-        problems = audit(query, ledger, truth, data_dir=options.data_dir)
+        if not options.sql_password:
+            raise click.UsageError("the audit reads ClickHouse through the query port: set CLICKSTREAM_SQL_PASSWORD "
+                                   "(or pass --data-dir with its .sql_password, or --no-audit)")
+        query, client = port_rows_query(options.sql_url, options.sql_user, options.sql_password)
+        try:
+            summary["flush_wait_s"] = round(wait_for_flush(query, site, len(ledger.accepted), len(ledger.stitched),
+                                                           options.audit_timeout_s), 3)
+            problems = audit(query, ledger, truth, data_dir=options.data_dir)
+        finally:
+            client.close()
         summary["audit"] = {"clean": not problems, "problems": len(problems)}
     out = options.out_dir or Path("load/results") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)

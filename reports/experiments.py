@@ -3,7 +3,7 @@
 Counts come from v_variant_lift (sql/0006_views.sql: a visitor belongs to the variant of their
 first exposure; a converter has a lead_created at or after it), read with
 `reports.query.run_cli_query`, so the report works on the embedded directory, a ClickHouse
-server, or through a running `serve` (POST /sql). `--site` / `--experiment` filter in Python: no
+server, or through a running `serve`'s query port. `--site` / `--experiment` filter in Python: no
 user input ever goes into the SQL text.
 
 Per variant: visitors, converters, conversion rate, lift against control with its 95% interval,
@@ -22,8 +22,8 @@ import orjson
 
 from clickstream.core.settings import Settings
 from reports import stats
+from reports.output import format_table
 from reports.query import run_cli_query
-from reports.sql import format_table
 
 LIFT_SQL = """
 SELECT site_id, experiment_id, variant_id, is_control, visitors, converters,

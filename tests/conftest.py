@@ -13,6 +13,7 @@ from hypothesis import settings
 
 from load.procs import ROOT, free_port, start
 from load.procs import Proc as Server
+from reports.query import port_client, run_on_client
 
 __all__ = ["ROOT", "SCHEMAS_DIR", "Server", "free_port", "make_event", "now_ms", "sql_rows", "start_server", "wait_for"]
 
@@ -44,11 +45,14 @@ def make_event(**overrides: Any) -> dict[str, Any]:
     return event
 
 
-def sql_rows(server: Server, query: str, token: str = "adm") -> list[list[Any]]:
-    """Rows of one read query through the server's POST /sql (admin token `token`)."""
-    response = server.client().post("/sql", content=query, headers={"Authorization": f"Bearer {token}"})
-    assert response.status_code == 200, response.text
-    rows: list[list[Any]] = response.json()["rows"]
+def sql_rows(server: Server, query: str) -> list[list[Any]]:
+    """Rows of one read query through the server's query port (clickhouse-connect's HTTP client, the
+    server's CLICKSTREAM_SQL_PASSWORD), as `clickstream sql` reads them (JSON values)."""
+    client = port_client(server.sql_url, "dashboards", server.sql_password)
+    try:
+        rows: list[list[Any]] = run_on_client(client, query)["rows"]
+    finally:
+        client.close()
     return rows
 
 

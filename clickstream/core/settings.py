@@ -114,12 +114,21 @@ class Settings(BaseSettings):
                                                                       "503 past it")
     relay_retry_max_s: PositiveSeconds = Field(60.0, description="Cap of the relay's jittered backoff")
 
-    # dashboards
-    admin_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /sql (off until set)")
+    # query port: ClickHouse's HTTP interface for dashboards (reports/query_port)
+    sql_host: str = Field("127.0.0.1", description="Bind address of the query port (keep it internal)")
+    sql_port: int = Field(8123, gt=0, le=65535, description="Port of the query port (ClickHouse's HTTP port)")
+    sql_user: str = Field("dashboards", min_length=1, description="User name dashboards connect with")
+    sql_password: SecretStr = Field(SecretStr(""), description="Password of the query port (off until set)")
+    sql_max_execution_time_s: PositiveSeconds = Field(30.0, description="Longer queries fail (code 159)")
+    sql_max_memory_usage_bytes: Positive = Field(1024 * MiB, description="Memory of one query (code 241 over it)")
     sql_max_result_rows: Positive = Field(100_000, description="Larger results are an error, not a truncation")
+    sql_max_result_bytes: Positive = Field(100 * MiB, description="Larger results are an error (code 396)")
+    sql_max_concurrent_queries: Positive = Field(2, description="Queries running at once; more wait, then 503")
+    sql_queue_max_wait_ms: NonNegative = Field(10_000, description="Wait for a free query slot before the 503")
+    sql_max_threads: Positive = Field(1, description="Threads of one query (1 keeps a core for ingest)")
 
     #: Names of the settings whose values are secrets (never logged, never in /metrics).
-    SECRETS: ClassVar[tuple[str, ...]] = ("stitch_token", "lead_webhook_secret", "admin_token")
+    SECRETS: ClassVar[tuple[str, ...]] = ("stitch_token", "lead_webhook_secret", "sql_password")
 
     _split_origins = field_validator("cors_allow_origins", mode="before")(_origins)
 

@@ -4,8 +4,9 @@ Starts `clickstream serve` (collector + flusher + stitcher; `clickstream collect
 does not exist yet) as a child process on CLICKSTREAM_PORT (default 8000), waits until it is
 healthy, then serves the demo site with uvicorn on DEMO_PORT (default 8001). Ctrl-C or SIGTERM
 stops the site first, then sends SIGTERM to the pipeline (which flushes its spool) and waits.
-The pipeline gets CLICKSTREAM_STITCH_TOKEN and CLICKSTREAM_ADMIN_TOKEN (demo values unless set)
-so the site can stitch leads and you can query with `POST /sql` while it runs.
+The pipeline gets CLICKSTREAM_STITCH_TOKEN and CLICKSTREAM_SQL_PASSWORD (demo values unless set)
+so the site can stitch leads and you can query the query port (ClickHouse's HTTP interface on
+CLICKSTREAM_SQL_PORT, default 8123) with `clickstream sql` or a dashboard while it runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from types import FrameType
 import httpx
 import uvicorn
 
-from deploy.demo.app import DEFAULT_ADMIN_TOKEN, DEFAULT_STITCH_TOKEN, DemoConfig, create_app, env_port
+from deploy.demo.app import DEFAULT_SQL_PASSWORD, DEFAULT_STITCH_TOKEN, DemoConfig, create_app, env_port
 
 READY_TIMEOUT_S = 120.0  # the embedded ClickHouse's first start (migrations) takes a few seconds
 STOP_TIMEOUT_S = 120.0  # SIGTERM makes serve flush everything spooled before it exits
@@ -58,12 +59,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return int(proc.returncode)
 
 
-def _hint(pipeline_url: str, admin_token: str) -> str:
-    return (f"export CLICKSTREAM_ADMIN_TOKEN={admin_token}  # lets `clickstream sql` query the running serve\n"
+def _hint(sql_url: str, sql_password: str) -> str:
+    return (f"export CLICKSTREAM_SQL_PASSWORD={sql_password}  # lets `clickstream sql` query the running serve\n"
             "clickstream sql \"SELECT session_id, entry_path, pageviews, utm_source, utm_campaign FROM v_sessions\"\n"
             "clickstream sql \"SELECT lead_id, landing_path, first_touch, variants FROM lead_events\"\n"
             "clickstream sql \"SELECT * FROM v_variant_lift\"\n"
-            f"# or: curl -H 'Authorization: Bearer {admin_token}' --data-binary 'SELECT ...' {pipeline_url}/sql")
+            f"# or, as a dashboard would: curl -u dashboards:{sql_password} --data-binary 'SELECT ... FORMAT JSON' "
+            f"{sql_url}/")
 
 
 def main() -> int:
@@ -71,14 +73,16 @@ def main() -> int:
     config = DemoConfig.from_env()
     demo_host = os.environ.get("DEMO_HOST", "127.0.0.1")
     demo_port = env_port(dict(os.environ), "DEMO_PORT", 8001)
-    admin_token = os.environ.get("CLICKSTREAM_ADMIN_TOKEN") or DEFAULT_ADMIN_TOKEN
+    sql_password = os.environ.get("CLICKSTREAM_SQL_PASSWORD") or DEFAULT_SQL_PASSWORD
+    sql_port = env_port(dict(os.environ), "CLICKSTREAM_SQL_PORT", 8123)
+    sql_url = f"http://{os.environ.get('CLICKSTREAM_SQL_HOST', '127.0.0.1')}:{sql_port}"
     env = {**os.environ, "CLICKSTREAM_STITCH_TOKEN": config.stitch_token or DEFAULT_STITCH_TOKEN,
-           "CLICKSTREAM_ADMIN_TOKEN": admin_token}
+           "CLICKSTREAM_SQL_PASSWORD": sql_password}
     # Its own session: Ctrl-C reaches only this process, which stops the child in order.
     proc = subprocess.Popen([sys.executable, "-m", "clickstream.cli", "serve"], env=env, start_new_session=True)
     try:
         _wait_ready(config.stitch_url, proc, READY_TIMEOUT_S)
-        config = dataclasses.replace(config, pipeline_hint=_hint(config.stitch_url, admin_token))
+        config = dataclasses.replace(config, pipeline_hint=_hint(sql_url, sql_password))
         server = uvicorn.Server(uvicorn.Config(create_app(config), host=demo_host, port=demo_port,
                                                log_level="warning", access_log=False))
 
@@ -87,7 +91,7 @@ def main() -> int:
             server.should_exit = True
 
         threading.Thread(target=watch, daemon=True).start()
-        print(f"clickstream serve: {config.stitch_url}\n"
+        print(f"clickstream serve: {config.stitch_url}   (query port for dashboards: {sql_url})\n"
               f"demo site:          http://{demo_host}:{demo_port}/   (Ctrl-C stops both)", flush=True)
         server.run()
     except KeyboardInterrupt:

@@ -29,7 +29,7 @@ from deploy.demo import pages
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 HERO_COOKIE = "demo_hero"
 DEFAULT_STITCH_TOKEN = "demo-stitch-token"
-DEFAULT_ADMIN_TOKEN = "demo-admin-token"
+DEFAULT_SQL_PASSWORD = "demo-sql-password"
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # schemas/event.schema.json anonymous_id / session_id
 
 

@@ -27,12 +27,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from reports.query import as_dicts, port_client, run_on_client
 from tests.conftest import Server, free_port, start_server
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, USER_AGENT, Recorder, wait_for
 
 pytestmark = pytest.mark.e2e
 
-ADMIN_TOKEN = "e2e-admin"
+SQL_PASSWORD = "e2e-sql"
 PROXY_CLIENT_IP = "203.0.113.9"  # what the test proxy puts in X-Forwarded-For
 
 #: Named snippets a page may run before the beacon (?pre=name).
@@ -127,7 +128,7 @@ class PageSite:
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("beacon-features")
     server = start_server("serve", root / "data", {
-        "CLICKSTREAM_ADMIN_TOKEN": ADMIN_TOKEN, "CLICKSTREAM_SCRIPT_PATH": "/js/app.js",
+        "CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD, "CLICKSTREAM_SCRIPT_PATH": "/js/app.js",
         "CLICKSTREAM_COLLECT_PATH": "/api/e", "CLICKSTREAM_SALT_DIR": str(root / "salt"),
         "CLICKSTREAM_FLUSH_INTERVAL_MS": "200", "CLICKSTREAM_SPOOL_SEGMENT_MAX_AGE_MS": "200"})
     yield server
@@ -152,11 +153,12 @@ def browser() -> Iterator[Browser]:
 
 
 def rows(serve: Server, query: str) -> list[dict[str, Any]]:
-    """Rows of one read query through POST /sql, as dicts."""
-    answer = serve.client().post("/sql", content=query, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
-    return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+    """Rows of one read query through serve's query port (as `clickstream sql --format json` shows them)."""
+    client = port_client(serve.sql_url, "dashboards", SQL_PASSWORD)
+    try:
+        return as_dicts(run_on_client(client, query))
+    finally:
+        client.close()
 
 
 def events_of(serve: Server, site_id: str, until: Callable[[list[dict[str, Any]]], Any], what: str,
@@ -349,7 +351,7 @@ def test_revenue_is_a_number_with_a_currency(serve: Server, site: PageSite, fres
     assert of_type(events, "refund")[0]["props"] == {"currency": "USD"}  # not a number: left out
     revenue = wait_for(lambda: rows(serve, "SELECT revenue FROM v_sessions WHERE site_id = 'revenue.test'"), 30,
                        "the session's revenue")
-    assert revenue == [{"revenue": {"EUR": "49.900000"}}]  # Decimal(38, 6) per currency, as POST /sql shows it
+    assert revenue == [{"revenue": {"EUR": 49.9}}]  # Decimal(38, 6) per currency, a JSON number in JSONCompact
 
 
 # -- control -------------------------------------------------------------------------------------

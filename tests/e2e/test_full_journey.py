@@ -25,7 +25,7 @@ from tests.e2e.conftest import DemoSite, Recorder, wait_for
 pytestmark = pytest.mark.e2e
 
 STITCH_TOKEN = "e2e-stitch-token"
-ADMIN_TOKEN = "e2e-admin-token"
+SQL_PASSWORD = "e2e-sql-password"
 SPRING = {"utm_source": "google", "utm_medium": "cpc", "utm_campaign": "spring_sale"}
 RETARGET = {"utm_source": "newsletter", "utm_medium": "email", "utm_campaign": "retarget"}
 EMAIL = "grace@example.org"
@@ -59,7 +59,7 @@ def settle(page: Page, recorder: Recorder) -> None:
 def test_visit_expose_navigate_click_sign_up_then_revisit_leaves_the_lead_frozen(
         server_factory: Callable[..., Server], demo_factory: Callable[..., DemoSite],
         new_context: Callable[..., BrowserContext], recorder: Recorder) -> None:
-    serve = server_factory("serve", stitch_token=STITCH_TOKEN, admin_token=ADMIN_TOKEN)
+    serve = server_factory("serve", stitch_token=STITCH_TOKEN, sql_password=SQL_PASSWORD)
     site = demo_factory(serve, stitch_token=STITCH_TOKEN)
     page = recorder.watch(new_context().new_page())
 
@@ -99,7 +99,7 @@ def test_visit_expose_navigate_click_sign_up_then_revisit_leaves_the_lead_frozen
     assert json.loads(leads[0]["payload"]) == lead
 
     # Second visit, another campaign and variant A; the same person signs up again.
-    serve = server_factory("serve", data_dir=serve.data_dir, stitch_token=STITCH_TOKEN, admin_token=ADMIN_TOKEN)
+    serve = server_factory("serve", data_dir=serve.data_dir, stitch_token=STITCH_TOKEN, sql_password=SQL_PASSWORD)
     site = demo_factory(serve, stitch_token=STITCH_TOKEN)
     page.goto(f"{site.url}/lp/privacy?{query_string(RETARGET, 'A')}")
     page.click("header a[href='/features']")

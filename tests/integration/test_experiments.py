@@ -17,7 +17,7 @@ import orjson
 import pytest
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from tests.conftest import ROOT, Server, now_ms
+from tests.conftest import ROOT, Server, now_ms, sql_rows
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 Firefox/126.0"
 SITE = "lift.example"
@@ -25,7 +25,7 @@ TRUE_RATE = {"control": 0.10, "B": 0.22}  # the known true effect: +120% relativ
 
 
 def test_lift_and_srm_agree_with_statsmodels(server_factory: Callable[..., Server]) -> None:
-    server = server_factory("serve", stitch_token="tok", admin_token="adm")
+    server = server_factory("serve", stitch_token="tok", sql_password="adm")
     rng = np.random.default_rng(42)
     t0 = now_ms() - 3_600_000
     events: list[dict[str, Any]] = []
@@ -59,11 +59,8 @@ def test_lift_and_srm_agree_with_statsmodels(server_factory: Callable[..., Serve
         assert set(pool.map(convert, converters)) == {201}
 
     def lift_rows() -> list[list[Any]]:
-        response = server.client().post("/sql", headers={"Authorization": "Bearer adm"}, content=(
-            "SELECT experiment_id, variant_id, is_control, visitors, converters, z, p_value "
-            f"FROM v_variant_lift WHERE site_id = '{SITE}' ORDER BY experiment_id, variant_id"))
-        rows: list[list[Any]] = response.json()["rows"]
-        return rows
+        return sql_rows(server, "SELECT experiment_id, variant_id, is_control, visitors, converters, z, p_value "
+                                f"FROM v_variant_lift WHERE site_id = '{SITE}' ORDER BY experiment_id, variant_id")
 
     def settled() -> bool:
         return sum(int(r[4]) for r in lift_rows() if r[0] == "checkout") == len(converters)
@@ -77,8 +74,8 @@ def test_lift_and_srm_agree_with_statsmodels(server_factory: Callable[..., Serve
         (exp, variant): tuple(counts) for exp, per in truth.items() for variant, counts in per.items()}
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
-    env.update(CLICKSTREAM_DATA_DIR=str(server.data_dir), CLICKSTREAM_ADMIN_TOKEN="adm",
-               CLICKSTREAM_HOST="127.0.0.1", CLICKSTREAM_PORT=server.url.rsplit(":", 1)[1])
+    env.update(CLICKSTREAM_DATA_DIR=str(server.data_dir), CLICKSTREAM_SQL_PASSWORD="adm",
+               CLICKSTREAM_SQL_HOST="127.0.0.1", CLICKSTREAM_SQL_PORT=server.env["CLICKSTREAM_SQL_PORT"])
     cli = subprocess.run([sys.executable, "-m", "clickstream.cli", "experiments", "--site", SITE, "--format", "json"],
                          env=env, cwd=ROOT, capture_output=True, timeout=120)
     assert cli.returncode == 0, cli.stderr.decode()

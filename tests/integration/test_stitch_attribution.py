@@ -34,7 +34,7 @@ PATHS = ["/", "/pricing", "/features", "/blog/post-1", "/signup"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start_server("serve", tmp_path_factory.mktemp("stitch-attr") / "data", {
-        "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_ADMIN_TOKEN": "adm",
+        "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_SQL_PASSWORD": "adm",
         "CLICKSTREAM_MAX_EVENT_AGE_S": str(50 * 86_400),  # histories span 40 days
         "CLICKSTREAM_ATTRIBUTION_LOOKBACK_DAYS": str(LOOKBACK_DAYS),
     })

@@ -161,7 +161,7 @@ def test_sigkill_right_after_201_then_restart_delivers_once_to_clickhouse_and_at
     server_factory: Callable[..., Server], receiver: Receiver, tmp_path: Path
 ) -> None:
     receiver.status = 500
-    env = {"stitch_token": "tok", "admin_token": "adm", "lead_webhook_url": receiver.url,
+    env = {"stitch_token": "tok", "sql_password": "adm", "lead_webhook_url": receiver.url,
            "relay_retry_max_s": "0.2"}
     data_dir = tmp_path / "data"
     first = server_factory("serve", data_dir=data_dir, **env)

@@ -29,7 +29,7 @@ LEAD_SCHEMA = jsonschema.Draft202012Validator(orjson.loads((SCHEMAS_DIR / "lead_
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start_server("serve", tmp_path_factory.mktemp("stitch-http") / "data", {
-        "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_ADMIN_TOKEN": "adm",
+        "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_SQL_PASSWORD": "adm",
         "CLICKSTREAM_STITCH_MAX_BODY_BYTES": "4096",
     })
     yield s

@@ -46,7 +46,7 @@ def test_a_previous_version_spool_drains_after_an_upgrade(tmp_path: Path) -> Non
     for segment, offset, record in records:
         first_seen.setdefault(str(record["event_id"]), (segment, offset, record))
 
-    server: Server = start_server("serve", data_dir, {"CLICKSTREAM_ADMIN_TOKEN": "adm"}, ready_path="/readyz")
+    server: Server = start_server("serve", data_dir, {"CLICKSTREAM_SQL_PASSWORD": "upgrade"}, ready_path="/readyz")
     try:
         count = f"SELECT count() FROM events WHERE site_id = '{SITE}'"
         wait_for(lambda: sql_rows(server, count) == [[10]], what="the old spool in events")

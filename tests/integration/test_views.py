@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -22,7 +23,7 @@ from load.model import ModelConfig, Traffic, Truth, generate
 from load.send import post_events
 from tests.conftest import ROOT, Server, start_server
 
-ADMIN = "admin-secret"
+SQL_PASSWORD = "sql-secret"
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,10 @@ Loaded = tuple[Client, Truth, dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def loaded(traffic: Traffic, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
-    """Serve on a free port, the workload POSTed, /sql and `clickstream sql` used while it runs,
-    SIGTERM, then the data directory reopened with leads added as the stitcher writes them."""
+    """Serve on a free port, the workload POSTed, the query port and `clickstream sql` used while it
+    runs, SIGTERM, then the data directory reopened with leads added as the stitcher writes them."""
     data_dir = tmp_path_factory.mktemp("views") / "data"
-    server = start_server("serve", data_dir, {"CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz")
+    server = start_server("serve", data_dir, {"CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD}, ready_path="/readyz")
     observed: dict[str, Any] = {}
     try:
         assert len(traffic.events) >= 10_000
@@ -55,23 +56,30 @@ def loaded(traffic: Traffic, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def live_queries(server: Server) -> dict[str, Any]:
-    """What a user sees while serve runs: POST /sql and the CLI through it."""
+    """What a user sees while serve runs: the query port over plain HTTP, and the CLI through it."""
     out: dict[str, Any] = {}
-    with server.client() as http:
-        out["no_token"] = http.post("/sql", content=b"SELECT 1").status_code
-        wrong = {"Authorization": "Bearer nope"}
-        out["wrong_token"] = http.post("/sql", content=b"SELECT 1", headers=wrong).status_code
-        auth = {"Authorization": f"Bearer {ADMIN}"}
-        out["drop"] = http.post("/sql", content=b"DROP TABLE events", headers=auth).json()
-        out["sneaky"] = http.post("/sql", content=b"SELECT 1 SETTINGS readonly = 0", headers=auth).status_code
-        out["insert_via_select"] = http.post(
-            "/sql", content=b"WITH 1 AS x SELECT * FROM events; INSERT INTO events (site_id) VALUES ('x')",
-            headers=auth).status_code
-        out["select"] = http.post("/sql", content=b"SELECT count() AS n FROM events", headers=auth).json()
-    env = {**os.environ, **server.env, "CLICKSTREAM_ADMIN_TOKEN": ADMIN}
-    cli = subprocess.run([sys.executable, "-m", "clickstream.cli", "sql", "SELECT 42 AS answer", "--format", "json"],
-                         capture_output=True, env=env, cwd=ROOT, timeout=120)
-    out["cli"] = (cli.returncode, cli.stdout.decode(), cli.stderr.decode()[-500:])
+    with httpx.Client(base_url=server.sql_url, auth=("dashboards", SQL_PASSWORD), timeout=60) as http:
+        def code(sql: str, **kwargs: Any) -> tuple[int, str]:
+            response = http.post("/", content=sql.encode(), **kwargs)
+            return response.status_code, response.headers.get("x-clickhouse-exception-code", "")
+
+        out["wrong_password"] = code("SELECT 1", auth=("dashboards", "nope"))
+        out["drop"] = code("DROP TABLE events")
+        out["sneaky"] = code("SELECT 1 SETTINGS readonly = 0")
+        out["insert_via_select"] = code("WITH 1 AS x SELECT * FROM events; INSERT INTO events (site_id) VALUES ('x')")
+        out["select"] = http.post("/", content=b"SELECT count() AS n FROM events FORMAT JSON").json()["meta"]
+
+    def cli(*args: str, **env: str) -> tuple[int, str, str]:
+        done = subprocess.run([sys.executable, "-m", "clickstream.cli", "sql", *args], capture_output=True,
+                              env={**os.environ, **server.env, **env}, cwd=ROOT, timeout=120)
+        return done.returncode, done.stdout.decode(), done.stderr.decode()[-500:]
+
+    out["cli_json"] = cli("SELECT 42 AS answer", "--format", "json")
+    out["cli_table"] = cli("SELECT * FROM (SELECT 'a' AS x, 1 AS y UNION ALL SELECT 'b', 2) ORDER BY x")
+    out["cli_write"] = cli("DROP TABLE events")
+    out["cli_no_password"] = cli("SELECT 1", CLICKSTREAM_SQL_PASSWORD="")
+    (server.data_dir / ".sql_password").write_text(SQL_PASSWORD + "\n")  # what `make run` keeps
+    out["cli_password_file"] = cli("SELECT 7 AS seven", "--format", "json", CLICKSTREAM_SQL_PASSWORD="")
     return out
 
 
@@ -116,17 +124,26 @@ def test_serve_accepts_flushes_and_exits_cleanly(loaded: Loaded, traffic: Traffi
     assert count == distinct == len(traffic.events)
 
 
-def test_sql_endpoint_and_cli_while_serve_runs(loaded: Loaded) -> None:
+def test_query_port_and_cli_while_serve_runs(loaded: Loaded) -> None:
     live = loaded[2]["live"]
-    assert live["no_token"] == 401
-    assert live["wrong_token"] == 401
-    assert live["drop"]["error"] == "query_failed" and "only read queries" in live["drop"]["message"]
-    assert live["sneaky"] == 400
-    assert live["insert_via_select"] == 400
-    assert live["select"].get("columns") == ["n"], live["select"]
-    code, stdout, stderr = live["cli"]
+    assert live["wrong_password"] == (403, "516")
+    assert live["drop"] == (500, "164")
+    assert live["sneaky"] == (500, "164")
+    assert live["insert_via_select"] == (400, "62")  # one statement per query
+    assert live["select"] == [{"name": "n", "type": "UInt64"}]
+    code, stdout, stderr = live["cli_json"]
     assert code == 0, stderr
     assert orjson.loads(stdout.strip()) == {"answer": 42}
+    code, stdout, stderr = live["cli_table"]
+    assert code == 0, stderr
+    assert stdout.splitlines() == ["x  y", "-  -", "a  1", "b  2", "(2 rows)"]
+    code, _, stderr = live["cli_write"]
+    assert code == 1 and "Code: 164. DB::Exception" in stderr and "(READONLY)" in stderr
+    code, _, stderr = live["cli_no_password"]
+    assert code == 1 and "CLICKSTREAM_SQL_PASSWORD" in stderr
+    code, stdout, stderr = live["cli_password_file"]
+    assert code == 0, stderr
+    assert orjson.loads(stdout.strip()) == {"seven": 7}
 
 
 def test_v_sessions_matches_independent_computation(loaded: Loaded) -> None:

@@ -22,7 +22,7 @@ from clickstream.core.clickhouse import connect
 from load.model import ModelConfig, generate
 from load.procs import free_port, start
 from tests.conftest import ROOT, Server, make_event, sql_rows, wait_for
-from tests.integration.test_load import ADMIN, STITCH, run_load
+from tests.integration.test_load import SQL_PASSWORD, STITCH, run_load
 
 
 def children(pid: int) -> list[int]:
@@ -35,12 +35,12 @@ BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/1
 
 
 def sql(server: Server, query: str) -> list[list[object]]:
-    return sql_rows(server, query, token=ADMIN)
+    return sql_rows(server, query)
 
 
 def test_serve_workers_under_load_with_a_worker_killed_audits_exact(
         server_factory: Callable[..., Server], tmp_path: Path) -> None:
-    server = server_factory("serve", workers=2, stitch_token=STITCH, admin_token=ADMIN)
+    server = server_factory("serve", workers=2, stitch_token=STITCH, sql_password=SQL_PASSWORD)
     workers = children(server.proc.pid)
     assert len(workers) == 2
     killed: list[int] = []
@@ -83,7 +83,8 @@ def test_collectors_on_separate_spools_drain_into_one_clickhouse_once(tmp_path: 
             assert http.post("/collect", json=[*own, retried]).status_code == 202
         assert collector.stop() == 0
     assert list((data / "spool" / "w0").glob("*.seg")) and list((data / "spool" / "w1").glob("*.seg"))
-    owner = start("serve", data, {"CLICKSTREAM_WORKERS": "2", "CLICKSTREAM_ADMIN_TOKEN": ADMIN}, ready_path="/readyz")
+    owner = start("serve", data, {"CLICKSTREAM_WORKERS": "2", "CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD},
+                  ready_path="/readyz")
     try:
         wait_for(lambda: sql(owner, "SELECT count() FROM events")[0][0] == 41, timeout_s=60)
         rows = sql(owner, f"SELECT count() FROM events WHERE event_id = '{retried['event_id']}'")
@@ -175,7 +176,7 @@ def test_stitch_right_after_an_event_sees_it_whichever_worker_took_it(
     """The freshness flush covers every worker's spool: each visitor's page view, sent on its own
     connection (the kernel spreads connections over the workers), is the landing page of the lead
     stitched right after it, before any segment could have been sealed by age."""
-    server = server_factory("serve", workers=2, stitch_token=STITCH, admin_token=ADMIN,
+    server = server_factory("serve", workers=2, stitch_token=STITCH, sql_password=SQL_PASSWORD,
                             spool_segment_max_age_ms=600_000, flush_interval_ms=600_000)
     for i in range(8):
         event = make_event(site_id="fresh.example", anonymous_id=f"v{i}", session_id=f"s{i}",

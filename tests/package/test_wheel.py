@@ -59,7 +59,7 @@ def test_serve_from_an_empty_directory_takes_an_event_and_reads_it_back(installe
     empty = tmp_path / "cwd"
     empty.mkdir()
     # two collector workers: the hidden `worker` command and the owner's socket work from the wheel too
-    server = start("serve", tmp_path / "data", {"CLICKSTREAM_ADMIN_TOKEN": "adm", "CLICKSTREAM_WORKERS": "2"},
+    server = start("serve", tmp_path / "data", {"CLICKSTREAM_SQL_PASSWORD": "adm", "CLICKSTREAM_WORKERS": "2"},
                    ready_path="/readyz",
                    timeout=120, program=[str(installed / "clickstream")], cwd=empty)
     try:
@@ -70,7 +70,7 @@ def test_serve_from_an_empty_directory_takes_an_event_and_reads_it_back(installe
 
         def stored() -> list[str]:
             query = subprocess.run(
-                [str(installed / "clickstream"), "sql", "--format", "json", "--url", server.url,
+                [str(installed / "clickstream"), "sql", "--format", "json", "--url", server.sql_url,
                  "SELECT toString(event_id) AS id FROM events WHERE site_id = 'wheel.example'"],
                 cwd=empty, env=server.env, capture_output=True, text=True, timeout=60)
             assert query.returncode == 0, query.stderr

@@ -22,6 +22,8 @@ def test_defaults_match_the_contract() -> None:
     assert s.cors_allow_origins == ("*",)
     assert s.spool_dir == Path("./data/spool") and s.rejected_dir == Path("./data/rejected")
     assert s.resolved_clickhouse_url == f"chdb://{Path('./data/clickhouse').resolve()}"
+    assert (s.sql_host, s.sql_port, s.sql_user, s.sql_password.get_secret_value()) == (
+        "127.0.0.1", 8123, "dashboards", "")
     assert (s.script_path, s.collect_path, s.forwarded_allow_ips) == ("/beacon.js", "/collect", "127.0.0.1")
     # the daily salts live outside the data directory unless told otherwise
     assert Path("./data").resolve() not in s.resolved_salt_dir.resolve().parents
@@ -65,6 +67,10 @@ def test_overrides_win_over_env_and_none_is_ignored() -> None:
     ("CLICKSTREAM_MAX_CLOCK_SKEW_S", "-1"),
     ("CLICKSTREAM_FLUSH_RETRY_MAX_S", "soon"),
     ("CLICKSTREAM_CLICKHOUSE_URL", "mysql://db"),
+    ("CLICKSTREAM_SQL_PORT", "0"),
+    ("CLICKSTREAM_SQL_MAX_CONCURRENT_QUERIES", "0"),
+    ("CLICKSTREAM_SQL_MAX_EXECUTION_TIME_S", "-1"),
+    ("CLICKSTREAM_SQL_USER", ""),
     ("CLICKSTREAM_SCRIPT_PATH", "js/app.js"),
     ("CLICKSTREAM_SCRIPT_PATH", "/js/../app.js"),
     ("CLICKSTREAM_SCRIPT_PATH", "/collect"),
@@ -80,9 +86,9 @@ def test_bad_value_names_the_variable(var: str, value: str) -> None:
 
 
 def test_secrets_are_hidden_from_repr() -> None:
-    s = Settings.from_env({"CLICKSTREAM_STITCH_TOKEN": "s3cret-stitch", "CLICKSTREAM_ADMIN_TOKEN": "s3cret-admin"})
+    s = Settings.from_env({"CLICKSTREAM_STITCH_TOKEN": "s3cret-stitch", "CLICKSTREAM_SQL_PASSWORD": "s3cret-sql"})
     assert s.stitch_token.get_secret_value() == "s3cret-stitch"
-    assert s.admin_token.get_secret_value() == "s3cret-admin"
+    assert s.sql_password.get_secret_value() == "s3cret-sql"
     assert "s3cret" not in repr(s) and "s3cret" not in str(s)
 
 
