@@ -46,6 +46,10 @@ class CollectorMetrics:
         self._requests: dict[int, int] = {}
         self._accepted = 0
         self._rejected: dict[RejectReason, int] = {}
+        for status in (202, 400, 413, 415, 503):  # exported as 0 before the first one
+            self.requests.labels(status=str(status))
+        for reason in RejectReason:
+            self.events_rejected.labels(reason=reason.value)
 
     def request(self, status: int) -> None:
         """Count one answered request by status."""
