@@ -25,7 +25,8 @@ import orjson
 from clickstream.core.errors import ClickstreamError, InvalidRequest, TooLarge
 from clickstream.core.times import parse_ts
 from clickstream.core.useragent import agent_fragment
-from collector.validation import EventError, EventValidator, RejectReason
+from collector.schemas import EventSchemas
+from collector.validation import EventError, RejectReason
 
 
 def rejected_reason(exc: ClickstreamError) -> RejectReason:
@@ -106,7 +107,7 @@ def event_id_key(event_id: str) -> bytes:
 
 def process(
     events: list[Any],
-    validator: EventValidator,
+    schemas: EventSchemas,
     *,
     received_at_ms: int,
     user_agent: str,
@@ -132,10 +133,11 @@ def process(
     dumps = orjson.dumps
     oldest, newest = received_at_ms - max_age_ms, received_at_ms + max_skew_ms
     # one validator call for a whole batch (the common, all-valid case); per event otherwise
-    all_valid = len(events) > 1 and validator.all_valid(events)
+    all_valid = len(events) > 1 and schemas.all_valid(events)
     for index, event in enumerate(events):
         error: EventError
-        if all_valid or validator.is_valid(event):
+        version = schemas.check(event, all_valid)
+        if not isinstance(version, tuple):
             ts = event["ts"]
             checked: EventError | int = ts
             if type(ts) is not int or not oldest <= ts <= newest:  # else the common case: ms, in the window
@@ -145,6 +147,7 @@ def process(
                                      "request to derive them: send them to POST /collect", RejectReason.CONSENT_PENDING)
             if isinstance(checked, int):
                 event["ts"] = checked  # in place: keeps its position among the fields
+                version.upcast(event)  # the current shape (collector.schemas), `schema` removed
                 if "consent" in event and pending is not None:  # "pending": the only value the schema allows
                     del event["consent"]
                     pending(event)
@@ -156,11 +159,11 @@ def process(
                 continue
             error = checked
         else:
-            path, message = validator.first_error(event) or ("", "invalid event")
-            error = EventError(index, path, message, RejectReason.SCHEMA_VIOLATION)
+            error = EventError(index, *version)
         errors.append(error)
         rejected.append({"reason": error.reason.value, "index": index, "path": error.path,
-                         "message": error.message, "event": event})
+                         "message": error.message, "event": event, "user_agent": user_agent,
+                         **({"ip_hash": ip_hash} if ip_hash else {})})
     stamp = request_stamp(received_at_ms, user_agent, ip_hash) if records else b""
     return Outcome(records, ids, stamp, errors, rejected)
 
