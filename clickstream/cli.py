@@ -23,6 +23,19 @@ def _settings(**overrides: Any) -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
+def _collector_settings(**overrides: Any) -> Settings:
+    """`_settings` for commands that validate events: the custom event schemas are checked here, so a
+    bad file stops the command with its name before anything starts (collector.schemas)."""
+    from collector.schemas import SchemaLoadError, load_custom_schemas
+
+    settings = _settings(**overrides)
+    try:
+        load_custom_schemas(settings.custom_schemas_path)
+    except SchemaLoadError as exc:
+        raise click.UsageError(f"CLICKSTREAM_CUSTOM_SCHEMAS_PATH: {exc}") from None
+    return settings
+
+
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -51,7 +64,7 @@ def collector(host: str | None, port: int | None, data_dir: Path | None) -> None
     """Run the collector alone: POST /collect -> spool (no ClickHouse needed)."""
     from clickstream.runner import ListenerError, run_collector
 
-    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings = _collector_settings(host=host, port=port, data_dir=data_dir)
     _logging(settings)
     try:
         run_collector(settings)
@@ -76,7 +89,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_
     """
     from clickstream.runner import ListenerError, run_serve
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url, workers=workers)
+    settings = _collector_settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url,
+                                   workers=workers)
     _logging(settings)
     try:
         run_serve(settings)
@@ -221,7 +235,7 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
 
     from collector.importer import DEFAULT_USER_AGENT, import_file
 
-    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    settings = _collector_settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
     _logging(settings)
     flusher = None
     client = None
