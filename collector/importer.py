@@ -52,7 +52,7 @@ from clickstream.core.useragent import agent_fragment
 from collector import ga4
 from collector.pipeline import ingest_row
 from collector.rejected import RejectedStore
-from collector.schemas import EventSchemas
+from collector.schemas import EventSchemas, SchemaVersion
 from collector.validation import RejectReason
 
 if sys.version_info >= (3, 14):
@@ -230,27 +230,12 @@ def _rows(first_line: int, data: bytes, options: ImportOptions, rejected: list[d
     rows: list[bytes] = []
     dumps = orjson.dumps
     for number, line, event, stamp, whole in candidates:
-        version = schemas.check(event, all_valid)
-        if isinstance(version, tuple):
-            path, message, reason = version
-            _reject(rejected, number, reason, path, message, event)
+        checked = check_history(event, schemas, options.max_ts_ms, all_valid)
+        if isinstance(checked, Refusal):
+            _reject(rejected, number, checked.reason, checked.path, checked.message, event)
             continue
+        version, ts_ms = checked
         ts = event["ts"]
-        try:
-            ts_ms = ts if type(ts) is int else parse_ts(ts)
-        except ValueError as exc:
-            _reject(rejected, number, RejectReason.INVALID_TIMESTAMP, "/ts", str(exc), event)
-            continue
-        if ts_ms < MIN_TS_MS:
-            _reject(rejected, number, RejectReason.TS_TOO_OLD, "/ts", "ts before 2000-01-01", event)
-            continue
-        if ts_ms > options.max_ts_ms:
-            _reject(rejected, number, RejectReason.TS_IN_FUTURE, "/ts", "ts in the future", event)
-            continue
-        if "consent" in event:  # ids derived from the browser's IP and User-Agent: only POST /collect has them
-            _reject(rejected, number, RejectReason.CONSENT_PENDING, "/consent", "events without ids (consent "
-                    "pending) cannot be imported: give them anonymous_id and session_id", event)
-            continue
         event_id = event.get("event_id")
         if whole and ts_ms is ts and "schema" not in event and not version.upcasts:  # the line as written
             if event_id is None:
@@ -265,6 +250,41 @@ def _rows(first_line: int, data: bytes, options: ImportOptions, rejected: list[d
             rows.append(ingest_row(dumps(event), stamp))
         ids.append(event_id.lower().encode())
     return ids, rows
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why history (an imported line, a replayed dead letter) is refused: reason, JSON Pointer, message."""
+
+    reason: RejectReason
+    path: str
+    message: str
+
+
+def check_history(event: Any, schemas: EventSchemas, max_ts_ms: int, valid: bool = False
+                  ) -> Refusal | tuple[SchemaVersion, int]:
+    """The rules of history (import, replay of rejected events): the event's schema version and custom
+    schema (`valid`: it passed its version already), a real timestamp from 2000-01-01
+    (`ts_too_old` before) to `max_ts_ms` (`ts_in_future` after), and ids (no `consent`). Returns
+    (its SchemaVersion, `ts` in epoch ms; the very `ts` object when it is integer ms), or the Refusal.
+    Does not change the event."""
+    version = schemas.check(event, valid)
+    if isinstance(version, tuple):
+        path, message, reason = version
+        return Refusal(reason, path, message)
+    ts = event["ts"]
+    try:
+        ts_ms = ts if type(ts) is int else parse_ts(ts)
+    except ValueError as exc:
+        return Refusal(RejectReason.INVALID_TIMESTAMP, "/ts", str(exc))
+    if ts_ms < MIN_TS_MS:
+        return Refusal(RejectReason.TS_TOO_OLD, "/ts", "ts before 2000-01-01")
+    if ts_ms > max_ts_ms:
+        return Refusal(RejectReason.TS_IN_FUTURE, "/ts", "ts in the future")
+    if "consent" in event:  # ids derived from the browser's IP and User-Agent: only POST /collect has them
+        return Refusal(RejectReason.CONSENT_PENDING, "/consent", "events without ids (consent pending) cannot be "
+                       "imported: give them anonymous_id and session_id")
+    return version, ts_ms
 
 
 def import_chunk(spool: Path, segment_id: str, first_line: int, data: bytes, options: ImportOptions) -> _Chunk:
