@@ -100,16 +100,16 @@ def test_relaxed_schema_replays_rejected_events_once_into_clickhouse(
         {"schema_violation": 2, "unsupported_schema_version": 1, "malformed_json": 1}
 
     settings = Settings(data_dir=data_dir)
-    client = open_configured(settings)
+    ch = open_configured(settings)
     try:
-        flusher = Flusher(settings, client)
+        flusher = Flusher(settings, ch)
         flusher.start()
         flusher.stop()
         assert summary(run_replay(data_dir, custom_schemas_path=str(schemas_dir)))["replayed"] == 0
-        rows = client.query("SELECT session_id, count() FROM events GROUP BY session_id ORDER BY session_id"
+        rows = ch.query("SELECT session_id, count() FROM events GROUP BY session_id ORDER BY session_id"
                             ).result_rows
     finally:
-        client.close()
+        ch.close()
     assert rows == [("replay-0", 1), ("replay-1", 1), ("replay-2", 1)]
 
 
