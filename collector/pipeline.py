@@ -133,10 +133,12 @@ def process(
     dumps = orjson.dumps
     oldest, newest = received_at_ms - max_age_ms, received_at_ms + max_skew_ms
     # one validator call for a whole batch (the common, all-valid case); per event otherwise
-    all_valid = len(events) > 1 and schemas.all_valid(events)
+    batch = schemas.batch_version(events) if len(events) > 1 else None
+    check = schemas.check
+    custom = bool(schemas.custom)  # custom props schemas are checked per event
     for index, event in enumerate(events):
         error: EventError
-        version = schemas.check(event, all_valid)
+        version = batch if batch is not None and not custom else check(event, batch is not None)
         if not isinstance(version, tuple):
             ts = event["ts"]
             checked: EventError | int = ts
@@ -147,7 +149,10 @@ def process(
                                      "request to derive them: send them to POST /collect", RejectReason.CONSENT_PENDING)
             if isinstance(checked, int):
                 event["ts"] = checked  # in place: keeps its position among the fields
-                version.upcast(event)  # the current shape (collector.schemas), `schema` removed
+                if version.upcasts:  # to the current shape (collector.schemas), `schema` removed
+                    version.upcast(event)
+                elif "schema" in event:
+                    del event["schema"]
                 if "consent" in event and pending is not None:  # "pending": the only value the schema allows
                     del event["consent"]
                     pending(event)

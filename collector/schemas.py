@@ -192,19 +192,24 @@ class EventSchemas:
             return self.oldest
         return self._named.get(name) if type(name) is str else None
 
-    def all_valid(self, events: list[Any]) -> bool:
-        """True when every value of `events` is an event naming one and the same accepted version
-        (or all none) and satisfies it: one validator call for the whole batch. False says
-        "check each" (`check`), not that one is invalid. Custom schemas are not checked here."""
+    def batch_version(self, events: list[Any]) -> SchemaVersion | None:
+        """The version of a whole batch when every value of `events` is an event naming one and the
+        same accepted version (or all none) and satisfies it: one validator call for the batch.
+        None says "check each" (`check`), not that one is invalid. Custom schemas are not checked here."""
         first = events[0]
         if type(first) is not dict:
-            return False
+            return None
         name = first.get("schema")
-        for event in events:
-            if type(event) is not dict or event.get("schema") != name:
-                return False
+        if name is not None:  # else the oldest's batch validator refuses any event naming another version
+            for event in events:
+                if type(event) is not dict or event.get("schema") != name:
+                    return None
         version = self.named(first)
-        return version is not None and version.validator.all_valid(events)
+        return version if version is not None and version.validator.all_valid(events) else None
+
+    def all_valid(self, events: list[Any]) -> bool:
+        """True when `batch_version(events)` finds one."""
+        return self.batch_version(events) is not None
 
     def check(self, event: Any, valid: bool = False) -> SchemaVersion | tuple[str, str, RejectReason]:
         """Validate one event: its version's schema (unless `valid` says it passed it already), then
