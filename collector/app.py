@@ -234,6 +234,7 @@ class Collector:
         accepted = len(outcome.records)
         if accepted:
             self.metrics.accepted(accepted)
+            self.metrics.versions(outcome.versions)
         status = 202 if accepted else 400
         self.metrics.request(status)
         if not outcome.errors:

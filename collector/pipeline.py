@@ -68,13 +68,15 @@ def check_clock(ts_ms: int, received_at_ms: int, max_age_ms: int, max_skew_ms: i
 class Outcome:
     """What the pipeline made of one request: the accepted events as JSON objects (`records`) with
     their event ids, the request's `stamp` that completes each into an `events_ingest` row (the
-    spool's block record, clickstream.core.spool), and per-event errors."""
+    spool's block record, clickstream.core.spool), per-event errors, and the accepted events by the
+    schema version they were sent in (`versions`: version -> count)."""
 
     records: list[bytes]
     ids: list[bytes]
     stamp: bytes
     errors: list[EventError]
     rejected_entries: list[dict[str, Any]]
+    versions: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def rows(self) -> list[bytes]:
         """The `events_ingest` rows: each record completed with the stamp (what the spool stores,
@@ -136,6 +138,7 @@ def process(
     batch = schemas.batch_version(events) if len(events) > 1 else None
     check = schemas.check
     custom = bool(schemas.custom)  # custom props schemas are checked per event
+    versions: dict[str, int] = {}
     for index, event in enumerate(events):
         error: EventError
         version = batch if batch is not None and not custom else check(event, batch is not None)
@@ -153,6 +156,8 @@ def process(
                     version.upcast(event)
                 elif "schema" in event:
                     del event["schema"]
+                if batch is None:  # else counted once below
+                    versions[version.version] = versions.get(version.version, 0) + 1
                 if "consent" in event and pending is not None:  # "pending": the only value the schema allows
                     del event["consent"]
                     pending(event)
@@ -170,7 +175,9 @@ def process(
                          "message": error.message, "event": event, "user_agent": user_agent,
                          **({"ip_hash": ip_hash} if ip_hash else {})})
     stamp = request_stamp(received_at_ms, user_agent, ip_hash) if records else b""
-    return Outcome(records, ids, stamp, errors, rejected)
+    if batch is not None and records:
+        versions[batch.version] = len(records)
+    return Outcome(records, ids, stamp, errors, rejected, versions)
 
 
 def _check_clock(event: dict[str, Any], index: int, received_at_ms: int, max_age_ms: int,

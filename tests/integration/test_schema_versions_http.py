@@ -33,10 +33,14 @@ def rejected(data_dir: Path) -> dict[str, dict[str, Any]]:
     return {e["event"]["event_id"]: e for e in RejectedStore(data_dir / "rejected").read_all() if e.get("event")}
 
 
-def rejected_counts(client: httpx.Client) -> dict[str, float]:
+def counts(client: httpx.Client, name: str, label: str) -> dict[str, float]:
     text = client.get("/metrics").text
-    return {s.labels["reason"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == "clickstream_events_rejected_total"}
+    return {s.labels[label]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == name}
+
+
+def rejected_counts(client: httpx.Client) -> dict[str, float]:
+    return counts(client, "clickstream_events_rejected_total", "reason")
 
 
 def test_old_current_and_unknown_versions(server_factory: Callable[..., Server]) -> None:
@@ -54,6 +58,8 @@ def test_old_current_and_unknown_versions(server_factory: Callable[..., Server])
         before = rejected_counts(client)
         response = client.post("/collect", content=orjson.dumps(events), headers={**JSON, "User-Agent": "UA/1"})
         after = rejected_counts(client)
+        by_version = counts(client, "clickstream_events_schema_version_total", "version")
+    assert by_version == {"1-0-0": 2, "1-1-0": 2}  # as sent, before the upcast
     assert response.status_code == 202
     body = response.json()
     assert (body["accepted"], body["rejected"]) == (4, 3)

@@ -86,8 +86,9 @@ def test_a_current_event_keeps_seq_and_loses_only_its_schema_field() -> None:
 
 
 def test_an_unversioned_event_using_seq_is_the_version_that_added_it() -> None:
-    out = run([event(seq=3)])
+    out = run([event(seq=3), event()])
     assert not out.errors and spooled(out)[0]["seq"] == 3
+    assert out.versions == {"1-1-0": 1, "1-0-0": 1}
 
 
 def test_a_1_0_0_event_cannot_use_a_later_field() -> None:
@@ -131,6 +132,11 @@ def test_batches_of_one_version_and_of_mixed_versions_agree_with_one_by_one() ->
         alone = [run([copy.deepcopy(e)]) for e in batch]
         assert together.records == [r for o in alone for r in o.records]
         assert [(e.path, e.reason) for e in together.errors] == [(e.path, e.reason) for o in alone for e in o.errors]
+        summed: dict[str, int] = {}
+        for o in alone:
+            for version, n in o.versions.items():
+                summed[version] = summed.get(version, 0) + n
+        assert together.versions == summed and sum(summed.values()) == len(together.records)
 
 
 # -- an upcast that changes something: a test-only version 2-0-0 --------------------------------
