@@ -121,6 +121,11 @@ def process(
     """Validate and stamp each event; return the accepted ones as JSON objects with their ids and
     the request's stamp (`Outcome.rows` joins them), and the errors.
 
+    Validation (collector.schemas): each event against the schema version it names (the oldest it
+    satisfies when none; a version not accepted is `unsupported_schema_version`) and its custom
+    props schema, a whole request in one call when its events name one version; an accepted event
+    is upcast to the current shape and loses `schema`. `Outcome.versions` counts them by version.
+
     Stamping: `event_id` (UUID4) when absent and `ts` normalised to epoch ms, in the event; then
     `request_stamp` (received_at in UTC epoch ms, the User-Agent and its fields, `ip_hash` when
     not empty) for the whole request. An event with `"consent": "pending"` (schema: then without

@@ -96,21 +96,26 @@ class Entry:
     value: dict[str, Any]
 
 
-def entries(rejected_dir: Path) -> Iterator[Entry]:
-    """Every entry of `rejected_dir` and its `w<i>/` folders, file by file in name order."""
+def rejected_files(rejected_dir: Path) -> list[Path]:
+    """The dead-letter files of `rejected_dir` and of its `w<i>/` folders, in name order."""
     folders = [rejected_dir, *sorted(p for p in rejected_dir.glob("w*") if p.is_dir())]
-    for folder in folders:
-        for path in sorted(folder.glob("rejected-*.jsonl")):
-            rel = path.relative_to(rejected_dir).as_posix()
-            for number, line in enumerate(path.read_bytes().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = orjson.loads(line)
-                except orjson.JSONDecodeError:  # a torn last line of a crashed collector
-                    continue
-                if isinstance(value, dict):
-                    yield Entry(f"{rel}:{number}", line, value)
+    return [path for folder in folders for path in sorted(folder.glob("rejected-*.jsonl"))]
+
+
+def entries(rejected_dir: Path, files: list[Path] | None = None) -> Iterator[Entry]:
+    """Every entry of `files` (default `rejected_files(rejected_dir)`), file by file, one file in
+    memory at a time."""
+    for path in files if files is not None else rejected_files(rejected_dir):
+        rel = path.relative_to(rejected_dir).as_posix()
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:  # a torn last line of a crashed collector
+                continue
+            if isinstance(value, dict):
+                yield Entry(f"{rel}:{number}", line, value)
 
 
 def replay_event_id(key: str, line: bytes) -> str:
@@ -222,11 +227,13 @@ def replay_rejected(settings: Settings, *, reasons: Collection[str] = (), since_
     try:
         recover(spool, ledger, result)
         max_ts_ms = int(time.time() * 1000) + settings.max_clock_skew_s * 1000
-        todo = list(entries(rejected_dir))
+        files = rejected_files(rejected_dir)
+        shown = progress if progress is not None else sys.stderr.isatty()
+        total = sum(path.read_bytes().count(b"\n") for path in files) if shown else 0
         batch: list[tuple[str, bytes, bytes]] = []  # (key, event id, row)
         last_us = 0
-        with _Progress(len(todo), progress if progress is not None else sys.stderr.isatty()) as bar:
-            for entry in todo:
+        with _Progress(total, shown) as bar:
+            for entry in entries(rejected_dir, files):
                 bar.advance(result.replayed + len(batch))
                 value = entry.value
                 if entry.key in ledger.keys:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +247,3 @@ class EventSchemas:
             if version.validator.is_valid(event):
                 return version
         return None
-
-    def registered_types(self) -> Iterable[str]:
-        """The custom event types with a props schema."""
-        return self.custom.keys()

@@ -170,6 +170,14 @@ def test_a_crash_at_any_step_still_replays_every_event_exactly_once(tmp_path: Pa
         f"{p.name}:{n}" for p in (data_dir / "rejected").glob("rejected-*.jsonl") for n in range(1, 6))
 
 
+def test_progress_bar_and_summary(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    write_rejected(data_dir, 3)
+    done = run_replay(data_dir, "--progress")
+    assert summary(done)["replayed"] == 3
+    assert "replay-rejected" in done.stderr and "3/3" in done.stderr and "3 replayed" in done.stderr
+
+
 def test_bad_options_are_named(tmp_path: Path) -> None:
     done = run_replay(tmp_path / "data", "--reason", "no_such_reason")
     assert done.returncode == 2 and "unknown reason no_such_reason" in done.stderr
