@@ -23,6 +23,19 @@ def _settings(**overrides: Any) -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
+def _collector_settings(**overrides: Any) -> Settings:
+    """`_settings` for commands that validate events: the custom event schemas are checked here, so a
+    bad file stops the command with its name before anything starts (collector.schemas)."""
+    from collector.schemas import SchemaLoadError, load_custom_schemas
+
+    settings = _settings(**overrides)
+    try:
+        load_custom_schemas(settings.custom_schemas_path)
+    except SchemaLoadError as exc:
+        raise click.UsageError(f"CLICKSTREAM_CUSTOM_SCHEMAS_PATH: {exc}") from None
+    return settings
+
+
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -51,7 +64,7 @@ def collector(host: str | None, port: int | None, data_dir: Path | None) -> None
     """Run the collector alone: POST /collect -> spool (no ClickHouse needed)."""
     from clickstream.runner import ListenerError, run_collector
 
-    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings = _collector_settings(host=host, port=port, data_dir=data_dir)
     _logging(settings)
     try:
         run_collector(settings)
@@ -76,7 +89,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_
     """
     from clickstream.runner import ListenerError, run_serve
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url, workers=workers)
+    settings = _collector_settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url,
+                                   workers=workers)
     _logging(settings)
     try:
         run_serve(settings)
@@ -221,7 +235,7 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
 
     from collector.importer import DEFAULT_USER_AGENT, import_file
 
-    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    settings = _collector_settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
     _logging(settings)
     flusher = None
     client = None
@@ -249,6 +263,47 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
     click.echo(json.dumps(summary))
     if result.rejected:
         sys.exit(1 if not result.accepted else 0)
+
+
+@main.command(name="replay-rejected")
+@click.option("--reason", "reasons", multiple=True, metavar="R",
+              help="Only events rejected for this reason (repeatable), e.g. schema_violation, "
+                   "unsupported_schema_version [all]")
+@click.option("--since", default=None, metavar="T",
+              help="Only events received at or after T: epoch ms, RFC 3339 with offset, or a UTC date YYYY-MM-DD")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [on when stderr is a terminal]")
+@_data_dir
+def replay_rejected(reasons: tuple[str, ...], since: str | None, progress: bool | None,
+                    data_dir: Path | None) -> None:
+    """Check the events kept in <data-dir>/rejected/ against today's schemas (after a schema was relaxed
+    or a custom schema registered); those that pass go into the spool exactly once (idempotent by
+    entry and event id, across repeated runs and crashes), the rest stay with their reason.
+
+    A running serve or flusher picks the replayed events up, otherwise the next one does. Prints a
+    JSON summary (replayed, still rejected by today's reason, already replayed) as its last line.
+    """
+    import json
+
+    from collector.replay import ReplayLocked, parse_since
+    from collector.replay import replay_rejected as replay
+    from collector.validation import RejectReason
+
+    known = {r.value for r in RejectReason}
+    unknown = [r for r in reasons if r not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown reason {', '.join(unknown)}; one of {', '.join(sorted(known))}",
+                                 param_hint="--reason")
+    try:
+        since_ms = None if since is None else parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    settings = _collector_settings(data_dir=data_dir)
+    _logging(settings)
+    try:
+        result = replay(settings, reasons=set(reasons), since_ms=since_ms, progress=progress)
+    except ReplayLocked as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result.as_json()))
 
 
 @main.command()

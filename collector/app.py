@@ -44,7 +44,8 @@ from collector.metrics import CollectorMetrics
 from collector.pipeline import Outcome, parse_body, process, rejected_reason
 from collector.rejected import RejectedStore
 from collector.salt import DailyHasher, DailySalt
-from collector.validation import EventValidator, RejectReason
+from collector.schemas import EventSchemas
+from collector.validation import RejectReason
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ACCEPTED_TYPES = ("application/json", "text/plain")
@@ -81,7 +82,8 @@ class Collector:
     def __init__(self, settings: Settings, metrics: CollectorMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or CollectorMetrics()
-        self.validator = EventValidator()
+        #: every accepted event schema version and the custom event schemas, compiled once
+        self.schemas = EventSchemas.from_settings(settings.custom_schemas_path)
         self.spool = SpoolWriter(
             settings.spool_dir,
             segment_max_bytes=settings.spool_segment_max_bytes,
@@ -208,7 +210,7 @@ class Collector:
 
         outcome = process(
             events,
-            self.validator,
+            self.schemas,
             received_at_ms=received_at_ms,
             user_agent=user_agent,
             ip_hash=self.hash_ip(client_host) if client_host else "",
@@ -232,6 +234,7 @@ class Collector:
         accepted = len(outcome.records)
         if accepted:
             self.metrics.accepted(accepted)
+            self.metrics.versions(outcome.versions)
         status = 202 if accepted else 400
         self.metrics.request(status)
         if not outcome.errors:

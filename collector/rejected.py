@@ -2,7 +2,9 @@
 
 Files `<data-dir>/rejected/rejected-<microseconds>.jsonl`, one JSON object a line:
 `{"received_at": ms, "reason": str, "index": int|null, "path": str, "message": str,
-"event": <raw event>|null, "body": <raw body text>|null}`. An event that orjson cannot
+"event": <raw event>|null, "body": <raw body text>|null}`, plus, for an event of `POST /collect`,
+the request's `"user_agent"` and `"ip_hash"` (when there is one), which `clickstream replay-rejected`
+stamps a replayed event with (collector/replay.py). An event that orjson cannot
 re-encode (nested deeper than its 255-level limit, while decoding allows 1024) is kept as
 `"event": null` with the request's raw `body` instead. A file rotates at `file_max_bytes`;
 the oldest files are deleted once all exceed `max_bytes`, and every event deleted that way is

@@ -19,6 +19,7 @@ from load import (
     bench_import,
     bench_pipeline,
     bench_query_port,
+    bench_schemas,
     bench_storage,
     bench_views,
     bench_workers,
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "storage": bench_storage.run,
     "workers": bench_workers.run,
     "beacon": bench_beacon.run,
+    "schemas": bench_schemas.run,
     "engagement_join": bench_engagement.run,
 }
 

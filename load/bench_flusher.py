@@ -38,7 +38,7 @@ from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolReader, SpoolWriter, frames, records_of
 from collector.pipeline import process
-from collector.validation import EventValidator
+from collector.schemas import EventSchemas
 from flusher.loop import Flusher
 from load.bench_views import GENERATE
 from load.model import ModelConfig, generate
@@ -70,7 +70,7 @@ def requests_of(n_events: int, seed: int, single: bool) -> list[tuple[list[dict[
 
 def write_segment(writer: SpoolWriter, requests: list[tuple[list[dict[str, Any]], str]], rows: int) -> int:
     """Append requests (fresh event ids each time) until `rows` events; seal; return the count."""
-    validator = EventValidator()
+    validator = EventSchemas()
     now = int(time.time() * 1000)
     written = 0
     while written < rows:

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     max_batch_events: Positive = Field(100, description="Events per POST /collect request")
     max_event_age_s: Positive = Field(72 * 3600, description="Older ts rejected (ts_too_old)")
     max_clock_skew_s: NonNegative = Field(300, description="ts further ahead rejected (ts_in_future)")
+    custom_schemas_path: Path | None = Field(None, description="Directory of custom event schemas: <type>.json, the "
+                                             "JSON Schema of that event type's props (docs/schema-versioning.md); "
+                                             "unset: none")
     cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         ("*",), description="Comma-separated origins allowed to POST /collect; * echoes any origin")
     rejected_max_bytes: Positive = Field(64 * MiB, description="Bound of rejected/ (oldest files evicted, counted)")
