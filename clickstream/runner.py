@@ -44,7 +44,7 @@ def collector_app(settings: Settings) -> ASGIApp:
     """The collector alone: /collect, /beacon.js, /healthz, /readyz, /metrics."""
     registry = CollectorRegistry()
     collector = Collector(settings, CollectorMetrics(registry))
-    return create_app([collector], registry, cors_allow_origins=settings.cors_allow_origins)
+    return create_app([collector], registry, cors_allow_origins=settings.cors_origins)
 
 
 def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Component]:
@@ -193,7 +193,7 @@ def run_serve(settings: Settings) -> None:
     if settings.workers == 0:
         sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
         components = serve_components(settings, registry)
-        app = create_app(components, registry, cors_allow_origins=settings.cors_allow_origins,
+        app = create_app(components, registry, cors_allow_origins=settings.cors_origins,
                          before_stop=listeners_closed.wait)
         run_uvicorn(app, settings, sockets=sockets, extra=_port_listeners(settings, components, port_socket),
                     extra_closed=listeners_closed)
@@ -248,7 +248,7 @@ def run_worker(settings: Settings, fd: int, owner_socket: Path) -> None:
     threading.Thread(target=sealer, name="worker-sealer", daemon=True).start()
     threading.Thread(target=orphaned, name="worker-orphan", daemon=True).start()
     app = create_app([collector, workers.Forwarder(owner_socket)], registry,
-                     cors_allow_origins=settings.cors_allow_origins)
+                     cors_allow_origins=settings.cors_origins)
     run_uvicorn(app, settings, sockets=[socket.socket(fileno=fd)])
 
 

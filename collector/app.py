@@ -58,7 +58,7 @@ class _CollectEndpoint:
         self.collector = collector
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type = content_length = user_agent = None
+        content_type = content_length = user_agent = origin = None
         for name, value in scope["headers"]:  # ASGI header names are lower-case bytes
             if name == b"content-type":
                 content_type = content_type or value.decode("latin-1")
@@ -66,9 +66,11 @@ class _CollectEndpoint:
                 content_length = content_length or value.decode("latin-1")
             elif name == b"user-agent":
                 user_agent = user_agent or value.decode("latin-1")
+            elif name == b"origin":
+                origin = origin or value.decode("latin-1")
         client = scope.get("client")
         answer = await self.collector.answer(receive, content_type, content_length, user_agent,
-                                             client[0] if client else None)
+                                             client[0] if client else None, origin)
         if answer is None:  # the client is gone: nobody to answer
             return
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
@@ -103,6 +105,8 @@ class Collector:
                                         on_evict=self.metrics.cookieless_evicted.inc)
         self._max_age_ms = settings.max_event_age_s * 1000
         self._max_skew_ms = settings.max_clock_skew_s * 1000
+        self._sites = ({site: frozenset(origins) for site, origins in settings.sites.items()}
+                       if settings.sites else None)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,11 +149,13 @@ class Collector:
 
     # -- handlers --------------------------------------------------------------------------
     async def answer(self, receive: Receive, content_type: str | None, content_length: str | None,
-                     user_agent: str | None, client_host: str | None) -> HttpAnswer | None:
+                     user_agent: str | None, client_host: str | None, origin: str | None = None
+                     ) -> HttpAnswer | None:
         """Run one `POST /collect`: receive -> parse -> validate -> stamp -> append -> answer.
 
         Header values are as received (None when absent); `client_host` is the peer address
-        (after uvicorn's proxy-header handling), hashed and never stored. Returns the answer,
+        (after uvicorn's proxy-header handling), hashed and never stored; `origin` the browser's
+        Origin header (checked against the site allowlist, CLICKSTREAM_SITES). Returns the answer,
         or None when the client disconnected before its body arrived (counted, nothing spooled).
         Only receiving the body (and, with `spool_fsync_interval_ms=0`, the fsync) awaits; the
         pipeline in between is synchronous (`accept`).
@@ -170,7 +176,7 @@ class Collector:
             body = message.get("body", b"")
             if message.get("more_body", False) or len(body) > limit:
                 body = await receive_rest(receive, body, limit, code=RejectReason.BODY_TOO_LARGE)
-            outcome, position = self.accept(body, user_agent, client_host)
+            outcome, position = self.accept(body, user_agent, client_host, origin)
             if position is not None and self.settings.spool_fsync_interval_ms == 0:
                 try:
                     await asyncio.to_thread(self.spool.sync_to, position)
@@ -187,7 +193,7 @@ class Collector:
             self.metrics.client_disconnects.inc()
             return None
 
-    def accept(self, body: bytes, user_agent: str | None, client_host: str | None
+    def accept(self, body: bytes, user_agent: str | None, client_host: str | None, origin: str | None = None
                ) -> tuple[Outcome, SpoolPosition | None]:
         """Parse, validate and stamp a request body and append its accepted events to the spool as
         one block record; return the outcome and the spool position after it (None when nothing
@@ -215,6 +221,8 @@ class Collector:
             max_age_ms=self._max_age_ms,
             max_skew_ms=self._max_skew_ms,
             pending=pending,
+            sites=self._sites,
+            origin=origin,
         )
         if not outcome.records:
             return outcome, None
