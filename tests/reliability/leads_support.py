@@ -7,7 +7,6 @@ suite measures are printed as one JSON line prefixed `RELIABILITY ` (RELIABILITY
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,9 +67,12 @@ def grep_files(needle: bytes, *roots: Path) -> list[str]:
 class Webhook:
     """A real HTTP receiver of lead_created webhooks: every POST kept with its Idempotency-Key.
 
-    `fail_first`: answer 503 to that many first deliveries (the relay retries them)."""
+    `fail_first`: answer 503 to that many first deliveries, received and kept all the same (an
+    application that stored the lead and failed before its answer): the relay delivers them again.
+    `down`: the same for every delivery while it is True."""
 
     fail_first: int = 0
+    down: bool = False
     received: list[tuple[str, bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
@@ -87,11 +89,10 @@ class Webhook:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with hook.lock:
-                    refuse = hook.fail_first > 0
-                    if refuse:
+                    refuse = hook.down or hook.fail_first > 0
+                    if hook.fail_first > 0:
                         hook.fail_first -= 1
-                    else:
-                        hook.received.append((self.headers.get("idempotency-key", ""), body))
+                    hook.received.append((self.headers.get("idempotency-key", ""), body))
                 self.send_response(503 if refuse else 204)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -115,5 +116,3 @@ class Webhook:
                 keyed.setdefault(key, []).append(body)
             return keyed
 
-
-IPV4 = re.compile(rb"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9.])")
