@@ -125,8 +125,8 @@ def test_retried_hooks_and_kills_between_201_and_relay_give_one_row_per_lead(
     assert {k: v.encode() for k, v in payloads.items()} == first
     delivered = webhook.by_key()
     assert set(delivered) == {event_id_for(lead_id) for lead_id in first}
-    for lead_id, body in first.items():
-        assert set(delivered[event_id_for(lead_id)]) == {body}, lead_id
+    for lead_id, answer_bytes in first.items():
+        assert set(delivered[event_id_for(lead_id)]) == {answer_bytes}, lead_id
     assert pending_at_kill["webhook"] == kills_wanted  # the webhook was down: each kill left one pending
     assert len(delivered[event_id_for("lead-0")]) >= 2  # refused while down, delivered again after
     report("leads_faults", leads=leads, stitch_calls=calls, kills=kills_wanted,
