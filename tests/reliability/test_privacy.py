@@ -57,7 +57,8 @@ def test_no_raw_ip_in_clickhouse_spool_rejected_outbox_or_logs(tmp_path: Path) -
                 answers.append(client.post("/collect", content=b'{"not json', headers={"Content-Type": "text/plain"})
                                .status_code)
                 answers.append(client.post("/collect", json={"oversized": "x" * 70_000}).status_code)
-                answers.append(client.post("/stitch", json={"lead_id": f"L-{len(answers)}", "anonymous_id": "ip-visitor"},
+                lead = {"lead_id": f"L-{len(answers)}", "anonymous_id": "ip-visitor"}
+                answers.append(client.post("/stitch", json=lead,
                                            headers={"Authorization": "Bearer t0ken-privacy"}).status_code)
                 answers.append(client.post("/stitch", json={}, headers={"Authorization": "Bearer wrong"}).status_code)
         sql = httpx.Client(base_url=server.sql_url, auth=("dashboards", "pw-privacy"), timeout=60)
@@ -90,8 +91,8 @@ def test_no_raw_ip_in_clickhouse_spool_rejected_outbox_or_logs(tmp_path: Path) -
         assert ip not in log, ip
     scanned = list(files_under(data_dir, salt_dir))
     assert any("rejected" in str(p) for p in scanned) and any("outbox" in str(p) for p in scanned)
-    report("privacy_ip", client_ips=[FORWARDED_IP, PEER_IP], files_scanned=len(scanned) + len(spool_files), tables_scanned=len(dumps),
-           rows_scanned=rows, log_bytes=len(log), raw_ip_found=0)
+    report("privacy_ip", client_ips=[FORWARDED_IP, PEER_IP], files_scanned=len(scanned) + len(spool_files),
+           tables_scanned=len(dumps), rows_scanned=rows, log_bytes=len(log), raw_ip_found=0)
 
 
 # -- SQL built from values -------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def sql_interpolations() -> Iterator[tuple[str, int, str]]:
             for func in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]:
                 built: dict[str, ast.expr] = {}
                 for node in ast.walk(func):
-                    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
                         built[node.targets[0].id] = node.value
                 for node in ast.walk(func):
                     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
