@@ -37,6 +37,7 @@ from clickstream.core import resources
 from clickstream.core.component import Check
 from clickstream.core.errors import ClickstreamError, HttpAnswer, TooLarge, Unavailable, UnsupportedMediaType
 from clickstream.core.http import ClientDisconnect, RawRoute, receive_rest
+from clickstream.core.openapi import Operations, error, json_body, ref, schema_component
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolError, SpoolFullError, SpoolPosition, SpoolWriter
 from collector.cookieless import CookielessIds
@@ -44,7 +45,7 @@ from collector.metrics import CollectorMetrics
 from collector.pipeline import Outcome, parse_body, process, rejected_reason
 from collector.rejected import RejectedStore
 from collector.salt import DailyHasher, DailySalt
-from collector.validation import EventValidator, RejectReason
+from collector.validation import EVENT_SCHEMA, EventValidator, RejectReason
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ACCEPTED_TYPES = ("application/json", "text/plain")
@@ -146,6 +147,38 @@ class Collector:
         if self.settings.script_path != "/beacon.js":
             routes.append(Route(self.settings.script_path, self.beacon, methods=["GET", "HEAD"]))
         return routes
+
+    def openapi(self) -> Operations:
+        """`POST /collect` (and the first-party collect path) for /openapi.json: the event schema
+        (schemas/event.schema.json), one event or a batch of 1..max_batch_events."""
+        batch = {"type": "array", "minItems": 1, "maxItems": self.settings.max_batch_events, "items": ref("Event")}
+        accepted = {
+            "type": "object", "required": ["accepted", "rejected", "errors"],
+            "properties": {
+                "accepted": {"type": "integer", "minimum": 0}, "rejected": {"type": "integer", "minimum": 0},
+                "errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "index": {"type": ["integer", "null"]}, "path": {"type": "string"},
+                    "message": {"type": "string"}, "reason": {"type": "string"}}}},
+            },
+        }
+        operation = {
+            "summary": "Collect telemetry events",
+            "description": "One event or a JSON array of events; Content-Type application/json, or text/plain "
+                           "with the same JSON (navigator.sendBeacon). Contract: docs/architecture.md \"HTTP\".",
+            "operationId": "collect",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "oneOf": [ref("Event"), batch]}}}},
+            "responses": {
+                "202": json_body(accepted, "At least one event accepted (in the spool); the others rejected"),
+                "400": json_body(accepted, "No event accepted: malformed JSON, empty batch, invalid events"),
+                "413": error("Body over CLICKSTREAM_MAX_BODY_BYTES or batch over CLICKSTREAM_MAX_BATCH_EVENTS"),
+                "415": error("Content-Type other than application/json or text/plain"),
+                "503": error("Spool over its quota or not writable; retry", retry_after=True),
+            },
+        }
+        paths = {path: {"post": {**operation, "operationId": "collect" if path == "/collect" else "collect_proxied"}}
+                 for path in dict.fromkeys(("/collect", self.settings.collect_path))}
+        return Operations(paths, {"Event": schema_component(EVENT_SCHEMA)})
 
     # -- handlers --------------------------------------------------------------------------
     async def answer(self, receive: Receive, content_type: str | None, content_length: str | None,

@@ -127,8 +127,9 @@ def process(
     (`origin`, the request's Origin header) from an origin not listed for its site too
     (`origin_not_allowed`); requests without an Origin (server to server) pass. An event with
     `"consent": "pending"` (schema: then without ids) is given to `pending`, which sets
-    `anonymous_id` and `session_id`, and is spooled without `consent`; with no `pending` hook it is rejected (`consent_pending`). Accepted events are
-    changed in place; rejected ones are left as sent (they go to rejected/ raw).
+    `anonymous_id` and `session_id`, and is spooled without `consent`; with no `pending` hook it is
+    rejected (`consent_pending`). Accepted events are changed in place; rejected ones are left as
+    sent (they go to rejected/ raw).
     """
     records: list[bytes] = []
     ids: list[bytes] = []

@@ -44,6 +44,7 @@ from clickstream.core.clickhouse import connect, ping_check
 from clickstream.core.component import Check
 from clickstream.core.errors import ClickstreamError, Conflict, Disabled, Unauthorized, Unavailable
 from clickstream.core.http import ClientDisconnect, bearer_matches, receive_body
+from clickstream.core.openapi import Operations, error, json_body, ref, schema_component
 from clickstream.core.settings import Settings
 from stitcher.attribution import Attributed, attribute
 from stitcher.event import build_event, event_id_for
@@ -103,6 +104,34 @@ class Stitcher:
     # -- component lifecycle ---------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
         return [Route("/stitch", self.handle, methods=["POST"])]
+
+    def openapi(self) -> Operations:
+        """`POST /stitch` for /openapi.json: request schemas/stitch_request.schema.json, answer
+        schemas/lead_created.schema.json, bearer authentication."""
+        lead = json_body(ref("LeadCreated"), "The lead_created event")
+        operation = {
+            "summary": "Stitch a conversion into a lead_created event",
+            "description": "Server to server, from the application's conversion hook. Contract: "
+                           "docs/architecture.md \"HTTP\".",
+            "operationId": "stitch",
+            "security": [{"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref("StitchRequest")}}},
+            "responses": {
+                "201": {**lead, "description": "A new lead_created event (durable in the outbox)"},
+                "200": {**lead, "description": "The lead_id was stitched before with the same data: its "
+                                               "original event"},
+                "400": error("Malformed or invalid body"),
+                "401": error("Missing or wrong Authorization: Bearer <CLICKSTREAM_STITCH_TOKEN>"),
+                "409": error("The lead_id was stitched before with different data"),
+                "413": error("Body over CLICKSTREAM_STITCH_MAX_BODY_BYTES"),
+                "503": error("Off (no token configured), or the spool or ClickHouse unavailable; retry",
+                             retry_after=True),
+            },
+        }
+        return Operations({"/stitch": {"post": operation}},
+                          {"StitchRequest": schema_component("stitch_request.schema.json"),
+                           "LeadCreated": schema_component("lead_created.schema.json")},
+                          {"bearer": {"type": "http", "scheme": "bearer"}})
 
     def start(self) -> None:
         url = self.settings.resolved_clickhouse_url

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     spool_path: Path | None = Field(None, description="Spool directory [default <data-dir>/spool]")
     rejected_path: Path | None = Field(None, description="Dead-letter directory [default <data-dir>/rejected]")
 
+    http_header_timeout_s: PositiveSeconds = Field(10.0, description="A connection must send a request's headers "
+                                                                    "within this time (slow clients closed, counted)")
+    http_body_timeout_s: PositiveSeconds = Field(30.0, description="... and its body within this time of the headers")
+    http_backlog: Positive = Field(4096, description="Listen backlog of the HTTP listeners (connections waiting to "
+                                                     "be accepted)")
+
     # collector
     max_body_bytes: Positive = Field(64 * 1024, description="Larger POST /collect bodies get 413")
     max_batch_events: Positive = Field(100, description="Events per POST /collect request")
