@@ -201,7 +201,8 @@ class Collector:
             if self.spool.over_quota():
                 raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL)
             limit = self.settings.max_body_bytes
-            if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+            if content_length is not None and content_length.isascii() and content_length.isdigit() \
+                and int(content_length) > limit:
                 raise TooLarge(f"body exceeds {limit} bytes", code=RejectReason.BODY_TOO_LARGE)
             message = await receive()  # inlined: the whole body in one message is the common case
             if message["type"] != "http.request":

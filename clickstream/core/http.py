@@ -46,7 +46,8 @@ async def receive_body(receive: Receive, content_length: str | None, limit: int,
     arrived, so a missing or lying Content-Length cannot get past the limit; ClientDisconnect on
     `http.disconnect` before the end.
     """
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+    if content_length is not None and content_length.isascii() and content_length.isdigit() \
+                and int(content_length) > limit:
         raise TooLarge(f"body exceeds {limit} bytes", code=code)
     return await receive_rest(receive, b"", limit, code=code)
 
