@@ -72,6 +72,35 @@ class FreshnessSource(Protocol):
     def flush_now(self) -> int: ...
 
 
+def stitch_operations() -> Operations:
+    """`POST /stitch` for /openapi.json: request schemas/stitch_request.schema.json, answer
+    schemas/lead_created.schema.json, bearer authentication."""
+    lead = json_body(ref("LeadCreated"), "The lead_created event")
+    operation = {
+        "summary": "Stitch a conversion into a lead_created event",
+        "description": "Server to server, from the application's conversion hook. Contract: "
+                       "docs/architecture.md \"HTTP\".",
+        "operationId": "stitch",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("StitchRequest")}}},
+        "responses": {
+            "201": {**lead, "description": "A new lead_created event (durable in the outbox)"},
+            "200": {**lead, "description": "The lead_id was stitched before with the same data: its "
+                                           "original event"},
+            "400": error("Malformed or invalid body"),
+            "401": error("Missing or wrong Authorization: Bearer <CLICKSTREAM_STITCH_TOKEN>"),
+            "409": error("The lead_id was stitched before with different data"),
+            "413": error("Body over CLICKSTREAM_STITCH_MAX_BODY_BYTES"),
+            "503": error("Off (no token configured), or the spool or ClickHouse unavailable; retry",
+                         retry_after=True),
+        },
+    }
+    return Operations({"/stitch": {"post": operation}},
+                      {"StitchRequest": schema_component("stitch_request.schema.json"),
+                       "LeadCreated": schema_component("lead_created.schema.json")},
+                      {"bearer": {"type": "http", "scheme": "bearer"}})
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -106,32 +135,8 @@ class Stitcher:
         return [Route("/stitch", self.handle, methods=["POST"])]
 
     def openapi(self) -> Operations:
-        """`POST /stitch` for /openapi.json: request schemas/stitch_request.schema.json, answer
-        schemas/lead_created.schema.json, bearer authentication."""
-        lead = json_body(ref("LeadCreated"), "The lead_created event")
-        operation = {
-            "summary": "Stitch a conversion into a lead_created event",
-            "description": "Server to server, from the application's conversion hook. Contract: "
-                           "docs/architecture.md \"HTTP\".",
-            "operationId": "stitch",
-            "security": [{"bearer": []}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": ref("StitchRequest")}}},
-            "responses": {
-                "201": {**lead, "description": "A new lead_created event (durable in the outbox)"},
-                "200": {**lead, "description": "The lead_id was stitched before with the same data: its "
-                                               "original event"},
-                "400": error("Malformed or invalid body"),
-                "401": error("Missing or wrong Authorization: Bearer <CLICKSTREAM_STITCH_TOKEN>"),
-                "409": error("The lead_id was stitched before with different data"),
-                "413": error("Body over CLICKSTREAM_STITCH_MAX_BODY_BYTES"),
-                "503": error("Off (no token configured), or the spool or ClickHouse unavailable; retry",
-                             retry_after=True),
-            },
-        }
-        return Operations({"/stitch": {"post": operation}},
-                          {"StitchRequest": schema_component("stitch_request.schema.json"),
-                           "LeadCreated": schema_component("lead_created.schema.json")},
-                          {"bearer": {"type": "http", "scheme": "bearer"}})
+        """`POST /stitch` for /openapi.json (`stitch_operations`)."""
+        return stitch_operations()
 
     def start(self) -> None:
         url = self.settings.resolved_clickhouse_url

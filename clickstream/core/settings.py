@@ -237,6 +237,18 @@ class Settings(BaseSettings):
             return tuple(sorted({origin for origins in self.sites.values() for origin in origins}))
         return self.cors_allow_origins
 
+    def env_text(self, name: str) -> str:
+        """Setting `name` as its `CLICKSTREAM_<NAME>` variable holds it (what `from_env` reads back;
+        secrets in clear: for a child process's environment only)."""
+        value = getattr(self, name)
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, tuple):
+            return ",".join(value)
+        if isinstance(value, dict):
+            return ";".join(f"{key}={','.join(items)}" if items else key for key, items in value.items())
+        return str(value)
+
     # -- derived paths -----------------------------------------------------------------------
     @property
     def resolved_clickhouse_url(self) -> str:

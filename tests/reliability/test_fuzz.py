@@ -14,6 +14,7 @@ import zlib
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
@@ -44,7 +45,8 @@ from stitcher.request import parse_request
 from tests.conftest import make_event, now_ms
 from tests.reliability.leads_support import size
 
-EXAMPLES = size(300, 5000)
+EXAMPLES = size(300, 2000)
+pytestmark = pytest.mark.timeout(1800)  # the full size takes minutes per test on 2 shared cores
 FUZZ = settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                 deadline=None)
 

@@ -277,3 +277,14 @@ def test_forged_and_replayed_stitch_calls_are_never_accepted(server: Server, tmp
     assert sql_rows(server, "SELECT count() FROM lead_events WHERE startsWith(lead_id, 'F-')") == [[0]]
     report("forged_replayed_stitch", forged=sum(forged_statuses.values()), forged_accepted=0, replays=len(replays),
            replays_creating_a_lead=0, conflicting_replay_status=changed.status_code)
+
+
+def test_openapi_of_each_process_lists_the_routes_it_answers(server_factory: Callable[..., Server],
+                                                             tmp_path: Path) -> None:
+    expected = {"collector": {"/collect"}, "stitcher": {"/stitch"}, "serve": {"/collect", "/stitch"}}
+    for command, paths in expected.items():
+        workers = {"workers": "1"} if command == "serve" else {}  # a worker forwards /stitch to its owner
+        process = server_factory(command, tmp_path / command, stitch_token=TOKEN, **workers)
+        assert set(httpx.get(process.url + "/openapi.json", timeout=30).json()["paths"]) == paths, command
+    flusher = server_factory("flusher", tmp_path / "flusher")
+    assert httpx.get(flusher.url + "/openapi.json", timeout=30).status_code == 404  # no JSON routes

@@ -92,3 +92,13 @@ def test_unset_accepts_any_site_and_origin_and_the_readme_says_so(server_factory
     readme = (ROOT / "README.md").read_text()
     assert "CLICKSTREAM_SITES" in readme and "accepts events for any site" in readme
     assert "CLICKSTREAM_SITES" in (ROOT / "docs/architecture.md").read_text()
+
+
+def test_the_allowlist_reaches_the_workers_of_serve(server_factory: Callable[..., Server]) -> None:
+    """`serve --workers` hands its settings to each collector process through the environment."""
+    assert Settings.from_env({"CLICKSTREAM_SITES": Settings.from_env({"CLICKSTREAM_SITES": SITES}).env_text(
+        "sites")}).sites == Settings.from_env({"CLICKSTREAM_SITES": SITES}).sites
+    srv = server_factory("serve", sites=SITES, workers="1")
+    with srv.client() as http:
+        answer = http.post("/collect", json=[make_event(site_id="shop.io"), make_event(site_id="evil.example")])
+    assert answer.status_code == 202 and [e["reason"] for e in answer.json()["errors"]] == ["unknown_site"]
