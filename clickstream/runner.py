@@ -74,6 +74,14 @@ def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | N
     return QueryPort(config, Path(url.removeprefix("chdb://")), registry)
 
 
+def uvicorn_log_level(settings: Settings) -> str:
+    """uvicorn's log level: CLICKSTREAM_LOG_LEVEL, but never `trace`, where uvicorn logs every
+    connection and ASGI message with the client's address (the raw IP is never stored or logged,
+    docs/architecture.md "Telemetry event")."""
+    level = settings.log_level.lower()
+    return "debug" if level == "trace" else level
+
+
 class ListenerError(RuntimeError):
     """An address to listen on cannot be bound (in use, not this machine's): nothing was started."""
 
@@ -129,7 +137,8 @@ def run_uvicorn(app: ASGIApp, settings: Settings, *, sockets: list[socket.socket
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, uds=str(uds) if uds else None,
         http=guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s, registry),
-        backlog=settings.http_backlog, access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
+        backlog=settings.http_backlog, access_log=False, log_level=uvicorn_log_level(settings),
+        timeout_graceful_shutdown=30,
         forwarded_allow_ips=settings.forwarded_allow_ips,  # the client IP behind a first-party proxy
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -171,7 +180,7 @@ def _port_listeners(settings: Settings, components: Sequence[Component], sock: s
     http = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
     return [(_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
                                       http=http, lifespan="off", access_log=False,
-                                      log_level=settings.log_level, timeout_graceful_shutdown=30)), sock)
+                                      log_level=uvicorn_log_level(settings), timeout_graceful_shutdown=30)), sock)
             for port in components if isinstance(port, QueryPort) and sock is not None]
 
 

@@ -36,7 +36,7 @@ def test_no_raw_ip_in_clickhouse_spool_rejected_outbox_or_logs(tmp_path: Path) -
     data_dir, salt_dir = tmp_path / "data", tmp_path / "salt"
     server = start_server("serve", data_dir, {
         "CLICKSTREAM_STITCH_TOKEN": "t0ken-privacy", "CLICKSTREAM_SQL_PASSWORD": "pw-privacy",
-        "CLICKSTREAM_SALT_DIR": str(salt_dir), "CLICKSTREAM_LOG_LEVEL": "debug",
+        "CLICKSTREAM_SALT_DIR": str(salt_dir), "CLICKSTREAM_LOG_LEVEL": "trace",  # the most verbose
         "CLICKSTREAM_SPOOL_SEGMENT_MAX_AGE_MS": "60000",  # keep an active segment on disk at the stop too
     })
     def events() -> list[dict[str, object]]:
