@@ -43,6 +43,9 @@ from clickstream.core.openapi import schema_component
 from tests.conftest import Server, make_event, sql_rows, start_server, wait_for
 from tests.reliability.leads_support import metric, report, size
 
+#: The full size (RELIABILITY_FULL=1) takes minutes on 2 shared cores; CI size well under the default.
+pytestmark = pytest.mark.timeout(1800)
+
 TOKEN = "hostile-stitch-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TIMEOUT_S = 2.0  # header and body deadlines of this suite's server

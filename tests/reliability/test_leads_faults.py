@@ -34,6 +34,9 @@ from stitcher.event import event_id_for
 from tests.conftest import Server, make_event, now_ms, sql_rows, start_server, wait_for
 from tests.reliability.leads_support import Webhook, metric, report, size
 
+#: The full size (RELIABILITY_FULL=1) takes minutes on 2 shared cores; CI size well under the default.
+pytestmark = pytest.mark.timeout(1800)
+
 TOKEN = "leads-faults-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
