@@ -26,6 +26,8 @@ __all__ = ["ClientDisconnect", "RawRoute", "bearer_matches", "guarded_protocol",
 #: client's address with every connection (docs/architecture.md: the raw IP is never stored).
 _CONNECTION_LOG = logging.getLogger("uvicorn.error.connections")
 _CONNECTION_LOG.setLevel(logging.DEBUG)
+#: Slow clients are looked for every this fraction of the shorter timeout (closed at most that late).
+SWEEP_FRACTION = 0.1
 
 
 class RawRoute(Route):
@@ -89,53 +91,72 @@ class _GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with deadlines for slow clients ("slowloris"): a connection
     must deliver a request's headers within `header_timeout_s` of connecting or of the request's
     first byte, and its body within `body_timeout_s` of the headers; otherwise it is closed and
-    counted (`clickstream_http_timeouts_total{phase}`). uvicorn bounds only idle keep-alive time."""
+    counted (`clickstream_http_timeouts_total{phase}`). uvicorn bounds only idle keep-alive time.
+
+    The hot path only notes the phase and the loop's time; one sweep per listener, every
+    SWEEP_FRACTION of the shorter timeout while connections are open, closes the late ones (no
+    timer per request).
+    """
 
     header_timeout_s: ClassVar[float] = 10.0
     body_timeout_s: ClassVar[float] = 30.0
     timeouts: ClassVar[Counter | None] = None
+    #: Open connections of this listener (its subclass), and whether its sweep is scheduled.
+    live: ClassVar[set[_GuardedProtocol]]
+    sweeping: ClassVar[bool]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logger = _CONNECTION_LOG
-        self._deadline: asyncio.TimerHandle | None = None
-
-    def _arm(self, seconds: float, phase: str) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expired, phase)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _expired(self, phase: str) -> None:
-        self._deadline = None
-        if self.transport is not None and not self.transport.is_closing():
-            if self.timeouts is not None:
-                self.timeouts.labels(phase=phase).inc()
-            self.transport.close()  # a request in progress sees http.disconnect
+        self._phase: str | None = None  # "headers" or "body" while a request is arriving
+        self._since = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self.header_timeout_s, "headers")
+        self._phase, self._since = "headers", self.loop.time()
+        cls = type(self)
+        cls.live.add(self)
+        if not cls.sweeping:
+            cls.sweeping = True
+            self.loop.call_later(cls._interval(), cls._sweep, self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        type(self).live.discard(self)
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:
-            self._arm(self.header_timeout_s, "headers")
+        if self._phase is None:  # a later request on a kept-alive connection
+            self._phase, self._since = "headers", self.loop.time()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self._arm(self.body_timeout_s, "body")
+        self._phase, self._since = "body", self.loop.time()
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._phase = None
         super().on_message_complete()
+
+    @classmethod
+    def _interval(cls) -> float:
+        return max(0.05, min(cls.header_timeout_s, cls.body_timeout_s) * SWEEP_FRACTION)
+
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in list(cls.live):
+            phase = conn._phase
+            if phase is None:
+                continue
+            limit = cls.header_timeout_s if phase == "headers" else cls.body_timeout_s
+            if now - conn._since > limit and not conn.transport.is_closing():
+                if cls.timeouts is not None:
+                    cls.timeouts.labels(phase=phase).inc()
+                conn._phase = None
+                conn.transport.close()  # a request in progress sees http.disconnect
+        cls.sweeping = bool(cls.live)
+        if cls.sweeping:
+            loop.call_later(cls._interval(), cls._sweep, loop)
 
 
 def guarded_protocol(header_timeout_s: float, body_timeout_s: float,
@@ -150,5 +171,6 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float,
                            registry=registry)
         for phase in ("headers", "body"):
             timeouts.labels(phase=phase)
-    attributes = {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s, "timeouts": timeouts}
+    attributes: dict[str, Any] = {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
+                                  "timeouts": timeouts, "live": set(), "sweeping": False}
     return type("GuardedProtocol", (_GuardedProtocol,), attributes)
