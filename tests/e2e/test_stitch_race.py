@@ -114,7 +114,7 @@ def test_form_submitted_at_once_on_the_landing_page_is_attributed(
         recorder: Recorder) -> None:
     serve = server_factory("serve", stitch_token=STITCH_TOKEN, stitch_session_wait_s=wait_s)
     proxy = proxies(serve)
-    site = demo_factory(dataclasses.replace(serve, url=proxy.url), stitch_token=STITCH_TOKEN)
+    site = demo_factory(dataclasses.replace(serve, url=proxy.url), stitch_token=STITCH_TOKEN, stitch_timeout_s=30.0)
     lead, session_id = land_and_sign_up_at_once(site, new_context(), recorder)
     metrics = serve.client().get("/metrics").text
     assert proxy.held >= 1  # the beacon's batch went through the slow hop
