@@ -48,7 +48,7 @@ pytestmark = pytest.mark.timeout(1800)
 
 TOKEN = "hostile-stitch-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-TIMEOUT_S = 2.0  # header and body deadlines of this suite's server
+TIMEOUT_S = 5.0  # header and body deadlines of this suite's server
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +225,12 @@ def test_slow_clients_time_out_are_counted_and_do_not_block_normal_requests(serv
     before = scrape(server)
     started = time.monotonic()
     slow = open_slow(server, n)
+    opened_s = time.monotonic() - started
     normal: list[int] = []
     latencies: list[float] = []
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
-            while time.monotonic() - started < TIMEOUT_S * 0.8:  # every slow connection still held
+            while time.monotonic() - started < TIMEOUT_S * 0.9:  # every slow connection still held
                 t0 = time.perf_counter()
                 normal.append(http.post("/collect", json=make_event()).status_code)
                 latencies.append(time.perf_counter() - t0)
@@ -243,7 +244,8 @@ def test_slow_clients_time_out_are_counted_and_do_not_block_normal_requests(serv
     assert normal and set(normal) == {202}, normal
     assert timed_out == {"headers": (n + 1) // 2, "body": n // 2}, timed_out
     latencies.sort()
-    report("slow_clients", slow_connections=n, timeout_s=TIMEOUT_S, normal_requests=len(normal),
+    report("slow_clients", slow_connections=n, opened_in_s=round(opened_s, 2), timeout_s=TIMEOUT_S,
+           normal_requests=len(normal),
            normal_202=normal.count(202), timed_out=timed_out,
            normal_p50_ms=round(latencies[len(latencies) // 2] * 1000, 1),
            normal_max_ms=round(latencies[-1] * 1000, 1), fd_limit=os.sysconf("SC_OPEN_MAX"))
