@@ -36,9 +36,17 @@ def _collector_settings(**overrides: Any) -> Settings:
     return settings
 
 
+#: uvicorn's TRACE level (below DEBUG), which `logging` does not know by name.
+TRACE = 5
+
+
+def _level(settings: Settings) -> int | str:
+    return TRACE if settings.log_level.lower() == "trace" else settings.log_level.upper()
+
+
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=_level(settings),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -107,7 +115,7 @@ def worker(fd: int, index: int, owner_socket: Path) -> None:
     from clickstream.runner import run_worker
 
     settings = _settings()
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=_level(settings), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
     run_worker(settings, fd, owner_socket)
 

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp
 from clickstream import workers
 from clickstream.core.cluster import open_configured
 from clickstream.core.component import Component
+from clickstream.core.http import guarded_protocol
 from clickstream.core.settings import Settings
 from clickstream.web import create_app
 from collector.app import Collector
@@ -40,11 +41,11 @@ from stitcher.service import Stitcher
 log = logging.getLogger(__name__)
 
 
-def collector_app(settings: Settings) -> ASGIApp:
+def collector_app(settings: Settings, registry: CollectorRegistry | None = None) -> ASGIApp:
     """The collector alone: /collect, /beacon.js, /healthz, /readyz, /metrics."""
-    registry = CollectorRegistry()
+    registry = registry or CollectorRegistry()
     collector = Collector(settings, CollectorMetrics(registry))
-    return create_app([collector], registry, cors_allow_origins=settings.cors_allow_origins)
+    return create_app([collector], registry, cors_allow_origins=settings.cors_origins)
 
 
 def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Component]:
@@ -71,6 +72,14 @@ def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | N
                     "it; the query port serves only the embedded engine", url.split("@")[-1])
         return None
     return QueryPort(config, Path(url.removeprefix("chdb://")), registry)
+
+
+def uvicorn_log_level(settings: Settings) -> str:
+    """uvicorn's log level: CLICKSTREAM_LOG_LEVEL, but never `trace`, where uvicorn logs every
+    connection and ASGI message with the client's address (the raw IP is never stored or logged,
+    docs/architecture.md "Telemetry event")."""
+    level = settings.log_level.lower()
+    return "debug" if level == "trace" else level
 
 
 class ListenerError(RuntimeError):
@@ -107,7 +116,7 @@ Listener = tuple[uvicorn.Server, socket.socket]
 
 def run_uvicorn(app: ASGIApp, settings: Settings, *, sockets: list[socket.socket] | None = None,
                 uds: Path | None = None, extra: Sequence[Listener] = (),
-                extra_closed: asyncio.Event | None = None) -> None:
+                extra_closed: asyncio.Event | None = None, registry: CollectorRegistry | None = None) -> None:
     """Serve `app` with uvloop + httptools, no access log (it would dominate the hot path's cost).
 
     On CLICKSTREAM_HOST:CLICKSTREAM_PORT (bound first: ListenerError when taken), or on inherited
@@ -115,8 +124,9 @@ def run_uvicorn(app: ASGIApp, settings: Settings, *, sockets: list[socket.socket
     --workers`); then, once the app's start (lifespan) completed, the `extra` listeners on their
     sockets, in the same event loop. X-Forwarded-For is read from the proxies in
     `forwarded_allow_ips` only (uvicorn's proxy headers): IP hashes and cookieless ids need the
-    browser's address, not the proxy's. SIGTERM / SIGINT stop every listener at once (a second
-    SIGINT forces); `extra_closed` is set when the extra listeners have finished.
+    browser's address, not the proxy's. Slow clients are closed (clickstream.core.http.guarded_protocol:
+    CLICKSTREAM_HTTP_HEADER_TIMEOUT_S, _BODY_TIMEOUT_S), counted in `registry`. SIGTERM / SIGINT stop
+    every listener at once (a second SIGINT forces); `extra_closed` is set when the extra listeners have finished.
 
     TRICKY: uvicorn's own signal handling re-raises the caught signal after its graceful shutdown,
     so a SIGTERM'd process would die by the signal (exit -15) although everything was flushed; the
@@ -125,8 +135,10 @@ def run_uvicorn(app: ASGIApp, settings: Settings, *, sockets: list[socket.socket
     if sockets is None and uds is None:
         sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, uds=str(uds) if uds else None, http="httptools",
-        access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
+        app, host=settings.host, port=settings.port, uds=str(uds) if uds else None,
+        http=guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s, registry),
+        backlog=settings.http_backlog, access_log=False, log_level=uvicorn_log_level(settings),
+        timeout_graceful_shutdown=30,
         forwarded_allow_ips=settings.forwarded_allow_ips,  # the client IP behind a first-party proxy
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -165,9 +177,10 @@ async def _serve(main: uvicorn.Server, sockets: list[socket.socket] | None, extr
 
 def _port_listeners(settings: Settings, components: Sequence[Component], sock: socket.socket | None) -> list[Listener]:
     """The query port's listener, for the QueryPort among `components` (none without one)."""
+    http = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
     return [(_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
-                                      http="httptools", lifespan="off", access_log=False,
-                                      log_level=settings.log_level, timeout_graceful_shutdown=30)), sock)
+                                      http=http, lifespan="off", access_log=False,
+                                      log_level=uvicorn_log_level(settings), timeout_graceful_shutdown=30)), sock)
             for port in components if isinstance(port, QueryPort) and sock is not None]
 
 
@@ -179,7 +192,8 @@ def _bind_query_port(settings: Settings) -> socket.socket | None:
 
 
 def run_collector(settings: Settings) -> None:
-    run_uvicorn(collector_app(settings), settings)
+    registry = CollectorRegistry()
+    run_uvicorn(collector_app(settings, registry), settings, registry=registry)
 
 
 def run_serve(settings: Settings) -> None:
@@ -193,10 +207,10 @@ def run_serve(settings: Settings) -> None:
     if settings.workers == 0:
         sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
         components = serve_components(settings, registry)
-        app = create_app(components, registry, cors_allow_origins=settings.cors_allow_origins,
+        app = create_app(components, registry, cors_allow_origins=settings.cors_origins,
                          before_stop=listeners_closed.wait)
         run_uvicorn(app, settings, sockets=sockets, extra=_port_listeners(settings, components, port_socket),
-                    extra_closed=listeners_closed)
+                    extra_closed=listeners_closed, registry=registry)
         return
     sock = workers.listen(settings)
     owner_socket = workers.owner_socket_path()
@@ -212,7 +226,7 @@ def run_serve(settings: Settings) -> None:
     try:
         run_uvicorn(create_app(owned, registry, cors_allow_origins=(), before_stop=listeners_closed.wait),
                     settings, uds=owner_socket, extra=_port_listeners(settings, owned, port_socket),
-                    extra_closed=listeners_closed)
+                    extra_closed=listeners_closed, registry=registry)
     finally:
         owner_socket.unlink(missing_ok=True)
 
@@ -248,8 +262,8 @@ def run_worker(settings: Settings, fd: int, owner_socket: Path) -> None:
     threading.Thread(target=sealer, name="worker-sealer", daemon=True).start()
     threading.Thread(target=orphaned, name="worker-orphan", daemon=True).start()
     app = create_app([collector, workers.Forwarder(owner_socket)], registry,
-                     cors_allow_origins=settings.cors_allow_origins)
-    run_uvicorn(app, settings, sockets=[socket.socket(fileno=fd)])
+                     cors_allow_origins=settings.cors_origins)
+    run_uvicorn(app, settings, sockets=[socket.socket(fileno=fd)], registry=registry)
 
 
 def run_stitcher(settings: Settings) -> None:
@@ -261,7 +275,7 @@ def run_stitcher(settings: Settings) -> None:
     client = open_configured(settings)
     stitcher = Stitcher(settings, client, flusher=None, registry=registry)
     # No CORS: /stitch is server to server.
-    run_uvicorn(create_app([stitcher], registry, cors_allow_origins=()), settings)
+    run_uvicorn(create_app([stitcher], registry, cors_allow_origins=()), settings, registry=registry)
 
 
 def run_flusher(settings: Settings) -> None:
@@ -274,4 +288,4 @@ def run_flusher(settings: Settings) -> None:
     flusher = Flusher(settings, open_configured(settings), metrics=FlusherMetrics(registry))
     log.info("flusher on %s", settings.spool_dir)
     # No CORS: nothing here is for browsers.
-    run_uvicorn(create_app([flusher], registry, cors_allow_origins=()), settings)
+    run_uvicorn(create_app([flusher], registry, cors_allow_origins=()), settings, registry=registry)

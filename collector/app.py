@@ -37,6 +37,7 @@ from clickstream.core import resources
 from clickstream.core.component import Check
 from clickstream.core.errors import ClickstreamError, HttpAnswer, TooLarge, Unavailable, UnsupportedMediaType
 from clickstream.core.http import ClientDisconnect, RawRoute, receive_rest
+from clickstream.core.openapi import Operations, error, json_body, ref, schema_component
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolError, SpoolFullError, SpoolPosition, SpoolWriter
 from collector.cookieless import CookielessIds
@@ -45,7 +46,7 @@ from collector.pipeline import Outcome, parse_body, process, rejected_reason
 from collector.rejected import RejectedStore
 from collector.salt import DailyHasher, DailySalt
 from collector.schemas import EventSchemas
-from collector.validation import RejectReason
+from collector.validation import EVENT_SCHEMA, RejectReason
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ACCEPTED_TYPES = ("application/json", "text/plain")
@@ -59,7 +60,7 @@ class _CollectEndpoint:
         self.collector = collector
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type = content_length = user_agent = None
+        content_type = content_length = user_agent = origin = None
         for name, value in scope["headers"]:  # ASGI header names are lower-case bytes
             if name == b"content-type":
                 content_type = content_type or value.decode("latin-1")
@@ -67,9 +68,11 @@ class _CollectEndpoint:
                 content_length = content_length or value.decode("latin-1")
             elif name == b"user-agent":
                 user_agent = user_agent or value.decode("latin-1")
+            elif name == b"origin":
+                origin = origin or value.decode("latin-1")
         client = scope.get("client")
         answer = await self.collector.answer(receive, content_type, content_length, user_agent,
-                                             client[0] if client else None)
+                                             client[0] if client else None, origin)
         if answer is None:  # the client is gone: nobody to answer
             return
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
@@ -105,6 +108,8 @@ class Collector:
                                         on_evict=self.metrics.cookieless_evicted.inc)
         self._max_age_ms = settings.max_event_age_s * 1000
         self._max_skew_ms = settings.max_clock_skew_s * 1000
+        self._sites = ({site: frozenset(origins) for site, origins in settings.sites.items()}
+                       if settings.sites else None)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,13 +150,47 @@ class Collector:
             routes.append(Route(self.settings.script_path, self.beacon, methods=["GET", "HEAD"]))
         return routes
 
+    def openapi(self) -> Operations:
+        """`POST /collect` (and the first-party collect path) for /openapi.json: the event schema
+        (schemas/event.schema.json), one event or a batch of 1..max_batch_events."""
+        batch = {"type": "array", "minItems": 1, "maxItems": self.settings.max_batch_events, "items": ref("Event")}
+        accepted = {
+            "type": "object", "required": ["accepted", "rejected", "errors"],
+            "properties": {
+                "accepted": {"type": "integer", "minimum": 0}, "rejected": {"type": "integer", "minimum": 0},
+                "errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "index": {"type": ["integer", "null"]}, "path": {"type": "string"},
+                    "message": {"type": "string"}, "reason": {"type": "string"}}}},
+            },
+        }
+        operation = {
+            "summary": "Collect telemetry events",
+            "description": "One event or a JSON array of events; Content-Type application/json, or text/plain "
+                           "with the same JSON (navigator.sendBeacon). Contract: docs/architecture.md \"HTTP\".",
+            "operationId": "collect",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "oneOf": [ref("Event"), batch]}}}},
+            "responses": {
+                "202": json_body(accepted, "At least one event accepted (in the spool); the others rejected"),
+                "400": json_body(accepted, "No event accepted: malformed JSON, empty batch, invalid events"),
+                "413": error("Body over CLICKSTREAM_MAX_BODY_BYTES or batch over CLICKSTREAM_MAX_BATCH_EVENTS"),
+                "415": error("Content-Type other than application/json or text/plain"),
+                "503": error("Spool over its quota or not writable; retry", retry_after=True),
+            },
+        }
+        paths = {path: {"post": {**operation, "operationId": "collect" if path == "/collect" else "collect_proxied"}}
+                 for path in dict.fromkeys(("/collect", self.settings.collect_path))}
+        return Operations(paths, {"Event": schema_component(EVENT_SCHEMA)})
+
     # -- handlers --------------------------------------------------------------------------
     async def answer(self, receive: Receive, content_type: str | None, content_length: str | None,
-                     user_agent: str | None, client_host: str | None) -> HttpAnswer | None:
+                     user_agent: str | None, client_host: str | None, origin: str | None = None
+                     ) -> HttpAnswer | None:
         """Run one `POST /collect`: receive -> parse -> validate -> stamp -> append -> answer.
 
         Header values are as received (None when absent); `client_host` is the peer address
-        (after uvicorn's proxy-header handling), hashed and never stored. Returns the answer,
+        (after uvicorn's proxy-header handling), hashed and never stored; `origin` the browser's
+        Origin header (checked against the site allowlist, CLICKSTREAM_SITES). Returns the answer,
         or None when the client disconnected before its body arrived (counted, nothing spooled).
         Only receiving the body (and, with `spool_fsync_interval_ms=0`, the fsync) awaits; the
         pipeline in between is synchronous (`accept`).
@@ -164,7 +203,8 @@ class Collector:
             if self.spool.over_quota():
                 raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL)
             limit = self.settings.max_body_bytes
-            if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+            if content_length is not None and content_length.isascii() and content_length.isdigit() \
+                and int(content_length) > limit:
                 raise TooLarge(f"body exceeds {limit} bytes", code=RejectReason.BODY_TOO_LARGE)
             message = await receive()  # inlined: the whole body in one message is the common case
             if message["type"] != "http.request":
@@ -172,7 +212,7 @@ class Collector:
             body = message.get("body", b"")
             if message.get("more_body", False) or len(body) > limit:
                 body = await receive_rest(receive, body, limit, code=RejectReason.BODY_TOO_LARGE)
-            outcome, position = self.accept(body, user_agent, client_host)
+            outcome, position = self.accept(body, user_agent, client_host, origin)
             if position is not None and self.settings.spool_fsync_interval_ms == 0:
                 try:
                     await asyncio.to_thread(self.spool.sync_to, position)
@@ -189,7 +229,7 @@ class Collector:
             self.metrics.client_disconnects.inc()
             return None
 
-    def accept(self, body: bytes, user_agent: str | None, client_host: str | None
+    def accept(self, body: bytes, user_agent: str | None, client_host: str | None, origin: str | None = None
                ) -> tuple[Outcome, SpoolPosition | None]:
         """Parse, validate and stamp a request body and append its accepted events to the spool as
         one block record; return the outcome and the spool position after it (None when nothing
@@ -217,6 +257,8 @@ class Collector:
             max_age_ms=self._max_age_ms,
             max_skew_ms=self._max_skew_ms,
             pending=pending,
+            sites=self._sites,
+            origin=origin,
         )
         if not outcome.records:
             return outcome, None

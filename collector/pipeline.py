@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -117,6 +117,8 @@ def process(
     max_age_ms: int,
     max_skew_ms: int,
     pending: Callable[[dict[str, Any]], None] | None = None,
+    sites: Mapping[str, frozenset[str]] | None = None,
+    origin: str | None = None,
 ) -> Outcome:
     """Validate and stamp each event; return the accepted ones as JSON objects with their ids and
     the request's stamp (`Outcome.rows` joins them), and the errors.
@@ -128,10 +130,14 @@ def process(
 
     Stamping: `event_id` (UUID4) when absent and `ts` normalised to epoch ms, in the event; then
     `request_stamp` (received_at in UTC epoch ms, the User-Agent and its fields, `ip_hash` when
-    not empty) for the whole request. An event with `"consent": "pending"` (schema: then without
-    ids) is given to `pending`, which sets `anonymous_id` and `session_id`, and is spooled without
-    `consent`; with no `pending` hook it is rejected (`consent_pending`). Accepted events are
-    changed in place; rejected ones are left as sent (they go to rejected/ raw).
+    not empty) for the whole request. With `sites` (the allowlist CLICKSTREAM_SITES: site_id -> its
+    browser origins), an event of another site is rejected (`unknown_site`), and one sent by a browser
+    (`origin`, the request's Origin header) from an origin not listed for its site too
+    (`origin_not_allowed`); requests without an Origin (server to server) pass. An event with
+    `"consent": "pending"` (schema: then without ids) is given to `pending`, which sets
+    `anonymous_id` and `session_id`, and is spooled without `consent`; with no `pending` hook it is
+    rejected (`consent_pending`). Accepted events are changed in place; rejected ones are left as
+    sent (they go to rejected/ raw).
     """
     records: list[bytes] = []
     ids: list[bytes] = []
@@ -152,6 +158,8 @@ def process(
             checked: EventError | int = ts
             if type(ts) is not int or not oldest <= ts <= newest:  # else the common case: ms, in the window
                 checked = _check_clock(event, index, received_at_ms, max_age_ms, max_skew_ms)
+            if sites is not None and isinstance(checked, int):
+                checked = _check_site(event, index, sites, origin, checked)
             if isinstance(checked, int) and "consent" in event and pending is None:
                 checked = EventError(index, "/consent", "events without ids (consent pending) need the browser's "
                                      "request to derive them: send them to POST /collect", RejectReason.CONSENT_PENDING)
@@ -183,6 +191,19 @@ def process(
     if batch is not None and records:
         versions[batch.version] = len(records)
     return Outcome(records, ids, stamp, errors, rejected, versions)
+
+
+def _check_site(event: dict[str, Any], index: int, sites: Mapping[str, frozenset[str]], origin: str | None,
+                ts: int) -> EventError | int:
+    """The site allowlist on a schema-valid event: its error, or `ts` when it passes."""
+    allowed = sites.get(event["site_id"])
+    if allowed is None:
+        return EventError(index, "/site_id", f"site_id {event['site_id']!r} is not one of the configured sites "
+                          "(CLICKSTREAM_SITES)", RejectReason.UNKNOWN_SITE)
+    if origin is not None and origin.rstrip("/").lower() not in allowed:
+        return EventError(index, "/site_id", f"Origin {origin[:200]!r} is not allowed for site "
+                          f"{event['site_id']!r} (CLICKSTREAM_SITES)", RejectReason.ORIGIN_NOT_ALLOWED)
+    return ts
 
 
 def _check_clock(event: dict[str, Any], index: int, received_at_ms: int, max_age_ms: int,

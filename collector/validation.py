@@ -34,6 +34,8 @@ class RejectReason(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SPOOL_FULL = "spool_full"
     SPOOL_UNAVAILABLE = "spool_unavailable"
+    UNKNOWN_SITE = "unknown_site"  # site_id not in CLICKSTREAM_SITES
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # a browser Origin not listed for the event's site
     CONSENT_PENDING = "consent_pending"  # no ids and no request to derive them from (clickstream import)
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"  # `schema` names no accepted version (collector.schemas)
 

@@ -1,6 +1,6 @@
 """POST /stitch over HTTP on a real `clickstream serve` (real chDB, real spool, real flusher).
 
-Statuses (401, 503, 400, 413, 422, 201, 200 byte for byte, 409), freshness (a page view POSTed to
+Statuses (401, 503, 400, 413, 201, 200 byte for byte, 409), freshness (a page view POSTed to
 /collect and stitched right after is attributed), lead_events written once, metrics, and the Python
 client (sync and async) against the same server.
 """
@@ -30,7 +30,7 @@ LEAD_SCHEMA = jsonschema.Draft202012Validator(orjson.loads((SCHEMAS_DIR / "lead_
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start_server("serve", tmp_path_factory.mktemp("stitch-http") / "data", {
         "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_SQL_PASSWORD": "adm",
-        "CLICKSTREAM_STITCH_MAX_BODY_BYTES": "4096",
+        "CLICKSTREAM_STITCH_MAX_BODY_BYTES": "4096", "CLICKSTREAM_STITCH_SESSION_WAIT_S": "0.5",
     })
     yield s
     s.stop()
@@ -132,9 +132,22 @@ def test_fresh_landing_page_view_then_201_then_identical_200_then_409(server: Se
     assert "clickstream_stitcher_conflicts_total 2.0" in metrics
 
 
-def test_unknown_visitor_is_422_unless_site_id_is_given(server: Server) -> None:
-    response = stitch(server, {"lead_id": "L-ghost", "anonymous_id": "never-seen"})
-    assert response.status_code == 422 and "site_id" in response.json()["message"]
+def unattributed(server: Server, reason: str = "no_visitor_data") -> float:
+    prefix = f'clickstream_stitcher_unattributed_total{{reason="{reason}"}} '
+    line = next(line for line in server.client().get("/metrics").text.splitlines() if line.startswith(prefix))
+    return float(line.removeprefix(prefix))
+
+
+def test_unknown_visitor_is_recorded_unattributed_never_refused(server: Server) -> None:
+    """No telemetry of the visitor after the bounded wait: 201, site from CLICKSTREAM_STITCH_DEFAULT_SITE,
+    counted under its reason."""
+    before = unattributed(server)
+    response = stitch(server, {"lead_id": "L-ghost-0", "anonymous_id": "never-seen-0"})
+    assert response.status_code == 201, response.text
+    ghost = orjson.loads(response.content)
+    LEAD_SCHEMA.validate(ghost)
+    assert (ghost["site_id"], ghost["session_id"], ghost["first_touch"]["ts"]) == ("unknown", "", None)
+    assert unattributed(server) == before + 1
     created = stitch(server, {"lead_id": "L-ghost", "anonymous_id": "never-seen", "site_id": "example.com",
                               "occurred_at": "2026-01-02T03:04:05.678+01:00"})
     assert created.status_code == 201
