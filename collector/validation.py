@@ -33,6 +33,7 @@ class RejectReason(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SPOOL_FULL = "spool_full"
     SPOOL_UNAVAILABLE = "spool_unavailable"
+    REJECTED_UNAVAILABLE = "rejected_unavailable"  # rejected/ cannot keep the request's dead letters
     CONSENT_PENDING = "consent_pending"  # no ids and no request to derive them from (clickstream import)
 
 
