@@ -48,6 +48,7 @@ class Ledger:
     retries: int = 0
     latencies_s: list[float] = dataclasses.field(default_factory=list)
     sent_at_s: list[float] = dataclasses.field(default_factory=list)  # per latency: when the attempt began, s
+    origin_s: float = 0.0  # time.perf_counter() at the start of sending: sent_at_s is relative to it
     unanswered_attempts: int = 0  # attempts that got no answer (connection refused or reset, timeout)
     unanswered_events: int = 0  # events in those attempts: each one may or may not have been spooled
     abandoned: set[str] = dataclasses.field(default_factory=set)  # event ids never answered after every retry
@@ -176,6 +177,7 @@ async def drive(
         slots = asyncio.Semaphore(concurrency)
         tasks: set[asyncio.Task[None]] = set()
         started = time.perf_counter()
+        ledger.origin_s = started
         sent_events = 0
 
         async def one(req: Request) -> None:

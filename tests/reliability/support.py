@@ -36,7 +36,6 @@ from load.procs import Proc, free_port, start
 
 FULL = os.environ.get("RELIABILITY_FULL", "") == "1"
 STITCH, SQL_PASSWORD = "stitch-secret", "sql-secret"
-EVENTS_PER_VISITOR = 10.5  # load.run's measured mean
 #: Where each suite writes its figures (one JSON file per test; RELIABILITY.md quotes them).
 RESULTS = Path(os.environ.get("RELIABILITY_RESULTS", "/tmp/clickstream-reliability"))
 
@@ -48,9 +47,12 @@ def size(ci: float, full: float) -> float:
     return full if FULL else ci
 
 
-def traffic_for(seed: int, events: int, site: str) -> Traffic:
-    """Model traffic of about `events` events for `site`, without leads (they are sent apart)."""
-    return generate(ModelConfig(seed=seed, visitors=max(1, round(events / EVENTS_PER_VISITOR)), site_id=site))
+def traffic_for(seed: int, events: int, site: str, *, leads: bool = False) -> Traffic:
+    """Model traffic of about `events` events for `site`; with its leads only when `leads`."""
+    sample = generate(ModelConfig(seed=seed, visitors=200, site_id=site))  # this seed's events per visitor
+    per_visitor = (len(sample.events) + len(sample.invalid)) / 200
+    traffic = generate(ModelConfig(seed=seed, visitors=max(1, round(events / per_visitor)), site_id=site))
+    return traffic if leads else dataclasses.replace(traffic, leads=[])
 
 
 def report(name: str, figures: dict[str, Any]) -> None:

@@ -76,7 +76,7 @@ def _leads_only(traffic: Traffic) -> Traffic:
 def test_serve_kill_loop_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     kills = int(size(3, 20))
     site = f"kill-serve-{int(time.time())}.example"
-    traffic = traffic_for(21, int(RATE * kills * SECONDS_PER_KILL), site)
+    traffic = traffic_for(21, int(RATE * kills * SECONDS_PER_KILL), site, leads=True)
     serve = Supervised("serve", tmp_path / "data", {"CLICKSTREAM_STITCH_TOKEN": STITCH,
                                                     "CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD}).start()
     load = LoadThread(serve.url, traffic, rate=RATE, seed=21, stitch_token=STITCH)
@@ -109,7 +109,7 @@ def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path)
     attribution; its outbox and relay are what the kills exercise. Each process has its own killer."""
     kills = int(size(2, 20))
     site = f"kill-split-{int(time.time())}.example"
-    traffic = traffic_for(22, int(RATE * kills * SECONDS_PER_KILL * 1.3), site)
+    traffic = traffic_for(22, int(RATE * kills * SECONDS_PER_KILL * 1.3), site, leads=True)
     data = tmp_path / "data"
     collector = Supervised("collector", data, {}).start()
     flusher = Supervised("flusher", data, {}).start()
