@@ -118,7 +118,10 @@ def test_spool_quota_answers_503_for_exactly_the_events_not_accepted(tmp_path: P
         wait_until(lambda: collector.client().get("/readyz").status_code == 200, 60, "readiness after the drain")
         with collector.client() as http:
             for batch in refused:  # as a client does: again after Retry-After while the quota refills
-                wait_until(lambda b=batch: post(http, b).status_code == 202, 60, "a 202 for a refused batch")
+                def taken(body: list[dict[str, Any]] = batch) -> bool:
+                    return post(http, body).status_code == 202
+
+                wait_until(taken, 60, "a 202 for a refused batch")
                 acked |= {e["event_id"] for e in batch}
         assert collector.stop() == 0
         wait_until(lambda: spool_drained(data / "spool"), 120, "the flusher to drain the spool")
