@@ -142,11 +142,24 @@ def children_rss_bytes(pid: int) -> int:
     return total
 
 
-def open_fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
+def open_fds(pid: int) -> tuple[int, int]:
+    """(all open fds, fds other than the embedded ClickHouse's per-thread /proc/<pid>/task/<tid>/*
+    handles: chDB keeps three open per thread of its pools, so those follow the thread count)."""
+    total = other = 0
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            total += 1
+            with contextlib.suppress(OSError):
+                other += "/task/" not in os.readlink(f"/proc/{pid}/fd/{fd}")
+    return total, other
+
+
+def threads(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
 
 
 def spool_segments(spool: Path) -> int:

@@ -6,7 +6,9 @@ bounds on those resources, not timings, and the exact audit of every event at th
 
 Bounds (stated here and in RELIABILITY.md): after the first third (warm-up: caches, the ClickHouse
 engine, the client-retry memory filling), the peak RSS of the last third is at most 25 % + 64 MiB
-above the peak of the first third; open fds at most 32 above the first third's peak; spool segments
+above the peak of the first third; open fds other than chDB's per-thread /proc handles (three per
+thread of its pools) at most 32 above the first third's peak, and threads at most twice the first
+third's peak + 32; spool segments
 at most 10 at any sample (one flush interval of segments, not a backlog); active parts at most
 300 (ClickHouse throttles inserts at 1,000 parts in a partition) and the last third's peak at most
 the first third's peak + 50 (merges keep up).
@@ -37,6 +39,7 @@ from tests.reliability.support import (
     open_fds,
     report,
     spool_segments,
+    threads,
     traffic_for,
 )
 
@@ -47,17 +50,20 @@ MiB = 1024 * 1024
 
 
 def plot(samples: list[dict[str, Any]], path: Path) -> None:
-    """One PNG, four panels over elapsed seconds: RSS (MiB), fds, spool segments, active parts."""
+    """One PNG, five panels over elapsed seconds: RSS (MiB), fds (all and other), threads, spool
+    segments, active parts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = [s["t_s"] for s in samples]
-    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
-    for ax, key, label in zip(axes, ("rss_mib", "fds", "spool_segments", "active_parts"),
-                              ("RSS (MiB)", "open fds", "spool segments", "active parts"), strict=True):
-        ax.plot(t, [s[key] for s in samples])
+    fig, axes = plt.subplots(5, 1, figsize=(8, 11), sharex=True)
+    panels = (("rss_mib",), ("fds", "fds_other"), ("threads",), ("spool_segments",), ("active_parts",))
+    labels = ("RSS (MiB)", "open fds (all, other)", "threads", "spool segments", "active parts")
+    for ax, keys, label in zip(axes, panels, labels, strict=True):
+        for key in keys:
+            ax.plot(t, [s[key] for s in samples], label=key)
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
     axes[-1].set_xlabel(f"seconds of load at {RATE:.0f} events/s")
@@ -84,9 +90,10 @@ def test_soak_resources_stay_bounded_and_audit_is_exact(tmp_path: Path) -> None:
         started = time.monotonic()
         while not done.wait(SAMPLE_S if samples else 0):
             (parts,) = query("SELECT count() AS n FROM system.parts WHERE active AND database = 'clickstream'")
+            fds, other = open_fds(serve.pid)
             row = {"t_s": round(time.monotonic() - started, 1),
-                   "rss_mib": round(children_rss_bytes(serve.pid) / MiB, 1), "fds": open_fds(serve.pid),
-                   "spool_segments": spool_segments(serve.data_dir / "spool"),
+                   "rss_mib": round(children_rss_bytes(serve.pid) / MiB, 1), "fds": fds, "fds_other": other,
+                   "threads": threads(serve.pid), "spool_segments": spool_segments(serve.data_dir / "spool"),
                    "active_parts": int(parts["n"])}
             samples.append(row)
             lines.write(json.dumps(row) + "\n")
@@ -119,6 +126,10 @@ def test_soak_resources_stay_bounded_and_audit_is_exact(tmp_path: Path) -> None:
                "rss_mib": {"start": samples[0]["rss_mib"], "end": samples[-1]["rss_mib"],
                            "first_third_peak": peak(first, "rss_mib"), "last_third_peak": peak(last, "rss_mib")},
                "fds": {"start": samples[0]["fds"], "end": samples[-1]["fds"], "peak": peak(samples, "fds")},
+               "fds_other": {"start": samples[0]["fds_other"], "end": samples[-1]["fds_other"],
+                             "first_third_peak": peak(first, "fds_other"), "last_third_peak": peak(last, "fds_other")},
+               "threads": {"start": samples[0]["threads"], "end": samples[-1]["threads"],
+                           "first_third_peak": peak(first, "threads"), "last_third_peak": peak(last, "threads")},
                "spool_segments_peak": peak(samples, "spool_segments"),
                "active_parts": {"peak": peak(samples, "active_parts"), "first_third_peak": peak(first, "active_parts"),
                                 "last_third_peak": peak(last, "active_parts"), "end": samples[-1]["active_parts"]},
@@ -127,7 +138,8 @@ def test_soak_resources_stay_bounded_and_audit_is_exact(tmp_path: Path) -> None:
     assert problems == [], problems[:20]
     assert len(samples) >= 6, figures
     assert peak(last, "rss_mib") <= peak(first, "rss_mib") * 1.25 + 64, figures
-    assert peak(last, "fds") <= peak(first, "fds") + 32, figures
+    assert peak(last, "fds_other") <= peak(first, "fds_other") + 32, figures
+    assert peak(last, "threads") <= 2 * peak(first, "threads") + 32, figures
     assert peak(samples, "spool_segments") <= 10, figures
     assert peak(samples, "active_parts") <= 300, figures
     assert peak(last, "active_parts") <= peak(first, "active_parts") + 50, figures
