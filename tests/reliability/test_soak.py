@@ -1,5 +1,6 @@
 """Suite 8, soak (RELIABILITY.md): `serve` at a steady rate for RELIABILITY_SOAK_S seconds (CI: 180 s,
-shorter than the issue's 10 minutes to keep `.ci/run` within its budget; `make soak`: 1,800 s).
+shorter than the issue's 10 minutes to keep `.ci/run` within its budget; `make reliability`: 1,800 s;
+`make soak`: SOAK_S, default 3,600 s).
 Every 5 s: resident memory, open file descriptors, spool segments and ClickHouse active parts,
 printed as JSON lines, kept in RESULTS/soak.jsonl and plotted (soak.png). Pass conditions are
 bounds on those resources, not timings, and the exact audit of every event at the end.
@@ -8,8 +9,7 @@ Bounds (stated here and in RELIABILITY.md): after the first third (warm-up: cach
 engine, the client-retry memory filling), the peak RSS of the last third is at most 25 % + 64 MiB
 above the peak of the first third; open fds other than chDB's per-thread /proc handles (three per
 thread of its pools) at most 32 above the first third's peak, and threads at most twice the first
-third's peak + 32; spool segments
-at most 10 at any sample (one flush interval of segments, not a backlog); active parts at most
+third's peak + 32; spool segments at most 10 at any sample (one flush interval of segments, not a backlog); active parts at most
 300 (ClickHouse throttles inserts at 1,000 parts in a partition) and the last third's peak at most
 the first third's peak + 50 (merges keep up).
 """
