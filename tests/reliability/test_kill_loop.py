@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from load.model import Traffic
+from tests.reliability.conftest import Reaper
 from tests.reliability.support import (
     FULL,
     SQL_PASSWORD,
@@ -73,12 +74,12 @@ def _leads_only(traffic: Traffic) -> Traffic:
 
 
 @pytest.mark.timeout(1800 if FULL else 420)
-def test_serve_kill_loop_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+def test_serve_kill_loop_loses_and_duplicates_nothing(tmp_path: Path, reaper: Reaper) -> None:
     kills = int(size(3, 20))
     site = f"kill-serve-{int(time.time())}.example"
     traffic = traffic_for(21, int(RATE * kills * SECONDS_PER_KILL), site, leads=True)
-    serve = Supervised("serve", tmp_path / "data", {"CLICKSTREAM_STITCH_TOKEN": STITCH,
-                                                    "CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD}).start()
+    serve = reaper.track(Supervised("serve", tmp_path / "data", {"CLICKSTREAM_STITCH_TOKEN": STITCH,
+                                                    "CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD})).start()
     load = LoadThread(serve.url, traffic, rate=RATE, seed=21, stitch_token=STITCH)
     stop = threading.Event()
     killer = KillLoop(serve, stop, seed=21)
@@ -102,7 +103,7 @@ def test_serve_kill_loop_loses_and_duplicates_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(1800 if FULL else 480)
-def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path, reaper: Reaper) -> None:
     """collector + flusher on one data directory (the flusher owns the embedded ClickHouse) and a
     stitcher on its own: with an embedded engine (one process per directory) the stitcher cannot read
     the flusher's ClickHouse, so it records the leads with the site from the request and without
@@ -111,9 +112,9 @@ def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path)
     site = f"kill-split-{int(time.time())}.example"
     traffic = traffic_for(22, int(RATE * kills * SECONDS_PER_KILL * 1.3), site, leads=True)
     data = tmp_path / "data"
-    collector = Supervised("collector", data, {}).start()
-    flusher = Supervised("flusher", data, {}).start()
-    stitcher = Supervised("stitcher", tmp_path / "stitcher", {"CLICKSTREAM_STITCH_TOKEN": STITCH}).start()
+    collector = reaper.track(Supervised("collector", data, {})).start()
+    flusher = reaper.track(Supervised("flusher", data, {})).start()
+    stitcher = reaper.track(Supervised("stitcher", tmp_path / "stitcher", {"CLICKSTREAM_STITCH_TOKEN": STITCH})).start()
     duration_s = len(traffic.events) / RATE
     load = LoadThread(collector.url, _leads_only(traffic), rate=RATE, seed=22)
     leads: list[LeadLedger] = []

@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from load.procs import Proc, start
+from load.procs import Proc
 from tests.conftest import make_event
+from tests.reliability.conftest import Reaper
 from tests.reliability.support import STITCH, chdb_query, report, spool_drained, spool_event_ids, wait_until
 
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
@@ -68,9 +69,10 @@ def metric(proc: Proc, pattern: str) -> float:
     return sum(float(m) for m in re.findall(rf"^{pattern} ([0-9.e+]+)$", text, re.MULTILINE))
 
 
-def drain_and_count(data: Path, spool: Path, clickhouse: Path, env: dict[str, str], site: str) -> dict[str, int]:
+def drain_and_count(reaper: Reaper, data: Path, spool: Path, clickhouse: Path, env: dict[str, str],
+                    site: str) -> dict[str, int]:
     """Run a flusher on the spool until it is empty; event_id -> rows in `events` of `site`."""
-    flusher = start("flusher", data, {**env, "CLICKSTREAM_CLICKHOUSE_URL": f"chdb://{clickhouse}"})
+    flusher = reaper.start("flusher", data, {**env, "CLICKSTREAM_CLICKHOUSE_URL": f"chdb://{clickhouse}"})
     try:
         wait_until(lambda: spool_drained(spool), 120, "the flusher to drain the spool")
     finally:
@@ -80,10 +82,10 @@ def drain_and_count(data: Path, spool: Path, clickhouse: Path, env: dict[str, st
                                                f"WHERE site_id = '{site}' GROUP BY id")}
 
 
-def test_spool_quota_answers_503_for_exactly_the_events_not_accepted(tmp_path: Path) -> None:
+def test_spool_quota_answers_503_for_exactly_the_events_not_accepted(tmp_path: Path, reaper: Reaper) -> None:
     data, site = tmp_path / "data", "quota.example"
     env = {"CLICKSTREAM_SPOOL_MAX_BYTES": "150000"}
-    collector = start("collector", data, env)
+    collector = reaper.start("collector", data, env)
     acked: set[str] = set()
     refused: list[list[dict[str, Any]]] = []
     retry_after: set[str | None] = set()
@@ -113,7 +115,7 @@ def test_spool_quota_answers_503_for_exactly_the_events_not_accepted(tmp_path: P
     assert sorted(in_spool) == sorted(acked)  # each acknowledged event spooled once, no refused one
 
     # a flusher drains the spool: the collector takes the refused batches again
-    flusher = start("flusher", data, {**env, "CLICKSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'ch'}"})
+    flusher = reaper.start("flusher", data, {**env, "CLICKSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'ch'}"})
     try:
         wait_until(lambda: collector.client().get("/readyz").status_code == 200, 60, "readiness after the drain")
         with collector.client() as http:
@@ -136,11 +138,11 @@ def test_spool_quota_answers_503_for_exactly_the_events_not_accepted(tmp_path: P
                               "acknowledged_after_drain": len(acked), "rows_in_events": len(rows)})
 
 
-def test_full_disk_under_the_spool_answers_503_never_202_and_resumes(tmp_path: Path) -> None:
+def test_full_disk_under_the_spool_answers_503_never_202_and_resumes(tmp_path: Path, reaper: Reaper) -> None:
     data, site = tmp_path / "data", "disk.example"
     with tmpfs(tmp_path / "spool-fs") as spool_dir:
         env = {"CLICKSTREAM_SPOOL_PATH": str(spool_dir)}
-        collector = start("collector", data, env)
+        collector = reaper.start("collector", data, env)
         filler = fill(spool_dir, 256 * 1024)
         acked: set[str] = set()
         refused: list[list[dict[str, Any]]] = []
@@ -170,18 +172,18 @@ def test_full_disk_under_the_spool_answers_503_never_202_and_resumes(tmp_path: P
                 assert post(http, batch).status_code == 202
                 acked |= {e["event_id"] for e in batch}
         assert collector.stop() == 0, collector.log()[-3000:]
-        rows = drain_and_count(data, spool_dir, tmp_path / "ch", env, site)
+        rows = drain_and_count(reaper, data, spool_dir, tmp_path / "ch", env, site)
     assert rows == dict.fromkeys(acked, 1)
     report("overload_disk_spool", {"tmpfs_bytes": TMPFS_BYTES, "answers_202_while_filling": len(acked) // 20 -
                                    len(refused), "answers_503": len(refused),
                                    "events_503": sum(map(len, refused)), "rows_in_events": len(rows)})
 
 
-def test_full_disk_under_rejected_answers_503_never_202_and_resumes(tmp_path: Path) -> None:
+def test_full_disk_under_rejected_answers_503_never_202_and_resumes(tmp_path: Path, reaper: Reaper) -> None:
     data, site = tmp_path / "data", "dead.example"
     with tmpfs(tmp_path / "rejected-fs") as rejected_dir:
         env = {"CLICKSTREAM_REJECTED_PATH": str(rejected_dir)}
-        collector = start("collector", data, env)
+        collector = reaper.start("collector", data, env)
         filler = fill(rejected_dir, 64 * 1024)
         acked: set[str] = set()
         refused: list[list[dict[str, Any]]] = []
@@ -217,7 +219,7 @@ def test_full_disk_under_rejected_answers_503_never_202_and_resumes(tmp_path: Pa
                 acked |= {e["event_id"] for e in batch[:5]}
         assert len(_kept_ids(rejected_dir)) == 5 * 60
         assert collector.stop() == 0, collector.log()[-3000:]
-    rows = drain_and_count(data, data / "spool", tmp_path / "ch", {}, site)
+    rows = drain_and_count(reaper, data, data / "spool", tmp_path / "ch", {}, site)
     assert rows == dict.fromkeys(acked, 1)
     report("overload_disk_rejected", {"tmpfs_bytes": TMPFS_BYTES, "answers_503": len(refused),
                                       "dead_letters_kept": 5 * 60, "rows_in_events": len(rows)})
@@ -230,10 +232,10 @@ def _kept_ids(directory: Path) -> set[str]:
             if isinstance(entry.get("event"), dict)}
 
 
-def test_full_disk_under_the_outbox_answers_503_never_201_and_resumes(tmp_path: Path) -> None:
+def test_full_disk_under_the_outbox_answers_503_never_201_and_resumes(tmp_path: Path, reaper: Reaper) -> None:
     data = tmp_path / "stitcher"
     with tmpfs(data / "outbox") as outbox_dir:
-        stitcher = start("stitcher", data, {"CLICKSTREAM_STITCH_TOKEN": STITCH})
+        stitcher = reaper.start("stitcher", data, {"CLICKSTREAM_STITCH_TOKEN": STITCH})
         headers = {"Authorization": f"Bearer {STITCH}"}
 
         def stitch(lead_id: str) -> httpx.Response:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability.conftest import Reaper
 from tests.reliability.support import (
     FULL,
     LoadThread,
@@ -40,12 +41,12 @@ BEFORE_S, AFTER_S = 10.0, 15.0
 
 
 @pytest.mark.timeout(900 if FULL else 300)
-def test_flusher_stopped_collector_keeps_answering_backlog_drains_exactly(tmp_path: Path) -> None:
+def test_flusher_stopped_collector_keeps_answering_backlog_drains_exactly(tmp_path: Path, reaper: Reaper) -> None:
     data = tmp_path / "data"
     site = f"outage-{int(time.time())}.example"
     traffic = traffic_for(41, int(RATE * (BEFORE_S + OUTAGE_S + AFTER_S)), site)
-    collector = Supervised("collector", data, {}).start()
-    flusher = Supervised("flusher", data, {}).start()
+    collector = reaper.track(Supervised("collector", data, {})).start()
+    flusher = reaper.track(Supervised("flusher", data, {})).start()
     load = LoadThread(collector.url, traffic, rate=RATE, seed=41)
     probes: dict[str, list[int | None]] = {"collector": [], "flusher": []}
     window: list[float] = []

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from reports.query import port_rows_query
+from tests.reliability.conftest import Reaper
 from tests.reliability.support import (
     FULL,
     RESULTS,
@@ -75,10 +76,10 @@ def plot(samples: list[dict[str, Any]], path: Path) -> None:
 
 
 @pytest.mark.timeout(int(SOAK_S) + 600)
-def test_soak_resources_stay_bounded_and_audit_is_exact(tmp_path: Path) -> None:
+def test_soak_resources_stay_bounded_and_audit_is_exact(tmp_path: Path, reaper: Reaper) -> None:
     site = f"soak-{int(time.time())}.example"
     traffic = traffic_for(81, int(RATE * SOAK_S), site)
-    serve = Supervised("serve", tmp_path / "data", {"CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD}).start()
+    serve = reaper.track(Supervised("serve", tmp_path / "data", {"CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD})).start()
     assert serve.proc is not None
     query, client = port_rows_query(serve.proc.sql_url, "dashboards", SQL_PASSWORD)
     load = LoadThread(serve.url, traffic, rate=RATE, seed=81)
