@@ -110,16 +110,20 @@ class Supervised:
 
 
 class KillLoop(threading.Thread):
-    """SIGKILL `target` after a random 2-10 s of service, restart it, again, until `stop` is set."""
+    """SIGKILL `target` after a random 2-10 s of service, restart it, again, until `stop` is set (or
+    `max_kills` kills)."""
 
     def __init__(self, target: Supervised, stop: threading.Event, seed: int,
-                 interval_s: tuple[float, float] = (2.0, 10.0)) -> None:
+                 interval_s: tuple[float, float] = (2.0, 10.0), max_kills: int = 0) -> None:
         super().__init__(name=f"kill-{target.command}", daemon=True)
         self.target, self.stop_event, self.rng, self.interval_s = target, stop, random.Random(seed), interval_s
+        self.max_kills = max_kills  # 0: until `stop`
         self.errors: list[str] = []
 
     def run(self) -> None:
         while not self.stop_event.wait(self.rng.uniform(*self.interval_s)):
+            if self.max_kills and self.target.kills >= self.max_kills:
+                return
             self.target.kill()
             try:
                 self.target.start()
