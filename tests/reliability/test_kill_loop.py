@@ -76,7 +76,7 @@ def _leads_only(traffic: Traffic) -> Traffic:
     return dataclasses.replace(traffic, leads=[])
 
 
-@pytest.mark.timeout(3600 if FULL else 420)
+@pytest.mark.timeout(3600 if FULL else 1200)
 def test_serve_kill_loop_loses_and_duplicates_nothing(tmp_path: Path, reaper: Reaper) -> None:
     kills = int(size(3, 20))
     site = f"kill-serve-{int(time.time())}.example"
@@ -89,7 +89,7 @@ def test_serve_kill_loop_loses_and_duplicates_nothing(tmp_path: Path, reaper: Re
     load.start()
     killer.start()
     try:
-        ledger = load.result(timeout_s=3000 if FULL else 360)
+        ledger = load.result(timeout_s=3000 if FULL else 900)
     finally:
         stop.set()
         killer.join()
@@ -105,7 +105,7 @@ def test_serve_kill_loop_loses_and_duplicates_nothing(tmp_path: Path, reaper: Re
     assert serve.kills >= (kills if FULL else 1) and ledger.stitched, figures  # the loop ran
 
 
-@pytest.mark.timeout(3600 if FULL else 480)
+@pytest.mark.timeout(3600 if FULL else 1200)
 def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path, reaper: Reaper) -> None:
     """collector + flusher on one data directory (the flusher owns the embedded ClickHouse) and a
     stitcher on its own: with an embedded engine (one process per directory) the stitcher cannot read
@@ -131,7 +131,7 @@ def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path,
     for killer in killers:
         killer.start()
     try:
-        ledger = load.result(timeout_s=3000 if FULL else 400)
+        ledger = load.result(timeout_s=3000 if FULL else 900)
         lead_thread.join(timeout=300)
     finally:
         stop.set()

@@ -40,7 +40,7 @@ OUTAGE_S = size(20, 60)
 BEFORE_S, AFTER_S = 10.0, 15.0
 
 
-@pytest.mark.timeout(900 if FULL else 300)
+@pytest.mark.timeout(1800 if FULL else 900)
 def test_flusher_stopped_collector_keeps_answering_backlog_drains_exactly(tmp_path: Path, reaper: Reaper) -> None:
     data = tmp_path / "data"
     site = f"outage-{int(time.time())}.example"
@@ -69,7 +69,7 @@ def test_flusher_stopped_collector_keeps_answering_backlog_drains_exactly(tmp_pa
     load.start()
     stopper.start()
     try:
-        ledger = load.result(timeout_s=600 if FULL else 240)
+        ledger = load.result(timeout_s=1200 if FULL else 600)
         stopper.join(timeout=OUTAGE_S + 60)
     finally:
         if len(window) == 1:
