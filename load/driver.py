@@ -141,14 +141,14 @@ async def _send(http: aiohttp.ClientSession, url: str, req: Request, ledger: Led
 
 async def _stitch(http: aiohttp.ClientSession, url: str, token: str, lead: Lead, ledger: Ledger) -> None:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    for attempt in range(10):
+    for attempt in range(60):  # about 2 minutes: a stitcher restarted after a crash is back by then
         try:
             status, content, _ = await _post(http, f"{url}/stitch", orjson.dumps(lead.body()), headers)
         except (TimeoutError, aiohttp.ClientError):
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
             continue
         if status >= 500:
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
             continue
         if status not in (200, 201):
             ledger.unexpected.append(f"stitch {lead.lead_id}: HTTP {status} {content[:200]!r}")
