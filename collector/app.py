@@ -19,7 +19,6 @@ import asyncio
 import functools
 import hashlib
 import json
-import os
 import posixpath
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from clickstream.core import resources
 from clickstream.core.component import Check
 from clickstream.core.errors import ClickstreamError, HttpAnswer, TooLarge, Unavailable, UnsupportedMediaType
+from clickstream.core.files import WriteHealth
 from clickstream.core.http import ClientDisconnect, RawRoute, receive_rest
 from clickstream.core.openapi import Operations, error, json_body, ref, schema_component
 from clickstream.core.settings import Settings
@@ -106,6 +106,9 @@ class Collector:
         self.cookieless = CookielessIds(DailyHasher(salt, digest_size=12),
                                         max_visitors=settings.cookieless_max_visitors,
                                         on_evict=self.metrics.cookieless_evicted.inc)
+        # readiness: the disks under the spool and rejected/ take a request of the largest size
+        self.spool_health = WriteHealth(settings.spool_dir, settings.max_body_bytes)
+        self.rejected_health = WriteHealth(settings.rejected_dir, settings.max_body_bytes)
         self._max_age_ms = settings.max_event_age_s * 1000
         self._max_skew_ms = settings.max_clock_skew_s * 1000
         self._sites = ({site: frozenset(origins) for site, origins in settings.sites.items()}
@@ -123,12 +126,13 @@ class Collector:
         self.rejected.close()
 
     def readiness(self) -> list[Check]:
-        """Checks for /readyz: spool directory writable, spool under its quota."""
-        writable = os.access(self.settings.spool_dir, os.W_OK)
+        """Checks for /readyz: spool and rejected/ writable (room for a request of the largest size, no
+        failed write outstanding: clickstream.core.files.WriteHealth), spool under its quota."""
         under = not self.spool.over_quota()
         return [
-            Check("spool_writable", writable, str(self.settings.spool_dir)),
+            Check("spool_writable", *self.spool_health.check()),
             Check("spool_under_quota", under, f"{self.spool.bytes_used}/{self.spool.max_bytes} bytes"),
+            Check("rejected_writable", *self.rejected_health.check()),
         ]
 
     def update_gauges(self) -> None:
@@ -217,9 +221,10 @@ class Collector:
                 try:
                     await asyncio.to_thread(self.spool.sync_to, position)
                 except OSError as exc:  # written but not durable: the client retries (same event_id)
+                    self.spool_health.failed(exc)
                     raise Unavailable(f"spool cannot fsync ({exc}); retry later",
                                       code=RejectReason.SPOOL_UNAVAILABLE) from None
-            return self.acknowledge(outcome, body)
+            return self.acknowledge(outcome)
         except ClickstreamError as exc:  # the one place a refused request becomes an answer
             exc.extra = {"accepted": 0, "rejected": 0, "errors": [], **exc.extra}  # the shape of POST /collect
             self.metrics.request(exc.status)
@@ -239,8 +244,8 @@ class Collector:
             events = parse_body(body, self.settings.max_batch_events)
         except ClickstreamError as exc:
             # malformed, empty or oversized batch: the body (<= max_body_bytes) is kept as sent
-            self.rejected.add([{"reason": exc.code, "index": None, "path": "",
-                                "message": exc.message, "body": body.decode("utf-8", "replace")}])
+            self.keep_rejected([{"reason": exc.code, "index": None, "path": "",
+                                 "message": exc.message, "body": body.decode("utf-8", "replace")}], body)
             raise
         received_at_ms = int(time.time() * 1000)
         user_agent = (user_agent or "")[:1024]
@@ -260,19 +265,38 @@ class Collector:
             sites=self._sites,
             origin=origin,
         )
+        # dead letters first, the spool last: a 503 from either leaves no event of the request spooled
+        # (a retry may keep its dead letters twice: replay-rejected and audits key them by event_id)
+        self.keep_rejected(outcome.rejected_entries, body)
         if not outcome.records:
             return outcome, None
         try:
-            return outcome, self.spool.append_block(outcome.ids, outcome.records, outcome.stamp)
+            position = self.spool.append_block(outcome.ids, outcome.records, outcome.stamp)
         except SpoolFullError:
             raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL) from None
         except (OSError, SpoolError) as exc:  # ENOSPC, EIO, closed at shutdown: back-pressure
+            self.spool_health.failed(exc)
             raise Unavailable(f"spool cannot take writes ({exc}); retry later",
                               code=RejectReason.SPOOL_UNAVAILABLE) from None
+        self.spool_health.ok()
+        return outcome, position
 
-    def acknowledge(self, outcome: Outcome, body: bytes) -> HttpAnswer:
-        """Count the outcome, keep its rejected events, and answer: 202 when any event was
-        accepted (the all-accepted answer pre-encoded), else 400, with per-event errors."""
+    def keep_rejected(self, entries: list[dict[str, Any]], body: bytes) -> None:
+        """Keep dead letters in rejected/. Raises Unavailable (503, reason `rejected_unavailable`) when
+        the store cannot write them: a request is never answered while its rejected events are unkept."""
+        if not entries:
+            return
+        try:
+            self.rejected.add(entries, body=body)
+        except OSError as exc:
+            self.rejected_health.failed(exc)
+            raise Unavailable(f"rejected/ cannot keep dead letters ({exc}); retry later",
+                              code=RejectReason.REJECTED_UNAVAILABLE) from None
+        self.rejected_health.ok()
+
+    def acknowledge(self, outcome: Outcome) -> HttpAnswer:
+        """Count the outcome (its rejected events were kept by `accept`) and answer: 202 when any
+        event was accepted (the all-accepted answer pre-encoded), else 400, with per-event errors."""
         accepted = len(outcome.records)
         if accepted:
             self.metrics.accepted(accepted)
@@ -281,7 +305,6 @@ class Collector:
         self.metrics.request(status)
         if not outcome.errors:
             return accepted_answer(accepted)
-        self.rejected.add(outcome.rejected_entries, body=body)
         for err in outcome.errors:
             self.metrics.rejected(err.reason)
         payload = orjson.dumps({

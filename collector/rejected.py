@@ -13,6 +13,7 @@ counted (`rejected_evicted_total`), so nothing vanishes without a number.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -47,6 +48,8 @@ class RejectedStore:
         """Append entries (each already holding reason, message, event) stamped with `received_at`.
 
         `body` is the request's raw bytes, stored in place of any event that cannot be encoded.
+        All entries are written when it returns; raises OSError (ENOSPC, EIO) after cutting off a
+        partial write, so the file never holds half of a call's entries.
         """
         if not entries:
             return
@@ -62,15 +65,21 @@ class RejectedStore:
         with self._lock:
             if self._fh is None or self._size + len(data) > self.file_max_bytes:
                 self._rotate()
-            self._fh.write(data)
-            self._fh.flush()
+            try:  # unbuffered: all of it reaches the file now, or none of it stays (ENOSPC, EIO)
+                view = memoryview(data)
+                while view:
+                    view = view[self._fh.write(view):]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fh.fileno(), self._size)
+                raise
             self._size += len(data)
 
     def _rotate(self) -> None:
         if self._fh is not None:
             self._fh.close()
         name = f"rejected-{time.time_ns() // 1000:017d}.jsonl"
-        self._fh = open(self.directory / name, "ab")  # noqa: SIM115 - kept open across calls
+        self._fh = open(self.directory / name, "ab", buffering=0)  # noqa: SIM115 - kept open across calls
         self._size = 0
         files = sorted(self.directory.glob("rejected-*.jsonl"))
         total = sum(f.stat().st_size for f in files)

@@ -36,6 +36,7 @@ class RejectReason(enum.StrEnum):
     SPOOL_UNAVAILABLE = "spool_unavailable"
     UNKNOWN_SITE = "unknown_site"  # site_id not in CLICKSTREAM_SITES
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # a browser Origin not listed for the event's site
+    REJECTED_UNAVAILABLE = "rejected_unavailable"  # rejected/ cannot keep the request's dead letters
     CONSENT_PENDING = "consent_pending"  # no ids and no request to derive them from (clickstream import)
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"  # `schema` names no accepted version (collector.schemas)
 

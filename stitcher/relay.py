@@ -140,8 +140,14 @@ class Lane:
                 self.wake.clear()
                 continue
             for entry in batch:
-                if not self._deliver(entry):
-                    return
+                try:
+                    if not self._deliver(entry):
+                        return
+                except Exception:  # the outbox cannot record the delivery (disk full): it stays pending and
+                    # is delivered again later, deduplicated by its token; the relay thread lives on
+                    log.exception("relay %s: cannot record lead %s in the outbox", target.value, entry.lead_id)
+                    self.halt.wait(1.0)
+                    break
 
     def _sleep(self, seconds: float) -> None:
         self.halt.wait(seconds)  # a halt interrupts the backoff

@@ -170,7 +170,9 @@ class Stitcher:
 
     def readiness(self) -> list[Check]:
         directory = self.settings.outbox_dir
-        checks = [Check("outbox_writable", os.access(directory, os.W_OK), str(directory))]
+        outbox = self.outbox
+        writable = (os.access(directory, os.W_OK), str(directory)) if outbox is None else outbox.health.check()
+        checks = [Check("outbox_writable", *writable)]
         if self.flusher is None and self.client is not None:  # in serve the flusher reports ClickHouse
             checks.append(ping_check(self.client))
         return checks
