@@ -240,6 +240,10 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
         if flusher is not None:
             flusher.stop()  # drains what is left (or, after an error, what was sealed)
         if client is not None:
+            if not settings.clickhouse_cluster:
+                from reports.fold import fold
+
+                fold(client)  # the roll-ups of the imported days (reports/fold.py)
             client.close()
     summary = result.as_json()
     if flusher is not None:
