@@ -22,13 +22,14 @@ fold per shard on the local tables): `serve`/`flusher` on a cluster log that and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -132,8 +133,14 @@ def rebuild_day(client: Client, day: dt.date) -> None:
     """Recompute `day` of every roll-up from `events` and swap it in, table by table, atomically.
 
     Raises ClickHouseError (the day keeps its previous contents; its mark stays, so the next run
-    rebuilds it).
+    rebuilds it). The caller holds the fold lease (`fold`, `locked`): the staging tables are shared.
     """
+    build_day(client, day)
+    swap_day(client, day)
+
+
+def build_day(client: Client, day: dt.date) -> None:
+    """Recompute `day` of every roll-up from `events` into the staging tables (the recount)."""
     params = {"day": day}
     for table in TABLES:
         client.command(f"CREATE TABLE IF NOT EXISTS {STAGING_PREFIX}{table} AS {table}")
@@ -143,6 +150,11 @@ def rebuild_day(client: Client, day: dt.date) -> None:
     for table, sql in ROLLUP_SQL.items():
         client.command(f"INSERT INTO {STAGING_PREFIX}{table} ({ROLLUP_COLUMNS[table]}) "
                        + sql.format(facts=f"{STAGING_PREFIX}session_facts"), parameters=params, settings=FOLD_SETTINGS)
+
+
+
+def swap_day(client: Client, day: dt.date) -> None:
+    """Swap the staging tables' `day` (build_day) into the roll-ups, table by table, atomically."""
     for table in TABLES:
         # an empty day (every session gone, e.g. after a repair) replaces the day with nothing, atomically
         client.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id(day)}' FROM {STAGING_PREFIX}{table}",
@@ -229,6 +241,20 @@ class FoldLease:
 _PROCESS_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def locked(client: Client) -> Iterator[str | None]:
+    """Hold the fold's process lock and lease for the block: yields the holder id, or None when another
+    process holds the lease (the block must then do nothing)."""
+    with _PROCESS_LOCK:
+        lease = FoldLease(client)
+        holder = lease.acquire()
+        try:
+            yield holder
+        finally:
+            if holder is not None:
+                lease.release(holder)
+
+
 def fold(client: Client, days: Sequence[dt.date] | None = None,
          progress: Callable[[dt.date], None] | None = None) -> FoldRun | None:
     """One run: rebuild `days` (default: the dirty days) and record it in `fold_runs`.
@@ -236,32 +262,27 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
     None when another fold holds the lease (nothing done). `progress` is called after each day.
     Raises ClickHouseError; the marks of a failed run stay, so the next run does its days again.
     """
-    with _PROCESS_LOCK:
-        lease = FoldLease(client)
-        holder = lease.acquire()
+    with locked(client) as holder:
         if holder is None:
             log.info("fold: another process is folding; skipped")
             return None
-        try:
-            started = time.perf_counter()
-            watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
-            parts: dict[str, list[dt.date]] = {}
-            if days is None:
-                parts = dirty_parts(client)
-                days = sorted({d for ds in parts.values() for d in ds} | history_days(client))
-            for day in days:
-                rebuild_day(client, day)
-                if progress is not None:
-                    progress(day)
-            drop_parts(client, parts)
-            run = FoldRun(tuple(days), watermark, time.perf_counter() - started)
-            client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
-                          column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
-            if days:
-                log.info("fold: %d day(s) rebuilt in %.2f s (%s .. %s)", len(days), run.seconds, days[0], days[-1])
-            return run
-        finally:
-            lease.release(holder)
+        started = time.perf_counter()
+        watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
+        parts: dict[str, list[dt.date]] = {}
+        if days is None:
+            parts = dirty_parts(client)
+            days = sorted({d for ds in parts.values() for d in ds} | history_days(client))
+        for day in days:
+            rebuild_day(client, day)
+            if progress is not None:
+                progress(day)
+        drop_parts(client, parts)
+        run = FoldRun(tuple(days), watermark, time.perf_counter() - started)
+        client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
+                      column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
+        if days:
+            log.info("fold: %d day(s) rebuilt in %.2f s (%s .. %s)", len(days), run.seconds, days[0], days[-1])
+        return run
 
 
 class Folder:

@@ -105,7 +105,7 @@ def generate(rng: random.Random, n_visitors: int) -> list[Event]:
                 kind = "page_view" if i == 0 or rng.random() < 0.7 else "click"
                 if i and rng.random() > 0.3:
                     t += rng.randint(1, 600_000)  # else: the same ms as the previous event (a tie)
-                out.append(Event(site, anon, sid, t, kind, rng.choice(PATHS) if i else rng.choice(PATHS),
+                out.append(Event(site, anon, sid, t, kind, rng.choice(PATHS),
                                  query if i == 0 else "", referrer if i == 0 else "", host if i == 0 else "",
                                  seq=i if rng.random() < 0.5 else 0))
     # a session crossing midnight
