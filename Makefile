@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install system run test lint unit bench demo clean
+.PHONY: install system run test lint unit bench bench-views bench-large demo clean
 
 # Quiet unless something fails: pip's output goes to $(VENV)/install.log and is shown on failure.
 $(VENV)/.installed: pyproject.toml
@@ -45,6 +45,13 @@ unit: install
 
 bench: install
 	$(PY) -m load.bench
+
+# Dashboard views alone at 1 M and 10 M events (part of `make bench`), and at 100 M (not part of it).
+bench-views: install
+	$(PY) -m load.bench views
+
+bench-large: install
+	$(PY) -m load.bench views-large
 
 demo: install
 	$(PY) -m deploy.demo
