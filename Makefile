@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install system run test lint unit bench demo clean reliability soak
+.PHONY: install system run test lint unit bench bench-views bench-large demo clean reliability soak
 
 # Quiet unless something fails: pip's output goes to $(VENV)/install.log and is shown on failure.
 $(VENV)/.installed: pyproject.toml
@@ -58,6 +58,13 @@ SOAK_RATE ?= 200
 soak: install
 	RELIABILITY_FULL=1 RELIABILITY_SOAK_S=$(SOAK_S) RELIABILITY_SOAK_RATE=$(SOAK_RATE) RELIABILITY_RESULTS=$(RELIABILITY_RESULTS) \
 		$(PY) -m pytest -q -p no:cacheprovider -s tests/reliability/test_soak.py
+
+# Dashboard views alone at 1 M and 10 M events (part of `make bench`), and at 100 M (not part of it).
+bench-views: install
+	$(PY) -m load.bench views
+
+bench-large: install
+	$(PY) -m load.bench views-large
 
 demo: install
 	$(PY) -m deploy.demo

@@ -262,6 +262,10 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
         if flusher is not None:
             flusher.stop()  # drains what is left (or, after an error, what was sealed)
         if client is not None:
+            if not settings.clickhouse_cluster:
+                from reports.fold import fold
+
+                fold(client)  # the roll-ups of the imported days (reports/fold.py)
             client.close()
     summary = result.as_json()
     if flusher is not None:
@@ -330,6 +334,38 @@ def experiments(site: str | None, experiment: str | None, fmt: str, data_dir: Pa
         click.echo(run_report(settings, site=site, experiment=experiment, fmt=fmt))
     except Exception as exc:  # shown as a message, not a traceback
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--site", default=None, help="Only this site_id [every site]")
+@click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="First UTC day YYYY-MM-DD [the first day of events]")
+@click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Last UTC day YYYY-MM-DD, included [the last day of events]")
+@click.option("--repair", is_flag=True, default=False,
+              help="Rebuild every day with a difference (atomically, as the fold does), then check it again")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [on when stderr is a terminal]")
+@_data_dir
+@_ch_url
+def reconcile(site: str | None, first: Any, last: Any, repair: bool, progress: bool | None, data_dir: Path | None,
+              clickhouse_url: str | None) -> None:
+    """Recompute every roll-up from `events` for the range and compare it per table, day and site.
+
+    Prints each difference; exit status 1 when there is one (with --repair: when one is left after the
+    repair). Needs the ClickHouse data to itself when it is embedded: stop `serve` first.
+    """
+    from reports.reconcile import LeaseBusy, format_report, run_reconcile
+
+    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    _logging(settings)
+    try:
+        report = run_reconcile(settings, site=site, first=first.date() if first else None,
+                               last=last.date() if last else None, repair=repair,
+                               progress=sys.stderr.isatty() if progress is None else progress)
+    except LeaseBusy as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_report(report))
+    sys.exit(1 if (report.after_repair if repair else report.differences) else 0)
 
 
 @main.command()

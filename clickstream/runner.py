@@ -23,6 +23,7 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
+from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
@@ -35,6 +36,7 @@ from clickstream.web import create_app
 from collector.app import Collector
 from collector.metrics import CollectorMetrics
 from flusher.loop import Flusher, FlusherMetrics
+from reports.fold import Folder
 from reports.query_port import QueryPort, QueryPortConfig
 from stitcher.service import Stitcher
 
@@ -53,11 +55,23 @@ def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Co
     client = open_configured(settings)
     collector = Collector(settings, CollectorMetrics(registry))
     flusher = Flusher(settings, client, writer=collector.spool, metrics=FlusherMetrics(registry))
-    components: list[Component] = [collector, flusher, Stitcher(settings, client, flusher=flusher, registry=registry)]
+    components: list[Component] = [collector, *folders(settings, client), flusher,
+                                   Stitcher(settings, client, flusher=flusher, registry=registry)]
     port = query_port(settings, registry)
     if port is not None:
         components.append(port)  # started last, stopped first: before the flusher drains
     return components
+
+
+def folders(settings: Settings, client: Client) -> list[Component]:
+    """The fold (reports/fold.py) of the process that owns ClickHouse: none on a cluster (the roll-ups
+    would need a fold per shard). Placed before the flushers, it stops after them: the events drained
+    at the stop are folded."""
+    if settings.clickhouse_cluster:
+        log.warning("CLICKSTREAM_CLICKHOUSE_CLUSTER is set: the fold does not run on a cluster, the roll-up views "
+                    "stay empty (reports/fold.py)")
+        return []
+    return [Folder(client, settings.fold_interval_s)]
 
 
 def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | None:
@@ -218,8 +232,9 @@ def run_serve(settings: Settings) -> None:
     pool = workers.Workers(settings, sock, owner_socket, registry)
     spools = workers.AllSpools(settings, client, pool, registry)
     # started in this order, stopped in reverse: workers stop first (seal), the query port, the flushers
-    # last (drain)
-    owned: list[Component] = [spools, Stitcher(settings, client, flusher=spools, registry=registry)]
+    # (drain), the fold last (folds what was drained)
+    owned: list[Component] = [*folders(settings, client), spools,
+                              Stitcher(settings, client, flusher=spools, registry=registry)]
     port = query_port(settings, registry)
     owned += [port] if port is not None else []
     owned.append(pool)
@@ -285,7 +300,9 @@ def run_flusher(settings: Settings) -> None:
     SIGTERM / SIGINT: stop, flush every sealed segment, exit 0.
     """
     registry = CollectorRegistry()
-    flusher = Flusher(settings, open_configured(settings), metrics=FlusherMetrics(registry))
+    client = open_configured(settings)
+    flusher = Flusher(settings, client, metrics=FlusherMetrics(registry))
     log.info("flusher on %s", settings.spool_dir)
-    # No CORS: nothing here is for browsers.
-    run_uvicorn(create_app([flusher], registry, cors_allow_origins=()), settings, registry=registry)
+    # No CORS: nothing here is for browsers. The fold stops after the flusher drained.
+    run_uvicorn(create_app([*folders(settings, client), flusher], registry, cors_allow_origins=()), settings,
+                registry=registry)

@@ -4,8 +4,9 @@ Rules, for one anonymous id, up to `occurred_at`:
 - sessions are those of the visitor's non-bot events with ts <= occurred_at, grouped by the
   beacon's session_id, that started within the lookback window
   (`CLICKSTREAM_ATTRIBUTION_LOOKBACK_DAYS`); a session's touch is its earliest event's UTM,
-  referrer host and channel and its landing page the earliest page view's path, ordered by
-  (ts, event_id): the definitions of v_sessions (sql/0002_sessions.sql, sql/0006_views.sql);
+  referrer host and channel and its landing page the earliest page view's path, in the order of
+  events (ts, seq, spool_segment, spool_offset): the definitions of v_sessions (reports/fold.py
+  FACTS_SQL, sql/README.md "Order of events");
 - first touch: the earliest session with campaign information (channel != 'direct': a UTM or an
   external referrer), else the earliest session;
 - last touch: the latest non-direct session (GA's "last non-direct click"), else the first touch;
@@ -151,8 +152,8 @@ SELECT
     toUnixTimestamp64Milli(min(ts)) AS started_ms,
     toUnixTimestamp64Milli(max(ts)) AS ended_ms,
     argMin((utm_source, utm_medium, utm_campaign, utm_term, utm_content, referrer_host, channel),
-           (ts, toString(event_id))) AS touch,
-    argMinIf(path, (ts, toString(event_id)), type = 'page_view') AS landing_path
+           (ts, seq, spool_segment, spool_offset)) AS touch,
+    argMinIf(path, (ts, seq, spool_segment, spool_offset), type = 'page_view') AS landing_path
 FROM events
 WHERE anonymous_id = {anonymous_id:String}
   AND is_bot = 0

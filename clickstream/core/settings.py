@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     retention_days: NonNegative = Field(0, description="TTL of events in days; 0 keeps forever")
     dedup_max_ids: Positive = Field(1_000_000, description="Event ids remembered at least, to drop client retries "
                                                            "(~190 B each; up to twice as many kept)")
+    fold_interval_s: PositiveSeconds = Field(10.0, description="How often the fold rebuilds the dirty days of the "
+                                                               "roll-ups the dashboard views read (their freshness; "
+                                                               "reports/fold.py)")
 
     # stitcher
     stitch_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /stitch (off until set)")

@@ -17,7 +17,17 @@ import pytest
 
 from stitcher.client import AsyncStitchClient, StitchClient, StitchConflict, StitchRejected, StitchUnavailable
 from stitcher.event import event_id_for
-from tests.conftest import SCHEMAS_DIR, Server, free_port, make_event, now_ms, sql_rows, start_server, wait_for
+from tests.conftest import (
+    SCHEMAS_DIR,
+    Server,
+    free_port,
+    make_event,
+    now_ms,
+    sql_rows,
+    start_server,
+    wait_for,
+    wait_for_fold,
+)
 
 UA = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
       "Safari/605.1.15")
@@ -29,7 +39,7 @@ LEAD_SCHEMA = jsonschema.Draft202012Validator(orjson.loads((SCHEMAS_DIR / "lead_
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start_server("serve", tmp_path_factory.mktemp("stitch-http") / "data", {
-        "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_SQL_PASSWORD": "adm",
+        "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_SQL_PASSWORD": "adm", "CLICKSTREAM_FOLD_INTERVAL_S": "0.5",
         "CLICKSTREAM_STITCH_MAX_BODY_BYTES": "4096", "CLICKSTREAM_STITCH_SESSION_WAIT_S": "0.5",
     })
     yield s
@@ -125,6 +135,7 @@ def test_fresh_landing_page_view_then_201_then_identical_200_then_409(server: Se
     wait_for(lambda: sql_rows(server, query)[0][0] >= 1)
     assert sql_rows(server, query) == [[1, created.content.decode(), "brand"]]
     # the identity link: the lead joins the visitor's sessions
+    wait_for_fold(server)  # v_lead_sessions reads v_sessions, the roll-ups
     linked = sql_rows(server, "SELECT lead_id, entry_path, utm_campaign FROM v_lead_sessions WHERE lead_id = 'L-fresh'")
     assert linked == [["L-fresh", "/pricing", "brand"]]
     metrics = server.client().get("/metrics").text
