@@ -34,7 +34,7 @@ from clickstream.core.spool import (
     scan_blocks,
 )
 from collector.pipeline import parse_body, process
-from collector.validation import EventValidator
+from collector.schemas import EventSchemas
 from reports.query_port.config import QueryPortConfig
 from reports.query_port.errors import QueryPortError
 from reports.query_port.guard import escape_param, parse_set, parse_use, quote_identifier
@@ -140,7 +140,7 @@ def test_spool_reader_on_a_damaged_file_raises_only_corrupt_segment(tmp_path_fac
 
 
 # -- validators ---------------------------------------------------------------------------------------
-VALIDATOR = EventValidator()
+VALIDATOR = EventSchemas()
 
 
 @FUZZ
