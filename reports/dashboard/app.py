@@ -1,6 +1,7 @@
 """The built-in dashboard: routes on the query port's listener (clickstream/runner.py composes them).
 
     GET  /dashboard                   the page (static/index.html); without credentials: 401 + login form
+                                      (with `?auth=basic` also a Basic challenge: the browser's prompt)
     GET  /dashboard/login             the login form
     POST /dashboard/login             user + password (form) -> 303 to /dashboard + session cookie; 401 else
     POST /dashboard/logout            forget the login, clear the cookie -> 303 to the form
@@ -112,7 +113,10 @@ class Dashboard:
 
     async def page(self, request: Request) -> Response:
         if not self.port.authenticated(request):
-            return self._login_page(401)
+            response = self._login_page(401)
+            if request.query_params.get("auth") == "basic":  # ask the browser for HTTP Basic credentials
+                response.headers["WWW-Authenticate"] = 'Basic realm="clickstream dashboard", charset="UTF-8"'
+            return response
         response = Response(self._index, media_type="text/html; charset=utf-8", headers=_NO_STORE)
         if not self.port.logins.valid(request.cookies.get(COOKIE_NAME)):
             self._set_login(response)  # HTTP Basic: the page's fetches to POST / then carry the cookie
