@@ -29,6 +29,8 @@ from load.model import ModelConfig, Traffic, Truth, generate
 from reports.query import port_rows_query
 from tests.conftest import ROOT, Server, start_server
 from tests.e2e.conftest import USER_AGENT
+from tests.funnel_reference import funnel as funnel_truth
+from tests.funnel_reference import path_of
 
 pytestmark = pytest.mark.e2e
 
@@ -106,39 +108,6 @@ def events_of(loaded: Loaded, channel: str | None = None) -> list[dict[str, Any]
     """Human events of the (filtered) sessions."""
     keep = {s["session_id"] for s in human_sessions(loaded.truth, channel)}
     return [e for e, _ in loaded.traffic.events if e["session_id"] in keep]
-
-
-def path_of(url: str) -> str:
-    rest = url.split("://", 1)[1]
-    return ("/" + rest.split("/", 1)[1] if "/" in rest else "/").split("?", 1)[0].split("#", 1)[0]
-
-
-def funnel_truth(events: list[dict[str, Any]], steps: list[str], window_s: int, per: str) -> list[int]:
-    """Units reaching each step, as ClickHouse's windowFunnel (default mode) defines it: per unit, the
-    (timestamp, step) matches in order; a step-1 match starts a chain, a step-k match extends the
-    chain of step k-1 when within `window_s` of that chain's start; the level is the deepest step set."""
-    def matches(event: dict[str, Any], step: str) -> bool:
-        if step.startswith("/"):
-            return bool(event["type"] == "page_view" and path_of(event["url"]) == step)
-        return bool(event["type"] == step)
-
-    by_unit: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for e in events:
-        unit = e["session_id"] if per == "session" else e["anonymous_id"]
-        by_unit[unit].extend((int(e["ts"]), k) for k, step in enumerate(steps) if matches(e, step))
-        by_unit.setdefault(unit, [])
-    reached = [0] * len(steps)
-    for marks in by_unit.values():
-        first: list[int | None] = [None] * len(steps)
-        for ts, k in sorted(marks):
-            if k == 0:
-                first[0] = ts
-            elif first[k - 1] is not None and ts <= first[k - 1] + window_s * 1000:  # type: ignore[operator]
-                first[k] = first[k - 1]
-        level = max((k + 1 for k in range(len(steps)) if first[k] is not None), default=0)
-        for k in range(level):
-            reached[k] += 1
-    return reached
 
 
 def by_key(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
