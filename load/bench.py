@@ -13,6 +13,7 @@ from typing import Any
 from load import (
     bench_beacon,
     bench_collector,
+    bench_dashboard,
     bench_dedup,
     bench_engagement,
     bench_flusher,
@@ -39,6 +40,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "workers": bench_workers.run,
     "beacon": bench_beacon.run,
     "engagement_join": bench_engagement.run,
+    "dashboard": bench_dashboard.run,
 }
 
 

@@ -101,10 +101,9 @@ ORDER BY step"""
 
 #: name -> SQL text. Each returns what the panel of the same name shows.
 QUERIES: Final[dict[str, str]] = {
-    # The site picker: every site with human sessions.
+    # The site picker: every site with human sessions; a site not listed has no events yet (the empty
+    # state: "add this script tag").
     "sites": "SELECT site_id FROM v_daily_traffic GROUP BY site_id ORDER BY site_id",
-    # Whether the site ever had an event (empty state: "add this script tag").
-    "site_events": "SELECT count() AS days FROM v_daily_traffic WHERE site_id = {site:String}",
     # Totals of [from, to) and of the period before it, [prev_from, from) (same length); *_change is
     # relative (x / previous - 1, NULL without a previous value) for counts and durations, and the
     # difference in rate (points as a fraction) for bounce_rate and conversion_rate.

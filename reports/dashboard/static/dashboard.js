@@ -13,6 +13,7 @@
   let generation = 0;
   let chart = null;
   let liveTimer = null;
+  let queryCounter = 0;
 
   // -- URL state ---------------------------------------------------------------------------------
   const params = () => new URLSearchParams(location.search);
@@ -68,6 +69,7 @@
     if (!def) throw new Error("unknown query " + name);
     const url = new URL("/", location.origin);
     url.searchParams.set("default_format", "JSON");
+    url.searchParams.set("query_id", "dashboard-" + name + "-" + (++queryCounter)); // names the panel in logs
     url.searchParams.set("output_format_json_quote_64bit_integers", "0");
     for (const p of def.params) {
       if (!(p in values)) throw new Error("query " + name + " needs " + p);
@@ -355,7 +357,7 @@
     select.replaceChildren(...sites.map((s) => el("option", { value: s }, s)));
     if (site && !sites.includes(site)) select.append(el("option", { value: site }, site));
     select.value = site;
-    if (!site || !Number((await query("site_events", { site }))[0].days)) {
+    if (!site || !sites.includes(site)) {
       showEmpty(site);
       $("status").textContent = "No events yet.";
       setBusy(false);
