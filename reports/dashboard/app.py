@@ -83,6 +83,7 @@ class Dashboard:
             self._static[name] = (body, media, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 
     def routes(self) -> Sequence[BaseRoute]:
+        """The routes of the module docstring, for QueryPort.listener_app(extra_routes)."""
         return [
             Route("/dashboard", self.page, methods=["GET", "HEAD"]),
             Route("/dashboard/", self.page, methods=["GET", "HEAD"]),
@@ -112,6 +113,7 @@ class Dashboard:
         return response
 
     async def page(self, request: Request) -> Response:
+        """The page (200, sets the cookie after HTTP Basic), or 401 with the login form."""
         if not self.port.authenticated(request):
             response = self._login_page(401)
             if request.query_params.get("auth") == "basic":  # ask the browser for HTTP Basic credentials
@@ -123,9 +125,12 @@ class Dashboard:
         return response
 
     async def login_form(self, request: Request) -> Response:
+        """The login form (200)."""
         return self._login_page(200)
 
     async def login(self, request: Request) -> Response:
+        """Form fields `user`, `password` (urlencoded, at most 16 KiB): 303 to /dashboard with the
+        session cookie, or 401 with the form and a message (counted as an auth failure)."""
         body = b""
         async for chunk in request.stream():
             body += chunk
@@ -143,6 +148,7 @@ class Dashboard:
         return self._set_login(RedirectResponse("/dashboard", status_code=303, headers=_NO_STORE))
 
     async def logout(self, request: Request) -> Response:
+        """Forget the cookie's login, expire the cookie, 303 to the form."""
         self.port.logins.revoke(request.cookies.get(COOKIE_NAME))
         response = RedirectResponse("/dashboard/login", status_code=303, headers=_NO_STORE)
         response.delete_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="strict")
@@ -151,6 +157,8 @@ class Dashboard:
     # -- files and APIs ---------------------------------------------------------------------------------
 
     async def static(self, request: Request) -> Response:
+        """A file of STATIC_FILES (ETag, 304 on If-None-Match), 404 for any other name, 401 without
+        credentials unless PUBLIC_FILES."""
         name = request.path_params["name"]
         if name not in PUBLIC_FILES and not self.port.authenticated(request):
             return self._denied()
@@ -164,11 +172,13 @@ class Dashboard:
         return Response(body, media_type=media, headers=headers)
 
     async def api_queries(self, request: Request) -> Response:
+        """queries.catalog() as JSON: {name: {"sql", "params"}}."""
         if not self.port.authenticated(request):
             return self._denied()
         return Response(orjson.dumps(queries.catalog()), media_type="application/json", headers=_NO_STORE)
 
     async def api_config(self, request: Request) -> Response:
+        """{"script_url", "filters", "source_dimensions", "max_funnel_steps"}."""
         if not self.port.authenticated(request):
             return self._denied()
         body = {"script_url": self.config.script_url, "filters": list(queries.FILTERS),
@@ -176,7 +186,8 @@ class Dashboard:
         return Response(orjson.dumps(body), media_type="application/json", headers=_NO_STORE)
 
     async def api_experiments(self, request: Request) -> Response:
-        """{"experiments": [...]} of reports.experiments.build_report for `site` (all sites without)."""
+        """{"experiments": [...]} of reports.experiments.build_report for `site` (all sites without);
+        503 {"error": "query_failed", "message"} when v_variant_lift cannot be read."""
         if not self.port.authenticated(request):
             return self._denied()
         site = request.query_params.get("site") or None

@@ -33,7 +33,7 @@ SOURCE_DIMENSIONS: Final = ("channel", "utm_source", "utm_medium", "utm_campaign
 MAX_FUNNEL_STEPS: Final = 8
 
 
-def _filters(landing: str, lower: str = "from_ms") -> str:
+def _filters(landing: str) -> str:
     """The filter conditions on v_sessions (landing = entry_path) or v_leads (landing = landing_path)."""
     parts = [f"({{{name}:String}} = '' OR {name} = {{{name}:String}})" for name in SOURCE_DIMENSIONS]
     parts.append(f"({{page:String}} = '' OR {landing} = {{page:String}})")

@@ -308,6 +308,17 @@ def test_dashboard_shows_the_ground_truth_and_filters_every_panel(
         ready(page)
         assert "channel=" not in page.url
         assert_totals(page, totals_truth(loaded))
+
+        # Click variant B of the hero experiment: sessions that carried it, leads frozen with it.
+        page.click("[data-testid=experiment-hero] button[data-filter=variant][data-filter-value=B]")
+        ready(page)
+        assert "experiment=hero" in page.url and "variant=B" in page.url
+        carried = {e["session_id"] for e, _ in loaded.traffic.events if (e.get("variants") or {}).get("hero") == "B"}
+        sessions = [s for s in human_sessions(loaded.truth) if s["session_id"] in carried]
+        got = read_totals(page)
+        assert int(got["sessions"]) == len(sessions)
+        assert int(got["visitors"]) == len({s["anonymous_id"] for s in sessions})
+        assert int(got["leads"]) == sum(lead["variants"].get("hero") == "B" for lead in leads(loaded))
         assert not page_errors, page_errors
     finally:
         context.close()
@@ -388,5 +399,29 @@ def test_empty_dashboard_shows_the_script_tag(tmp_path: Path, browser: Browser,
         tag = page.text_content("[data-testid=script-tag]") or ""
         assert tag == f'<script defer src="{server.url}/beacon.js" data-site="new.example"></script>'
         assert "No events yet" in (page.text_content("#empty-text") or "")
+    finally:
+        context.close()
+
+
+def test_live_panel_refreshes_without_reloading(loaded: Loaded, browser: Browser) -> None:
+    """Runs last in this module: it adds a visit to the model's site, after the tests above read it."""
+    import httpx
+
+    from tests.conftest import make_event
+
+    context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})
+    try:
+        page = context.new_page()
+        page.goto(f"{loaded.dashboard}?auth=basic&site={loaded.truth.site}")
+        ready(page)
+        # The model's traffic ended more than 5 minutes ago.
+        assert page.get_attribute("[data-testid=live-visitors]", "data-value") == "0"
+        event = make_event(site_id=loaded.truth.site, anonymous_id="live-visitor", session_id="live-session",
+                           url=f"https://{loaded.truth.site}/live-now")
+        answer = httpx.post(loaded.server.url + "/collect", json=event, headers={"User-Agent": USER_AGENT}, timeout=30)
+        assert answer.status_code == 202, answer.text
+        # Within a flush and a 10 s refresh, with no navigation: one visitor, on /live-now.
+        page.wait_for_selector("[data-testid=live-visitors][data-value='1']", timeout=60_000)
+        assert [r["path"] for r in read_table(page, "live-table")] == ["/live-now"]
     finally:
         context.close()

@@ -64,6 +64,30 @@
     return tsv(value);
   }
 
+  // At most MAX_IN_FLIGHT requests at once (the query port's default slots), so a page does not
+  // fill the port's queue by itself; a 503 (every slot busy) is retried after its Retry-After.
+  const MAX_IN_FLIGHT = 2;
+  const RETRIES = 6;
+  let inFlight = 0;
+  const waiting = [];
+  function acquire() {
+    if (inFlight < MAX_IN_FLIGHT) { inFlight++; return Promise.resolve(); }
+    return new Promise((resolve) => waiting.push(resolve));
+  }
+  function release() { const next = waiting.shift(); if (next) next(); else inFlight--; }
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function send(url, init) {
+    await acquire();
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const response = await fetch(url, init);
+        if (response.status !== 503 || attempt >= RETRIES) return response;
+        await sleep(1000 * Math.max(1, Number(response.headers.get("Retry-After")) || 1));
+      }
+    } finally { release(); }
+  }
+
   async function query(name, values) {
     const def = CATALOG[name];
     if (!def) throw new Error("unknown query " + name);
@@ -75,7 +99,7 @@
       if (!(p in values)) throw new Error("query " + name + " needs " + p);
       url.searchParams.set("param_" + p, wire(values[p]));
     }
-    const response = await fetch(url, { method: "POST", body: def.sql, credentials: "same-origin",
+    const response = await send(url, { method: "POST", body: def.sql, credentials: "same-origin",
       headers: { "Content-Type": "text/plain; charset=utf-8" } });
     const text = await response.text();
     if (response.status === 401 || response.status === 403) { location.href = "/dashboard/login"; }
@@ -84,7 +108,7 @@
   }
 
   async function getJSON(path) {
-    const response = await fetch(path, { credentials: "same-origin" });
+    const response = await send(path, { credentials: "same-origin" });
     if (response.status === 401) { location.href = "/dashboard/login"; }
     if (!response.ok) throw new Error(path + ": HTTP " + response.status);
     return response.json();
