@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install system run test lint unit bench demo vendor-charts clean
+.PHONY: install system run test lint unit bench bench-views bench-large demo vendor-charts clean reliability soak
 
 # Quiet unless something fails: pip's output goes to $(VENV)/install.log and is shown on failure.
 $(VENV)/.installed: pyproject.toml
@@ -45,6 +45,26 @@ unit: install
 
 bench: install
 	$(PY) -m load.bench
+
+# The reliability suites (RELIABILITY.md) at full size: >= 20 kills per process, a 60 s sink outage,
+# a 30-minute soak; figures in $(RELIABILITY_RESULTS). `make test` runs them at CI size.
+RELIABILITY_RESULTS ?= /tmp/clickstream-reliability
+reliability: install
+	RELIABILITY_FULL=1 RELIABILITY_RESULTS=$(RELIABILITY_RESULTS) $(PY) -m pytest -q -p no:cacheprovider -s tests/reliability
+
+# The soak alone, longer: SOAK_S seconds at SOAK_RATE events/s (samples, JSON lines and soak.png in $(RELIABILITY_RESULTS)).
+SOAK_S ?= 3600
+SOAK_RATE ?= 200
+soak: install
+	RELIABILITY_FULL=1 RELIABILITY_SOAK_S=$(SOAK_S) RELIABILITY_SOAK_RATE=$(SOAK_RATE) RELIABILITY_RESULTS=$(RELIABILITY_RESULTS) \
+		$(PY) -m pytest -q -p no:cacheprovider -s tests/reliability/test_soak.py
+
+# Dashboard views alone at 1 M and 10 M events (part of `make bench`), and at 100 M (not part of it).
+bench-views: install
+	$(PY) -m load.bench views
+
+bench-large: install
+	$(PY) -m load.bench views-large
 
 # The demo site; on the pipeline of `make run` when that runs (same data directory and secrets), else
 # with its own. Then open http://127.0.0.1:8123/dashboard (user dashboards, password in data/.sql_password).

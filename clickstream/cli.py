@@ -23,9 +23,30 @@ def _settings(**overrides: Any) -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
+def _collector_settings(**overrides: Any) -> Settings:
+    """`_settings` for commands that validate events: the custom event schemas are checked here, so a
+    bad file stops the command with its name before anything starts (collector.schemas)."""
+    from collector.schemas import SchemaLoadError, load_custom_schemas
+
+    settings = _settings(**overrides)
+    try:
+        load_custom_schemas(settings.custom_schemas_path)
+    except SchemaLoadError as exc:
+        raise click.UsageError(f"CLICKSTREAM_CUSTOM_SCHEMAS_PATH: {exc}") from None
+    return settings
+
+
+#: uvicorn's TRACE level (below DEBUG), which `logging` does not know by name.
+TRACE = 5
+
+
+def _level(settings: Settings) -> int | str:
+    return TRACE if settings.log_level.lower() == "trace" else settings.log_level.upper()
+
+
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=_level(settings),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -51,7 +72,7 @@ def collector(host: str | None, port: int | None, data_dir: Path | None) -> None
     """Run the collector alone: POST /collect -> spool (no ClickHouse needed)."""
     from clickstream.runner import ListenerError, run_collector
 
-    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings = _collector_settings(host=host, port=port, data_dir=data_dir)
     _logging(settings)
     try:
         run_collector(settings)
@@ -76,7 +97,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, clickhouse_
     """
     from clickstream.runner import ListenerError, run_serve
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url, workers=workers)
+    settings = _collector_settings(host=host, port=port, data_dir=data_dir, clickhouse_url=clickhouse_url,
+                                   workers=workers)
     _logging(settings)
     try:
         run_serve(settings)
@@ -93,7 +115,7 @@ def worker(fd: int, index: int, owner_socket: Path) -> None:
     from clickstream.runner import run_worker
 
     settings = _settings()
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=_level(settings), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
     run_worker(settings, fd, owner_socket)
 
@@ -221,7 +243,7 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
 
     from collector.importer import DEFAULT_USER_AGENT, import_file
 
-    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    settings = _collector_settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
     _logging(settings)
     flusher = None
     client = None
@@ -240,6 +262,10 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
         if flusher is not None:
             flusher.stop()  # drains what is left (or, after an error, what was sealed)
         if client is not None:
+            if not settings.clickhouse_cluster:
+                from reports.fold import fold
+
+                fold(client)  # the roll-ups of the imported days (reports/fold.py)
             client.close()
     summary = result.as_json()
     if flusher is not None:
@@ -249,6 +275,47 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
     click.echo(json.dumps(summary))
     if result.rejected:
         sys.exit(1 if not result.accepted else 0)
+
+
+@main.command(name="replay-rejected")
+@click.option("--reason", "reasons", multiple=True, metavar="R",
+              help="Only events rejected for this reason (repeatable), e.g. schema_violation, "
+                   "unsupported_schema_version [all]")
+@click.option("--since", default=None, metavar="T",
+              help="Only events received at or after T: epoch ms, RFC 3339 with offset, or a UTC date YYYY-MM-DD")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [on when stderr is a terminal]")
+@_data_dir
+def replay_rejected(reasons: tuple[str, ...], since: str | None, progress: bool | None,
+                    data_dir: Path | None) -> None:
+    """Check the events kept in <data-dir>/rejected/ against today's schemas (after a schema was relaxed
+    or a custom schema registered); those that pass go into the spool exactly once (idempotent by
+    entry and event id, across repeated runs and crashes), the rest stay with their reason.
+
+    A running serve or flusher picks the replayed events up, otherwise the next one does. Prints a
+    JSON summary (replayed, still rejected by today's reason, already replayed) as its last line.
+    """
+    import json
+
+    from collector.replay import ReplayLocked, parse_since
+    from collector.replay import replay_rejected as replay
+    from collector.validation import RejectReason
+
+    known = {r.value for r in RejectReason}
+    unknown = [r for r in reasons if r not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown reason {', '.join(unknown)}; one of {', '.join(sorted(known))}",
+                                 param_hint="--reason")
+    try:
+        since_ms = None if since is None else parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    settings = _collector_settings(data_dir=data_dir)
+    _logging(settings)
+    try:
+        result = replay(settings, reasons=set(reasons), since_ms=since_ms, progress=progress)
+    except ReplayLocked as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result.as_json()))
 
 
 @main.command()
@@ -267,6 +334,38 @@ def experiments(site: str | None, experiment: str | None, fmt: str, data_dir: Pa
         click.echo(run_report(settings, site=site, experiment=experiment, fmt=fmt))
     except Exception as exc:  # shown as a message, not a traceback
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--site", default=None, help="Only this site_id [every site]")
+@click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="First UTC day YYYY-MM-DD [the first day of events]")
+@click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Last UTC day YYYY-MM-DD, included [the last day of events]")
+@click.option("--repair", is_flag=True, default=False,
+              help="Rebuild every day with a difference (atomically, as the fold does), then check it again")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [on when stderr is a terminal]")
+@_data_dir
+@_ch_url
+def reconcile(site: str | None, first: Any, last: Any, repair: bool, progress: bool | None, data_dir: Path | None,
+              clickhouse_url: str | None) -> None:
+    """Recompute every roll-up from `events` for the range and compare it per table, day and site.
+
+    Prints each difference; exit status 1 when there is one (with --repair: when one is left after the
+    repair). Needs the ClickHouse data to itself when it is embedded: stop `serve` first.
+    """
+    from reports.reconcile import LeaseBusy, format_report, run_reconcile
+
+    settings = _settings(data_dir=data_dir, clickhouse_url=clickhouse_url)
+    _logging(settings)
+    try:
+        report = run_reconcile(settings, site=site, first=first.date() if first else None,
+                               last=last.date() if last else None, repair=repair,
+                               progress=sys.stderr.isatty() if progress is None else progress)
+    except LeaseBusy as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_report(report))
+    sys.exit(1 if (report.after_repair if repair else report.differences) else 0)
 
 
 @main.command()

@@ -23,29 +23,32 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
+from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from clickstream import workers
 from clickstream.core.cluster import open_configured
 from clickstream.core.component import Component
+from clickstream.core.http import guarded_protocol
 from clickstream.core.settings import Settings
 from clickstream.web import create_app
 from collector.app import Collector
 from collector.metrics import CollectorMetrics
 from flusher.loop import Flusher, FlusherMetrics
 from reports.dashboard import Dashboard, DashboardConfig
+from reports.fold import Folder
 from reports.query_port import QueryPort, QueryPortConfig
 from stitcher.service import Stitcher
 
 log = logging.getLogger(__name__)
 
 
-def collector_app(settings: Settings) -> ASGIApp:
+def collector_app(settings: Settings, registry: CollectorRegistry | None = None) -> ASGIApp:
     """The collector alone: /collect, /beacon.js, /healthz, /readyz, /metrics."""
-    registry = CollectorRegistry()
+    registry = registry or CollectorRegistry()
     collector = Collector(settings, CollectorMetrics(registry))
-    return create_app([collector], registry, cors_allow_origins=settings.cors_allow_origins)
+    return create_app([collector], registry, cors_allow_origins=settings.cors_origins)
 
 
 def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Component]:
@@ -53,11 +56,23 @@ def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Co
     client = open_configured(settings)
     collector = Collector(settings, CollectorMetrics(registry))
     flusher = Flusher(settings, client, writer=collector.spool, metrics=FlusherMetrics(registry))
-    components: list[Component] = [collector, flusher, Stitcher(settings, client, flusher=flusher, registry=registry)]
+    components: list[Component] = [collector, *folders(settings, client), flusher,
+                                   Stitcher(settings, client, flusher=flusher, registry=registry)]
     port = query_port(settings, registry)
     if port is not None:
         components.append(port)  # started last, stopped first: before the flusher drains
     return components
+
+
+def folders(settings: Settings, client: Client) -> list[Component]:
+    """The fold (reports/fold.py) of the process that owns ClickHouse: none on a cluster (the roll-ups
+    would need a fold per shard). Placed before the flushers, it stops after them: the events drained
+    at the stop are folded."""
+    if settings.clickhouse_cluster:
+        log.warning("CLICKSTREAM_CLICKHOUSE_CLUSTER is set: the fold does not run on a cluster, the roll-up views "
+                    "stay empty (reports/fold.py)")
+        return []
+    return [Folder(client, settings.fold_interval_s)]
 
 
 def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | None:
@@ -72,6 +87,14 @@ def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | N
                     "it; the query port serves only the embedded engine", url.split("@")[-1])
         return None
     return QueryPort(config, Path(url.removeprefix("chdb://")), registry)
+
+
+def uvicorn_log_level(settings: Settings) -> str:
+    """uvicorn's log level: CLICKSTREAM_LOG_LEVEL, but never `trace`, where uvicorn logs every
+    connection and ASGI message with the client's address (the raw IP is never stored or logged,
+    docs/architecture.md "Telemetry event")."""
+    level = settings.log_level.lower()
+    return "debug" if level == "trace" else level
 
 
 class ListenerError(RuntimeError):
@@ -108,7 +131,7 @@ Listener = tuple[uvicorn.Server, socket.socket]
 
 def run_uvicorn(app: ASGIApp, settings: Settings, *, sockets: list[socket.socket] | None = None,
                 uds: Path | None = None, extra: Sequence[Listener] = (),
-                extra_closed: asyncio.Event | None = None) -> None:
+                extra_closed: asyncio.Event | None = None, registry: CollectorRegistry | None = None) -> None:
     """Serve `app` with uvloop + httptools, no access log (it would dominate the hot path's cost).
 
     On CLICKSTREAM_HOST:CLICKSTREAM_PORT (bound first: ListenerError when taken), or on inherited
@@ -116,8 +139,9 @@ def run_uvicorn(app: ASGIApp, settings: Settings, *, sockets: list[socket.socket
     --workers`); then, once the app's start (lifespan) completed, the `extra` listeners on their
     sockets, in the same event loop. X-Forwarded-For is read from the proxies in
     `forwarded_allow_ips` only (uvicorn's proxy headers): IP hashes and cookieless ids need the
-    browser's address, not the proxy's. SIGTERM / SIGINT stop every listener at once (a second
-    SIGINT forces); `extra_closed` is set when the extra listeners have finished.
+    browser's address, not the proxy's. Slow clients are closed (clickstream.core.http.guarded_protocol:
+    CLICKSTREAM_HTTP_HEADER_TIMEOUT_S, _BODY_TIMEOUT_S), counted in `registry`. SIGTERM / SIGINT stop
+    every listener at once (a second SIGINT forces); `extra_closed` is set when the extra listeners have finished.
 
     TRICKY: uvicorn's own signal handling re-raises the caught signal after its graceful shutdown,
     so a SIGTERM'd process would die by the signal (exit -15) although everything was flushed; the
@@ -126,8 +150,10 @@ def run_uvicorn(app: ASGIApp, settings: Settings, *, sockets: list[socket.socket
     if sockets is None and uds is None:
         sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, uds=str(uds) if uds else None, http="httptools",
-        access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
+        app, host=settings.host, port=settings.port, uds=str(uds) if uds else None,
+        http=guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s, registry),
+        backlog=settings.http_backlog, access_log=False, log_level=uvicorn_log_level(settings),
+        timeout_graceful_shutdown=30,
         forwarded_allow_ips=settings.forwarded_allow_ips,  # the client IP behind a first-party proxy
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -167,10 +193,11 @@ async def _serve(main: uvicorn.Server, sockets: list[socket.socket] | None, extr
 def _port_listeners(settings: Settings, components: Sequence[Component], sock: socket.socket | None) -> list[Listener]:
     """The query port's listener, with the dashboard (`GET /dashboard`, reports/dashboard), for the
     QueryPort among `components` (none without one)."""
+    http = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
     return [(_Listener(uvicorn.Config(port.listener_app(Dashboard(port, dashboard_config(settings)).routes()),
                                       host=port.config.host, port=port.config.port,
-                                      http="httptools", lifespan="off", access_log=False,
-                                      log_level=settings.log_level, timeout_graceful_shutdown=30)), sock)
+                                      http=http, lifespan="off", access_log=False,
+                                      log_level=uvicorn_log_level(settings), timeout_graceful_shutdown=30)), sock)
             for port in components if isinstance(port, QueryPort) and sock is not None]
 
 
@@ -190,7 +217,8 @@ def _bind_query_port(settings: Settings) -> socket.socket | None:
 
 
 def run_collector(settings: Settings) -> None:
-    run_uvicorn(collector_app(settings), settings)
+    registry = CollectorRegistry()
+    run_uvicorn(collector_app(settings, registry), settings, registry=registry)
 
 
 def run_serve(settings: Settings) -> None:
@@ -204,10 +232,10 @@ def run_serve(settings: Settings) -> None:
     if settings.workers == 0:
         sockets = [bind(settings.host, settings.port, "CLICKSTREAM_HOST, CLICKSTREAM_PORT")]
         components = serve_components(settings, registry)
-        app = create_app(components, registry, cors_allow_origins=settings.cors_allow_origins,
+        app = create_app(components, registry, cors_allow_origins=settings.cors_origins,
                          before_stop=listeners_closed.wait)
         run_uvicorn(app, settings, sockets=sockets, extra=_port_listeners(settings, components, port_socket),
-                    extra_closed=listeners_closed)
+                    extra_closed=listeners_closed, registry=registry)
         return
     sock = workers.listen(settings)
     owner_socket = workers.owner_socket_path()
@@ -215,15 +243,16 @@ def run_serve(settings: Settings) -> None:
     pool = workers.Workers(settings, sock, owner_socket, registry)
     spools = workers.AllSpools(settings, client, pool, registry)
     # started in this order, stopped in reverse: workers stop first (seal), the query port, the flushers
-    # last (drain)
-    owned: list[Component] = [spools, Stitcher(settings, client, flusher=spools, registry=registry)]
+    # (drain), the fold last (folds what was drained)
+    owned: list[Component] = [*folders(settings, client), spools,
+                              Stitcher(settings, client, flusher=spools, registry=registry)]
     port = query_port(settings, registry)
     owned += [port] if port is not None else []
     owned.append(pool)
     try:
         run_uvicorn(create_app(owned, registry, cors_allow_origins=(), before_stop=listeners_closed.wait),
                     settings, uds=owner_socket, extra=_port_listeners(settings, owned, port_socket),
-                    extra_closed=listeners_closed)
+                    extra_closed=listeners_closed, registry=registry)
     finally:
         owner_socket.unlink(missing_ok=True)
 
@@ -259,8 +288,8 @@ def run_worker(settings: Settings, fd: int, owner_socket: Path) -> None:
     threading.Thread(target=sealer, name="worker-sealer", daemon=True).start()
     threading.Thread(target=orphaned, name="worker-orphan", daemon=True).start()
     app = create_app([collector, workers.Forwarder(owner_socket)], registry,
-                     cors_allow_origins=settings.cors_allow_origins)
-    run_uvicorn(app, settings, sockets=[socket.socket(fileno=fd)])
+                     cors_allow_origins=settings.cors_origins)
+    run_uvicorn(app, settings, sockets=[socket.socket(fileno=fd)], registry=registry)
 
 
 def run_stitcher(settings: Settings) -> None:
@@ -272,7 +301,7 @@ def run_stitcher(settings: Settings) -> None:
     client = open_configured(settings)
     stitcher = Stitcher(settings, client, flusher=None, registry=registry)
     # No CORS: /stitch is server to server.
-    run_uvicorn(create_app([stitcher], registry, cors_allow_origins=()), settings)
+    run_uvicorn(create_app([stitcher], registry, cors_allow_origins=()), settings, registry=registry)
 
 
 def run_flusher(settings: Settings) -> None:
@@ -282,7 +311,9 @@ def run_flusher(settings: Settings) -> None:
     SIGTERM / SIGINT: stop, flush every sealed segment, exit 0.
     """
     registry = CollectorRegistry()
-    flusher = Flusher(settings, open_configured(settings), metrics=FlusherMetrics(registry))
+    client = open_configured(settings)
+    flusher = Flusher(settings, client, metrics=FlusherMetrics(registry))
     log.info("flusher on %s", settings.spool_dir)
-    # No CORS: nothing here is for browsers.
-    run_uvicorn(create_app([flusher], registry, cors_allow_origins=()), settings)
+    # No CORS: nothing here is for browsers. The fold stops after the flusher drained.
+    run_uvicorn(create_app([*folders(settings, client), flusher], registry, cors_allow_origins=()), settings,
+                registry=registry)

@@ -3,7 +3,8 @@
 Components start in order and stop in reverse: `stop` of the collector runs before the
 flusher's, so that `serve` on SIGTERM stops accepting, seals the spool, then flushes everything
 spooled (docs/architecture.md "Command line").
-Also serves `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text format).
+Also serves `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text format) and, when a
+component describes its routes (an `openapi()` method), `GET /openapi.json` (clickstream.core.openapi).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clickstream.core.component import Component
 from clickstream.core.http import RawRoute
+from clickstream.core.openapi import Operations, document
 
 
 class OriginOnlyCORS(CORSMiddleware):
@@ -71,6 +73,13 @@ def create_app(
             comp.update_gauges()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    described: list[Operations] = [part() for comp in components
+                                   if callable(part := getattr(comp, "openapi", None))]
+    openapi_body = orjson.dumps(document("clickstream", described)) if described else b""
+
+    async def openapi(request: Request) -> Response:
+        return Response(openapi_body, media_type="application/json")
+
     # the components' routes first: POST /collect, the hot path, is then matched at the first try
     routes: list[BaseRoute] = [route for comp in components for route in comp.routes()]
     routes += [
@@ -78,6 +87,8 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    if described:
+        routes.append(Route("/openapi.json", openapi, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -51,11 +51,13 @@ from starlette.routing import BaseRoute, Route
 
 from clickstream.core.component import Check
 from clickstream.core.errors import Unavailable
+from clickstream.core.openapi import Operations
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolWriter, segment_created_us
 from flusher.dedup import EventIdMemory
 from flusher.loop import Flusher, FlusherMetrics
 from flusher.pacing import interval_for
+from stitcher.service import stitch_operations
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class Workers:
             value = getattr(own, name)
             if name in Settings.SECRETS or value is None:
                 continue  # a collector needs no secret
-            env["CLICKSTREAM_" + name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
+            env["CLICKSTREAM_" + name.upper()] = own.env_text(name)
         env["CLICKSTREAM_WORKERS"] = "0"
         return env
 
@@ -300,6 +302,10 @@ class Forwarder:
 
     def routes(self) -> list[BaseRoute]:
         return [Route(path, self._forward, methods=["GET", "POST"]) for path in self.paths]
+
+    def openapi(self) -> Operations:
+        """The forwarded routes in the worker's /openapi.json (what the owner answers)."""
+        return stitch_operations() if "/stitch" in self.paths else Operations({})
 
     def start(self) -> None:
         pass

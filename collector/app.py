@@ -19,7 +19,6 @@ import asyncio
 import functools
 import hashlib
 import json
-import os
 import posixpath
 import time
 from collections.abc import Sequence
@@ -36,7 +35,9 @@ from starlette.types import Receive, Scope, Send
 from clickstream.core import resources
 from clickstream.core.component import Check
 from clickstream.core.errors import ClickstreamError, HttpAnswer, TooLarge, Unavailable, UnsupportedMediaType
+from clickstream.core.files import WriteHealth
 from clickstream.core.http import ClientDisconnect, RawRoute, receive_rest
+from clickstream.core.openapi import Operations, error, json_body, ref, schema_component
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolError, SpoolFullError, SpoolPosition, SpoolWriter
 from collector.cookieless import CookielessIds
@@ -44,7 +45,8 @@ from collector.metrics import CollectorMetrics
 from collector.pipeline import Outcome, parse_body, process, rejected_reason
 from collector.rejected import RejectedStore
 from collector.salt import DailyHasher, DailySalt
-from collector.validation import EventValidator, RejectReason
+from collector.schemas import EventSchemas
+from collector.validation import EVENT_SCHEMA, RejectReason
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ACCEPTED_TYPES = ("application/json", "text/plain")
@@ -58,7 +60,7 @@ class _CollectEndpoint:
         self.collector = collector
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type = content_length = user_agent = None
+        content_type = content_length = user_agent = origin = None
         for name, value in scope["headers"]:  # ASGI header names are lower-case bytes
             if name == b"content-type":
                 content_type = content_type or value.decode("latin-1")
@@ -66,9 +68,11 @@ class _CollectEndpoint:
                 content_length = content_length or value.decode("latin-1")
             elif name == b"user-agent":
                 user_agent = user_agent or value.decode("latin-1")
+            elif name == b"origin":
+                origin = origin or value.decode("latin-1")
         client = scope.get("client")
         answer = await self.collector.answer(receive, content_type, content_length, user_agent,
-                                             client[0] if client else None)
+                                             client[0] if client else None, origin)
         if answer is None:  # the client is gone: nobody to answer
             return
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
@@ -81,7 +85,8 @@ class Collector:
     def __init__(self, settings: Settings, metrics: CollectorMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or CollectorMetrics()
-        self.validator = EventValidator()
+        #: every accepted event schema version and the custom event schemas, compiled once
+        self.schemas = EventSchemas.from_settings(settings.custom_schemas_path)
         self.spool = SpoolWriter(
             settings.spool_dir,
             segment_max_bytes=settings.spool_segment_max_bytes,
@@ -101,8 +106,13 @@ class Collector:
         self.cookieless = CookielessIds(DailyHasher(salt, digest_size=12),
                                         max_visitors=settings.cookieless_max_visitors,
                                         on_evict=self.metrics.cookieless_evicted.inc)
+        # readiness: the disks under the spool and rejected/ take a request of the largest size
+        self.spool_health = WriteHealth(settings.spool_dir, settings.max_body_bytes)
+        self.rejected_health = WriteHealth(settings.rejected_dir, settings.max_body_bytes)
         self._max_age_ms = settings.max_event_age_s * 1000
         self._max_skew_ms = settings.max_clock_skew_s * 1000
+        self._sites = ({site: frozenset(origins) for site, origins in settings.sites.items()}
+                       if settings.sites else None)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,12 +126,13 @@ class Collector:
         self.rejected.close()
 
     def readiness(self) -> list[Check]:
-        """Checks for /readyz: spool directory writable, spool under its quota."""
-        writable = os.access(self.settings.spool_dir, os.W_OK)
+        """Checks for /readyz: spool and rejected/ writable (room for a request of the largest size, no
+        failed write outstanding: clickstream.core.files.WriteHealth), spool under its quota."""
         under = not self.spool.over_quota()
         return [
-            Check("spool_writable", writable, str(self.settings.spool_dir)),
+            Check("spool_writable", *self.spool_health.check()),
             Check("spool_under_quota", under, f"{self.spool.bytes_used}/{self.spool.max_bytes} bytes"),
+            Check("rejected_writable", *self.rejected_health.check()),
         ]
 
     def update_gauges(self) -> None:
@@ -143,13 +154,47 @@ class Collector:
             routes.append(Route(self.settings.script_path, self.beacon, methods=["GET", "HEAD"]))
         return routes
 
+    def openapi(self) -> Operations:
+        """`POST /collect` (and the first-party collect path) for /openapi.json: the event schema
+        (schemas/event.schema.json), one event or a batch of 1..max_batch_events."""
+        batch = {"type": "array", "minItems": 1, "maxItems": self.settings.max_batch_events, "items": ref("Event")}
+        accepted = {
+            "type": "object", "required": ["accepted", "rejected", "errors"],
+            "properties": {
+                "accepted": {"type": "integer", "minimum": 0}, "rejected": {"type": "integer", "minimum": 0},
+                "errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "index": {"type": ["integer", "null"]}, "path": {"type": "string"},
+                    "message": {"type": "string"}, "reason": {"type": "string"}}}},
+            },
+        }
+        operation = {
+            "summary": "Collect telemetry events",
+            "description": "One event or a JSON array of events; Content-Type application/json, or text/plain "
+                           "with the same JSON (navigator.sendBeacon). Contract: docs/architecture.md \"HTTP\".",
+            "operationId": "collect",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "oneOf": [ref("Event"), batch]}}}},
+            "responses": {
+                "202": json_body(accepted, "At least one event accepted (in the spool); the others rejected"),
+                "400": json_body(accepted, "No event accepted: malformed JSON, empty batch, invalid events"),
+                "413": error("Body over CLICKSTREAM_MAX_BODY_BYTES or batch over CLICKSTREAM_MAX_BATCH_EVENTS"),
+                "415": error("Content-Type other than application/json or text/plain"),
+                "503": error("Spool over its quota or not writable; retry", retry_after=True),
+            },
+        }
+        paths = {path: {"post": {**operation, "operationId": "collect" if path == "/collect" else "collect_proxied"}}
+                 for path in dict.fromkeys(("/collect", self.settings.collect_path))}
+        return Operations(paths, {"Event": schema_component(EVENT_SCHEMA)})
+
     # -- handlers --------------------------------------------------------------------------
     async def answer(self, receive: Receive, content_type: str | None, content_length: str | None,
-                     user_agent: str | None, client_host: str | None) -> HttpAnswer | None:
+                     user_agent: str | None, client_host: str | None, origin: str | None = None
+                     ) -> HttpAnswer | None:
         """Run one `POST /collect`: receive -> parse -> validate -> stamp -> append -> answer.
 
         Header values are as received (None when absent); `client_host` is the peer address
-        (after uvicorn's proxy-header handling), hashed and never stored. Returns the answer,
+        (after uvicorn's proxy-header handling), hashed and never stored; `origin` the browser's
+        Origin header (checked against the site allowlist, CLICKSTREAM_SITES). Returns the answer,
         or None when the client disconnected before its body arrived (counted, nothing spooled).
         Only receiving the body (and, with `spool_fsync_interval_ms=0`, the fsync) awaits; the
         pipeline in between is synchronous (`accept`).
@@ -162,7 +207,8 @@ class Collector:
             if self.spool.over_quota():
                 raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL)
             limit = self.settings.max_body_bytes
-            if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+            if content_length is not None and content_length.isascii() and content_length.isdigit() \
+                and int(content_length) > limit:
                 raise TooLarge(f"body exceeds {limit} bytes", code=RejectReason.BODY_TOO_LARGE)
             message = await receive()  # inlined: the whole body in one message is the common case
             if message["type"] != "http.request":
@@ -170,14 +216,15 @@ class Collector:
             body = message.get("body", b"")
             if message.get("more_body", False) or len(body) > limit:
                 body = await receive_rest(receive, body, limit, code=RejectReason.BODY_TOO_LARGE)
-            outcome, position = self.accept(body, user_agent, client_host)
+            outcome, position = self.accept(body, user_agent, client_host, origin)
             if position is not None and self.settings.spool_fsync_interval_ms == 0:
                 try:
                     await asyncio.to_thread(self.spool.sync_to, position)
                 except OSError as exc:  # written but not durable: the client retries (same event_id)
+                    self.spool_health.failed(exc)
                     raise Unavailable(f"spool cannot fsync ({exc}); retry later",
                                       code=RejectReason.SPOOL_UNAVAILABLE) from None
-            return self.acknowledge(outcome, body)
+            return self.acknowledge(outcome)
         except ClickstreamError as exc:  # the one place a refused request becomes an answer
             exc.extra = {"accepted": 0, "rejected": 0, "errors": [], **exc.extra}  # the shape of POST /collect
             self.metrics.request(exc.status)
@@ -187,7 +234,7 @@ class Collector:
             self.metrics.client_disconnects.inc()
             return None
 
-    def accept(self, body: bytes, user_agent: str | None, client_host: str | None
+    def accept(self, body: bytes, user_agent: str | None, client_host: str | None, origin: str | None = None
                ) -> tuple[Outcome, SpoolPosition | None]:
         """Parse, validate and stamp a request body and append its accepted events to the spool as
         one block record; return the outcome and the spool position after it (None when nothing
@@ -197,8 +244,8 @@ class Collector:
             events = parse_body(body, self.settings.max_batch_events)
         except ClickstreamError as exc:
             # malformed, empty or oversized batch: the body (<= max_body_bytes) is kept as sent
-            self.rejected.add([{"reason": exc.code, "index": None, "path": "",
-                                "message": exc.message, "body": body.decode("utf-8", "replace")}])
+            self.keep_rejected([{"reason": exc.code, "index": None, "path": "",
+                                 "message": exc.message, "body": body.decode("utf-8", "replace")}], body)
             raise
         received_at_ms = int(time.time() * 1000)
         user_agent = (user_agent or "")[:1024]
@@ -208,35 +255,56 @@ class Collector:
 
         outcome = process(
             events,
-            self.validator,
+            self.schemas,
             received_at_ms=received_at_ms,
             user_agent=user_agent,
             ip_hash=self.hash_ip(client_host) if client_host else "",
             max_age_ms=self._max_age_ms,
             max_skew_ms=self._max_skew_ms,
             pending=pending,
+            sites=self._sites,
+            origin=origin,
         )
+        # dead letters first, the spool last: a 503 from either leaves no event of the request spooled
+        # (a retry may keep its dead letters twice: replay-rejected and audits key them by event_id)
+        self.keep_rejected(outcome.rejected_entries, body)
         if not outcome.records:
             return outcome, None
         try:
-            return outcome, self.spool.append_block(outcome.ids, outcome.records, outcome.stamp)
+            position = self.spool.append_block(outcome.ids, outcome.records, outcome.stamp)
         except SpoolFullError:
             raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL) from None
         except (OSError, SpoolError) as exc:  # ENOSPC, EIO, closed at shutdown: back-pressure
+            self.spool_health.failed(exc)
             raise Unavailable(f"spool cannot take writes ({exc}); retry later",
                               code=RejectReason.SPOOL_UNAVAILABLE) from None
+        self.spool_health.ok()
+        return outcome, position
 
-    def acknowledge(self, outcome: Outcome, body: bytes) -> HttpAnswer:
-        """Count the outcome, keep its rejected events, and answer: 202 when any event was
-        accepted (the all-accepted answer pre-encoded), else 400, with per-event errors."""
+    def keep_rejected(self, entries: list[dict[str, Any]], body: bytes) -> None:
+        """Keep dead letters in rejected/. Raises Unavailable (503, reason `rejected_unavailable`) when
+        the store cannot write them: a request is never answered while its rejected events are unkept."""
+        if not entries:
+            return
+        try:
+            self.rejected.add(entries, body=body)
+        except OSError as exc:
+            self.rejected_health.failed(exc)
+            raise Unavailable(f"rejected/ cannot keep dead letters ({exc}); retry later",
+                              code=RejectReason.REJECTED_UNAVAILABLE) from None
+        self.rejected_health.ok()
+
+    def acknowledge(self, outcome: Outcome) -> HttpAnswer:
+        """Count the outcome (its rejected events were kept by `accept`) and answer: 202 when any
+        event was accepted (the all-accepted answer pre-encoded), else 400, with per-event errors."""
         accepted = len(outcome.records)
         if accepted:
             self.metrics.accepted(accepted)
+            self.metrics.versions(outcome.versions)
         status = 202 if accepted else 400
         self.metrics.request(status)
         if not outcome.errors:
             return accepted_answer(accepted)
-        self.rejected.add(outcome.rejected_entries, body=body)
         for err in outcome.errors:
             self.metrics.rejected(err.reason)
         payload = orjson.dumps({

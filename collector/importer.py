@@ -5,7 +5,8 @@ an envelope `{"event": {...}, "user_agent": "...", "received_at": ms}` that keep
 would have stamped. `--format ga4`: rows of a GA4 BigQuery export (collector.ga4 documents the
 mapping). The file may be gzip- or zstd-compressed (recognised by its magic bytes).
 
-Lines go through the same validation as `/collect` (schemas/event.schema.json) but not the 72 h
+Lines go through the same validation as `/collect` (every accepted schema version, upcast to
+the current one, and the custom event schemas: collector.schemas) but not the 72 h
 clock policy: history is what import is for. Still refused: timestamps before 2000-01-01
 (`ts_too_old`) or more than `max_clock_skew_s` ahead of now (`ts_in_future`), the range `events`
 accepts; events without ids (`"consent": "pending"`, `consent_pending`), whose ids only a browser's
@@ -51,7 +52,8 @@ from clickstream.core.useragent import agent_fragment
 from collector import ga4
 from collector.pipeline import ingest_row
 from collector.rejected import RejectedStore
-from collector.validation import EventValidator, RejectReason
+from collector.schemas import EventSchemas, SchemaVersion
+from collector.validation import RejectReason
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -74,13 +76,15 @@ _BZ2_MAGIC = b"BZh"
 
 @dataclasses.dataclass(frozen=True)
 class ImportOptions:
-    """How lines are read: format, default User-Agent, GA4 site id, clock bound (epoch ms)."""
+    """How lines are read: format, default User-Agent, GA4 site id, clock bound (epoch ms), custom
+    event schemas (collector.schemas)."""
 
     fmt: str = "jsonl"
     user_agent: str = DEFAULT_USER_AGENT
     site_id: str | None = None
     received_at_ms: int = 0
     max_ts_ms: int = 0
+    custom_schemas_path: Path | None = None
 
 
 @dataclasses.dataclass
@@ -157,7 +161,7 @@ def chunks(stream: Readable, size: int = CHUNK_BYTES) -> Iterator[tuple[int, byt
 
 
 # -- one chunk (runs in a worker process) ---------------------------------------------------------
-_validator: EventValidator | None = None
+_schemas: EventSchemas | None = None
 
 
 def import_event_id(line: bytes) -> str:
@@ -219,46 +223,68 @@ def _rows(first_line: int, data: bytes, options: ImportOptions, rejected: list[d
     JSON parser reads as its last value, is then refused by ClickHouse and dead-lettered by the
     flusher with the error (reason `clickhouse_rejected`), not stored differently.
     """
-    validator = _validator or EventValidator()
+    schemas = _schemas or EventSchemas.from_settings(options.custom_schemas_path)
     candidates = _candidates(first_line, data, options, rejected)
-    all_valid = validator.all_valid([c[2] for c in candidates])
+    all_valid = bool(candidates) and schemas.all_valid([c[2] for c in candidates])
     ids: list[bytes] = []
     rows: list[bytes] = []
     dumps = orjson.dumps
     for number, line, event, stamp, whole in candidates:
-        if not all_valid and not validator.is_valid(event):
-            path, message = validator.first_error(event) or ("", "invalid event")
-            _reject(rejected, number, RejectReason.SCHEMA_VIOLATION, path, message, event)
+        checked = check_history(event, schemas, options.max_ts_ms, all_valid)
+        if isinstance(checked, Refusal):
+            _reject(rejected, number, checked.reason, checked.path, checked.message, event)
             continue
+        version, ts_ms = checked
         ts = event["ts"]
-        try:
-            ts_ms = ts if type(ts) is int else parse_ts(ts)
-        except ValueError as exc:
-            _reject(rejected, number, RejectReason.INVALID_TIMESTAMP, "/ts", str(exc), event)
-            continue
-        if ts_ms < MIN_TS_MS:
-            _reject(rejected, number, RejectReason.TS_TOO_OLD, "/ts", "ts before 2000-01-01", event)
-            continue
-        if ts_ms > options.max_ts_ms:
-            _reject(rejected, number, RejectReason.TS_IN_FUTURE, "/ts", "ts in the future", event)
-            continue
-        if "consent" in event:  # ids derived from the browser's IP and User-Agent: only POST /collect has them
-            _reject(rejected, number, RejectReason.CONSENT_PENDING, "/consent", "events without ids (consent "
-                    "pending) cannot be imported: give them anonymous_id and session_id", event)
-            continue
         event_id = event.get("event_id")
-        if whole and ts_ms is ts:  # the line as written
+        if whole and ts_ms is ts and "schema" not in event and not version.upcasts:  # the line as written
             if event_id is None:
                 event_id = import_event_id(line)
                 stamp = b',"event_id":"' + event_id.encode() + b'"' + stamp
             rows.append(ingest_row(line, stamp))
         else:
             event["ts"] = ts_ms
+            version.upcast(event)  # the current shape, `schema` removed (collector.schemas)
             if event_id is None:
                 event_id = event["event_id"] = import_event_id(line)
             rows.append(ingest_row(dumps(event), stamp))
         ids.append(event_id.lower().encode())
     return ids, rows
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why history (an imported line, a replayed dead letter) is refused: reason, JSON Pointer, message."""
+
+    reason: RejectReason
+    path: str
+    message: str
+
+
+def check_history(event: Any, schemas: EventSchemas, max_ts_ms: int, valid: bool = False
+                  ) -> Refusal | tuple[SchemaVersion, int]:
+    """The rules of history (import, replay of rejected events): the event's schema version and custom
+    schema (`valid`: it passed its version already), a real timestamp from 2000-01-01
+    (`ts_too_old` before) to `max_ts_ms` (`ts_in_future` after), and ids (no `consent`). Returns
+    (its SchemaVersion, `ts` in epoch ms; the very `ts` object when it is integer ms), or the Refusal.
+    Does not change the event."""
+    version = schemas.check(event, valid)
+    if isinstance(version, tuple):
+        path, message, reason = version
+        return Refusal(reason, path, message)
+    ts = event["ts"]
+    try:
+        ts_ms = ts if type(ts) is int else parse_ts(ts)
+    except ValueError as exc:
+        return Refusal(RejectReason.INVALID_TIMESTAMP, "/ts", str(exc))
+    if ts_ms < MIN_TS_MS:
+        return Refusal(RejectReason.TS_TOO_OLD, "/ts", "ts before 2000-01-01")
+    if ts_ms > max_ts_ms:
+        return Refusal(RejectReason.TS_IN_FUTURE, "/ts", "ts in the future")
+    if "consent" in event:  # ids derived from the browser's IP and User-Agent: only POST /collect has them
+        return Refusal(RejectReason.CONSENT_PENDING, "/consent", "events without ids (consent pending) cannot be "
+                       "imported: give them anonymous_id and session_id")
+    return version, ts_ms
 
 
 def import_chunk(spool: Path, segment_id: str, first_line: int, data: bytes, options: ImportOptions) -> _Chunk:
@@ -273,9 +299,9 @@ def import_chunk(spool: Path, segment_id: str, first_line: int, data: bytes, opt
     return _Chunk(segment_id, data.count(b"\n") + (not data.endswith(b"\n")), len(rows), rejected)
 
 
-def _init_worker() -> None:
-    global _validator
-    _validator = EventValidator()
+def _init_worker(custom_schemas_path: Path | None = None) -> None:
+    global _schemas
+    _schemas = EventSchemas.from_settings(custom_schemas_path)
 
 
 class _Inline(Executor):
@@ -305,7 +331,8 @@ def import_file(settings: Settings, path: Path, *, user_agent: str = DEFAULT_USE
         raise ValueError(f"unknown import format {fmt!r}; one of {', '.join(FORMATS)}")
     started = time.perf_counter()
     now_ms = int(time.time() * 1000)
-    options = ImportOptions(fmt, user_agent, site_id, now_ms, now_ms + settings.max_clock_skew_s * 1000)
+    options = ImportOptions(fmt, user_agent, site_id, now_ms, now_ms + settings.max_clock_skew_s * 1000,
+                            settings.custom_schemas_path)
     spool = settings.spool_dir
     spool.mkdir(parents=True, exist_ok=True)
     rejected = RejectedStore(settings.rejected_dir, max_bytes=settings.rejected_max_bytes,
@@ -315,9 +342,10 @@ def import_file(settings: Settings, path: Path, *, user_agent: str = DEFAULT_USE
     if workers is None:  # a pool takes ~1 s to start: not worth it for one chunk
         workers = (os.cpu_count() or 1) if total > chunk_bytes // 4 else 1
     if workers == 1:
-        _init_worker()
+        _init_worker(settings.custom_schemas_path)
     pool: Executor = (_Inline() if workers == 1 else ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker))
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+        initargs=(settings.custom_schemas_path,)))
     result = ImportResult()
     bar = _Progress(total, progress if progress is not None else sys.stderr.isatty())
     pending: list[Future[_Chunk]] = []

@@ -24,6 +24,10 @@ class CollectorMetrics:
         self.events_rejected = Counter("clickstream_events_rejected",
                                        "Events (or whole requests) refused, by reason", ["reason"],
                                        registry=r)
+        self.events_by_version = Counter("clickstream_events_schema_version",
+                                         "Events appended to the spool by the event schema version they were "
+                                         "sent in (before the upcast; docs/schema-versioning.md)", ["version"],
+                                         registry=r)
         self.rejected_evicted = Counter("clickstream_rejected_evicted",
                                         "Rejected events deleted from rejected/ by rotation", registry=r)
         self.spool_bytes = Gauge("clickstream_spool_bytes", "Bytes in unflushed spool segments", registry=r)
@@ -45,6 +49,7 @@ class CollectorMetrics:
         # event loop, so no count is lost between them.
         self._requests: dict[int, int] = {}
         self._accepted = 0
+        self._versions: dict[str, int] = {}
         self._rejected: dict[RejectReason, int] = {}
         for status in (202, 400, 413, 415, 503):  # exported as 0 before the first one
             self.requests.labels(status=str(status))
@@ -59,6 +64,11 @@ class CollectorMetrics:
         """Count `n` events appended to the spool."""
         self._accepted += n
 
+    def versions(self, counts: dict[str, int]) -> None:
+        """Count accepted events by schema version (`collector.pipeline.Outcome.versions`)."""
+        for version, n in counts.items():
+            self._versions[version] = self._versions.get(version, 0) + n
+
     def rejected(self, reason: RejectReason, n: int = 1) -> None:
         """Count `n` events (or one whole request) refused for `reason`."""
         self._rejected[reason] = self._rejected.get(reason, 0) + n
@@ -68,6 +78,9 @@ class CollectorMetrics:
         requests, self._requests = self._requests, {}
         accepted, self._accepted = self._accepted, 0
         rejected, self._rejected = self._rejected, {}
+        versions, self._versions = self._versions, {}
+        for version, n in versions.items():
+            self.events_by_version.labels(version=version).inc(n)
         for status, n in requests.items():
             self.requests.labels(status=str(status)).inc(n)
         if accepted:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -25,7 +25,8 @@ import orjson
 from clickstream.core.errors import ClickstreamError, InvalidRequest, TooLarge
 from clickstream.core.times import parse_ts
 from clickstream.core.useragent import agent_fragment
-from collector.validation import EventError, EventValidator, RejectReason
+from collector.schemas import EventSchemas
+from collector.validation import EventError, RejectReason
 
 
 def rejected_reason(exc: ClickstreamError) -> RejectReason:
@@ -67,13 +68,15 @@ def check_clock(ts_ms: int, received_at_ms: int, max_age_ms: int, max_skew_ms: i
 class Outcome:
     """What the pipeline made of one request: the accepted events as JSON objects (`records`) with
     their event ids, the request's `stamp` that completes each into an `events_ingest` row (the
-    spool's block record, clickstream.core.spool), and per-event errors."""
+    spool's block record, clickstream.core.spool), per-event errors, and the accepted events by the
+    schema version they were sent in (`versions`: version -> count)."""
 
     records: list[bytes]
     ids: list[bytes]
     stamp: bytes
     errors: list[EventError]
     rejected_entries: list[dict[str, Any]]
+    versions: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def rows(self) -> list[bytes]:
         """The `events_ingest` rows: each record completed with the stamp (what the spool stores,
@@ -106,7 +109,7 @@ def event_id_key(event_id: str) -> bytes:
 
 def process(
     events: list[Any],
-    validator: EventValidator,
+    schemas: EventSchemas,
     *,
     received_at_ms: int,
     user_agent: str,
@@ -114,16 +117,27 @@ def process(
     max_age_ms: int,
     max_skew_ms: int,
     pending: Callable[[dict[str, Any]], None] | None = None,
+    sites: Mapping[str, frozenset[str]] | None = None,
+    origin: str | None = None,
 ) -> Outcome:
     """Validate and stamp each event; return the accepted ones as JSON objects with their ids and
     the request's stamp (`Outcome.rows` joins them), and the errors.
 
+    Validation (collector.schemas): each event against the schema version it names (the oldest it
+    satisfies when none; a version not accepted is `unsupported_schema_version`) and its custom
+    props schema, a whole request in one call when its events name one version; an accepted event
+    is upcast to the current shape and loses `schema`. `Outcome.versions` counts them by version.
+
     Stamping: `event_id` (UUID4) when absent and `ts` normalised to epoch ms, in the event; then
     `request_stamp` (received_at in UTC epoch ms, the User-Agent and its fields, `ip_hash` when
-    not empty) for the whole request. An event with `"consent": "pending"` (schema: then without
-    ids) is given to `pending`, which sets `anonymous_id` and `session_id`, and is spooled without
-    `consent`; with no `pending` hook it is rejected (`consent_pending`). Accepted events are
-    changed in place; rejected ones are left as sent (they go to rejected/ raw).
+    not empty) for the whole request. With `sites` (the allowlist CLICKSTREAM_SITES: site_id -> its
+    browser origins), an event of another site is rejected (`unknown_site`), and one sent by a browser
+    (`origin`, the request's Origin header) from an origin not listed for its site too
+    (`origin_not_allowed`); requests without an Origin (server to server) pass. An event with
+    `"consent": "pending"` (schema: then without ids) is given to `pending`, which sets
+    `anonymous_id` and `session_id`, and is spooled without `consent`; with no `pending` hook it is
+    rejected (`consent_pending`). Accepted events are changed in place; rejected ones are left as
+    sent (they go to rejected/ raw).
     """
     records: list[bytes] = []
     ids: list[bytes] = []
@@ -132,19 +146,31 @@ def process(
     dumps = orjson.dumps
     oldest, newest = received_at_ms - max_age_ms, received_at_ms + max_skew_ms
     # one validator call for a whole batch (the common, all-valid case); per event otherwise
-    all_valid = len(events) > 1 and validator.all_valid(events)
+    batch = schemas.batch_version(events) if len(events) > 1 else None
+    check = schemas.check
+    custom = bool(schemas.custom)  # custom props schemas are checked per event
+    versions: dict[str, int] = {}
     for index, event in enumerate(events):
         error: EventError
-        if all_valid or validator.is_valid(event):
+        version = batch if batch is not None and not custom else check(event, batch is not None)
+        if not isinstance(version, tuple):
             ts = event["ts"]
             checked: EventError | int = ts
             if type(ts) is not int or not oldest <= ts <= newest:  # else the common case: ms, in the window
                 checked = _check_clock(event, index, received_at_ms, max_age_ms, max_skew_ms)
+            if sites is not None and isinstance(checked, int):
+                checked = _check_site(event, index, sites, origin, checked)
             if isinstance(checked, int) and "consent" in event and pending is None:
                 checked = EventError(index, "/consent", "events without ids (consent pending) need the browser's "
                                      "request to derive them: send them to POST /collect", RejectReason.CONSENT_PENDING)
             if isinstance(checked, int):
                 event["ts"] = checked  # in place: keeps its position among the fields
+                if version.upcasts:  # to the current shape (collector.schemas), `schema` removed
+                    version.upcast(event)
+                elif "schema" in event:
+                    del event["schema"]
+                if batch is None:  # else counted once below
+                    versions[version.version] = versions.get(version.version, 0) + 1
                 if "consent" in event and pending is not None:  # "pending": the only value the schema allows
                     del event["consent"]
                     pending(event)
@@ -156,13 +182,28 @@ def process(
                 continue
             error = checked
         else:
-            path, message = validator.first_error(event) or ("", "invalid event")
-            error = EventError(index, path, message, RejectReason.SCHEMA_VIOLATION)
+            error = EventError(index, *version)
         errors.append(error)
         rejected.append({"reason": error.reason.value, "index": index, "path": error.path,
-                         "message": error.message, "event": event})
+                         "message": error.message, "event": event, "user_agent": user_agent,
+                         **({"ip_hash": ip_hash} if ip_hash else {})})
     stamp = request_stamp(received_at_ms, user_agent, ip_hash) if records else b""
-    return Outcome(records, ids, stamp, errors, rejected)
+    if batch is not None and records:
+        versions[batch.version] = len(records)
+    return Outcome(records, ids, stamp, errors, rejected, versions)
+
+
+def _check_site(event: dict[str, Any], index: int, sites: Mapping[str, frozenset[str]], origin: str | None,
+                ts: int) -> EventError | int:
+    """The site allowlist on a schema-valid event: its error, or `ts` when it passes."""
+    allowed = sites.get(event["site_id"])
+    if allowed is None:
+        return EventError(index, "/site_id", f"site_id {event['site_id']!r} is not one of the configured sites "
+                          "(CLICKSTREAM_SITES)", RejectReason.UNKNOWN_SITE)
+    if origin is not None and origin.rstrip("/").lower() not in allowed:
+        return EventError(index, "/site_id", f"Origin {origin[:200]!r} is not allowed for site "
+                          f"{event['site_id']!r} (CLICKSTREAM_SITES)", RejectReason.ORIGIN_NOT_ALLOWED)
+    return ts
 
 
 def _check_clock(event: dict[str, Any], index: int, received_at_ms: int, max_age_ms: int,

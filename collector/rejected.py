@@ -2,7 +2,9 @@
 
 Files `<data-dir>/rejected/rejected-<microseconds>.jsonl`, one JSON object a line:
 `{"received_at": ms, "reason": str, "index": int|null, "path": str, "message": str,
-"event": <raw event>|null, "body": <raw body text>|null}`. An event that orjson cannot
+"event": <raw event>|null, "body": <raw body text>|null}`, plus, for an event of `POST /collect`,
+the request's `"user_agent"` and `"ip_hash"` (when there is one), which `clickstream replay-rejected`
+stamps a replayed event with (collector/replay.py). An event that orjson cannot
 re-encode (nested deeper than its 255-level limit, while decoding allows 1024) is kept as
 `"event": null` with the request's raw `body` instead. A file rotates at `file_max_bytes`;
 the oldest files are deleted once all exceed `max_bytes`, and every event deleted that way is
@@ -11,6 +13,7 @@ counted (`rejected_evicted_total`), so nothing vanishes without a number.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -45,6 +48,8 @@ class RejectedStore:
         """Append entries (each already holding reason, message, event) stamped with `received_at`.
 
         `body` is the request's raw bytes, stored in place of any event that cannot be encoded.
+        All entries are written when it returns; raises OSError (ENOSPC, EIO) after cutting off a
+        partial write, so the file never holds half of a call's entries.
         """
         if not entries:
             return
@@ -60,15 +65,21 @@ class RejectedStore:
         with self._lock:
             if self._fh is None or self._size + len(data) > self.file_max_bytes:
                 self._rotate()
-            self._fh.write(data)
-            self._fh.flush()
+            try:  # unbuffered: all of it reaches the file now, or none of it stays (ENOSPC, EIO)
+                view = memoryview(data)
+                while view:
+                    view = view[self._fh.write(view):]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fh.fileno(), self._size)
+                raise
             self._size += len(data)
 
     def _rotate(self) -> None:
         if self._fh is not None:
             self._fh.close()
         name = f"rejected-{time.time_ns() // 1000:017d}.jsonl"
-        self._fh = open(self.directory / name, "ab")  # noqa: SIM115 - kept open across calls
+        self._fh = open(self.directory / name, "ab", buffering=0)  # noqa: SIM115 - kept open across calls
         self._size = 0
         files = sorted(self.directory.glob("rejected-*.jsonl"))
         total = sum(f.stat().st_size for f in files)

@@ -1,4 +1,5 @@
-"""Per-event validation against the event JSON Schema (schemas/event.schema.json).
+"""Per-event validation against one event JSON Schema (by default the current one,
+schemas/event.schema.json; every accepted version is compiled by collector.schemas).
 
 The hot path uses jsonschema-rs (~1.4 µs per event here); python-jsonschema is kept for
 `check_schema` and as the test oracle. Errors are reported as (path, message) where `path` is a
@@ -33,7 +34,11 @@ class RejectReason(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SPOOL_FULL = "spool_full"
     SPOOL_UNAVAILABLE = "spool_unavailable"
+    UNKNOWN_SITE = "unknown_site"  # site_id not in CLICKSTREAM_SITES
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # a browser Origin not listed for the event's site
+    REJECTED_UNAVAILABLE = "rejected_unavailable"  # rejected/ cannot keep the request's dead letters
     CONSENT_PENDING = "consent_pending"  # no ids and no request to derive them from (clickstream import)
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"  # `schema` names no accepted version (collector.schemas)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

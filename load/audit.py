@@ -26,7 +26,20 @@ _SAFE_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 def wait_for_flush(query: Query, site: str, expected_events: int, expected_leads: int,
                    timeout_s: float = 300) -> float:
     """Poll until ClickHouse holds the expected events and leads of `site` (or the count stops
-    moving for 10 s, or `timeout_s`); return seconds waited."""
+    moving for 10 s, or `timeout_s`), then until a fold run started after that (the views read the
+    roll-ups it builds, reports/fold.py); return seconds waited."""
+    started = time.monotonic()
+    _wait_for_events(query, site, expected_events, expected_leads, timeout_s)
+    (now,) = query("SELECT toString(now64(6, 'UTC')) AS t")
+    while time.monotonic() - started < timeout_s:
+        (row,) = query(f"SELECT count() AS n FROM fold_runs WHERE watermark > toDateTime64('{now['t']}', 6, 'UTC')")
+        if row["n"]:
+            break
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def _wait_for_events(query: Query, site: str, expected_events: int, expected_leads: int, timeout_s: float) -> None:
     started = time.monotonic()
     last, last_change = -1, started
     while time.monotonic() - started < timeout_s:
@@ -39,7 +52,6 @@ def wait_for_flush(query: Query, site: str, expected_events: int, expected_leads
         elif time.monotonic() - last_change > 10:
             break
         time.sleep(0.25)
-    return time.monotonic() - started
 
 
 def _close(a: Any, b: Any) -> bool:

@@ -310,14 +310,14 @@ def run_ua_placement(events: int = 200_000) -> dict[str, Any]:
     import timeit
 
     from collector.pipeline import process, request_stamp
-    from collector.validation import EventValidator
+    from collector.schemas import EventSchemas
     from flusher import legacy
 
     agents = [f"Mozilla/5.0 (X11; Linux x86_64; rv:{100 + i}.0) Gecko/20100101 Firefox/{100 + i}.0" for i in range(50)]
     now = int(time.time() * 1000)
     stamp_us = min(timeit.repeat(lambda: [request_stamp(now, a, "0123456789abcdef") for a in agents],
                                  number=events // 50, repeat=3)) / events * 1e6
-    validator = EventValidator()
+    validator = EventSchemas()
     records = []
     for i in range(500):
         outcome = process([beacon_event(now, i)], validator, received_at_ms=now, user_agent=agents[i % 50],

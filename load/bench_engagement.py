@@ -29,7 +29,7 @@ INSERT INTO events_ingest
 SELECT 'engagement', site_id, anonymous_id, session_id, toUnixTimestamp64Milli(ts) + 1, url, generateUUIDv4(n), '', '',
        tuple('', '', '', '', ''), map(), map('engaged_ms', toString(n % 20000), 'scroll_depth', '50'),
        tuple(1280, 800), 'en', 'Mozilla/5.0', '', toUnixTimestamp64Milli(ts), 'bench-engagement', n,
-       'Firefox', '125', 'Linux', '', 'desktop', 0
+       'Firefox', '125', 'Linux', '', 'desktop', 0, 0
 FROM (SELECT *, rowNumberInAllBlocks() AS n FROM events
       WHERE site_id = '{site}' AND type = 'page_view' AND cityHash64(session_id) % 3 = 0)
 """

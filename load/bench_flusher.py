@@ -16,6 +16,7 @@ every materialized view):
   same batches with `INSERT … FORMAT JSONEachRow` and the same settings;
 - `segments` segments each: long enough for ClickHouse to merge (active parts are sampled) and for
   hundreds of thousands of evictions from the dedup memory.
+`run_rollups_side_by_side` runs it without and with the roll-ups' ingest path (BENCHMARKS.md).
 Reported: rows/s of each side (sum of its wall times) and the ratio flusher / baseline (target
 >= 0.9); the same with the process's CPU time (all threads, chDB's included), which other jobs on
 a shared machine move much less; active parts of `events`/`sessions`/`variant_exposures` before,
@@ -38,11 +39,12 @@ from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolReader, SpoolWriter, frames, records_of
 from collector.pipeline import process
-from collector.validation import EventValidator
+from collector.schemas import EventSchemas
 from flusher.loop import Flusher
 from load.bench_views import GENERATE
 from load.model import ModelConfig, generate
 from load.results import write_result
+from reports.fold import fold
 
 #: The driver's request sizes (load/driver.py): single-event requests are the common case.
 BATCH_SIZES = (1, 1, 1, 5, 10, 50)
@@ -70,7 +72,7 @@ def requests_of(n_events: int, seed: int, single: bool) -> list[tuple[list[dict[
 
 def write_segment(writer: SpoolWriter, requests: list[tuple[list[dict[str, Any]], str]], rows: int) -> int:
     """Append requests (fresh event ids each time) until `rows` events; seal; return the count."""
-    validator = EventValidator()
+    validator = EventSchemas()
     now = int(time.time() * 1000)
     written = 0
     while written < rows:
@@ -100,15 +102,25 @@ def active_parts(client: Client) -> dict[str, int]:
 
 
 def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int = 50_000,
-        single: bool = False, seed: int = 3, per_round: int = 4) -> dict[str, Any]:
+        single: bool = False, seed: int = 3, per_round: int = 4, rollups: bool = True) -> dict[str, Any]:
+    """`rollups=False` drops the fold's dirty-day view (fold_dirty_days_mv, sql/0101_rollups.sql) and runs
+    no fold: the ingest path as it was before the roll-ups, for the side-by-side figure. With them, a
+    fold runs after every round (outside both sides' timings) and its duration is reported."""
     work = Path(tempfile.mkdtemp(prefix="bench-flusher-"))
+    fold_s: list[float] = []
     try:
         requests = requests_of(20_000, seed, single)
         client = connect(f"chdb://{work / 'clickhouse'}")
         migrate(client)
+        if not rollups:
+            client.command("DROP VIEW fold_dirty_days_mv")
         started = time.perf_counter()
         prefill(client, prefill_events)
         prefill_s = time.perf_counter() - started
+        if rollups:
+            started = time.perf_counter()
+            fold(client)  # the backfill of the prefill, before the measured rounds
+            fold_s.append(time.perf_counter() - started)
         parts_before = active_parts(client)
         settings = Settings(data_dir=work, flush_max_rows=segment_rows)
         flusher = Flusher(settings, client)  # loads the dedup memory (1 M ids) from `events`
@@ -144,6 +156,10 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
             rows += flushed
             for table, n in active_parts(client).items():
                 max_parts[table] = max(max_parts.get(table, 0), n)
+            if rollups:
+                started = time.perf_counter()
+                fold(client)
+                fold_s.append(time.perf_counter() - started)
         writer.close()
         parts_after = active_parts(client)
         (total,) = client.query("SELECT count() FROM events").result_rows[0]
@@ -164,11 +180,31 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
         "flusher_cpu_us_per_row": round(flusher_cpu / rows * 1e6, 2),
         "baseline_cpu_us_per_row": round(baseline_cpu / rows * 1e6, 2),
         "cpu_ratio": round(baseline_cpu / flusher_cpu, 3),
+        "rollups": rollups,
+        "fold_backfill_s": round(fold_s[0], 2) if fold_s else None,
+        "fold_per_round_s": [round(f, 2) for f in fold_s[1:]],
         "active_parts_before": parts_before, "active_parts_max": max_parts, "active_parts_after": parts_after,
         "engine": "chDB (embedded ClickHouse), same schema and materialized views, same database",
         "cpus": os.cpu_count(),
     }
-    return write_result("flusher-single" if single else "flusher", result)
+    return write_result(("flusher-single" if single else "flusher") + ("" if rollups else "-no-rollups"), result)
+
+
+def run_rollups_side_by_side(prefill_events: int = 2_000_000, segments: int = 16) -> dict[str, Any]:
+    """The flusher benchmark without, then with the roll-ups' ingest path (and a fold per round): the
+    ingest cost of the roll-ups (target: rows/s drops by at most 10 %)."""
+    without = run(prefill_events, segments=segments, rollups=False)
+    with_rollups = run(prefill_events, segments=segments, rollups=True)
+    return write_result("flusher-rollups", {
+        "benchmark": "flusher_with_and_without_rollups", "prefill_events": prefill_events, "segments": segments,
+        "without": {k: without[k] for k in ("flusher_rows_per_s", "baseline_rows_per_s", "flusher_cpu_us_per_row")},
+        "with": {k: with_rollups[k] for k in ("flusher_rows_per_s", "baseline_rows_per_s", "flusher_cpu_us_per_row",
+                                              "fold_backfill_s", "fold_per_round_s")},
+        "flusher_rows_per_s_with_over_without": round(with_rollups["flusher_rows_per_s"]
+                                                      / without["flusher_rows_per_s"], 3),
+        "flusher_cpu_per_row_without_over_with": round(without["flusher_cpu_us_per_row"]
+                                                       / with_rollups["flusher_cpu_us_per_row"], 3),
+    })
 
 
 def run_single() -> dict[str, Any]:

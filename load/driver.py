@@ -47,6 +47,11 @@ class Ledger:
     requests: int = 0
     retries: int = 0
     latencies_s: list[float] = dataclasses.field(default_factory=list)
+    sent_at_s: list[float] = dataclasses.field(default_factory=list)  # per latency: when the attempt began, s
+    origin_s: float = 0.0  # time.perf_counter() at the start of sending: sent_at_s is relative to it
+    unanswered_attempts: int = 0  # attempts that got no answer (connection refused or reset, timeout)
+    unanswered_events: int = 0  # events in those attempts: each one may or may not have been spooled
+    abandoned: set[str] = dataclasses.field(default_factory=set)  # event ids never answered after every retry
     stitched: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # lead_id -> event
     timeline: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (elapsed s, events acked)
     max_schedule_lag_s: float = 0.0
@@ -58,6 +63,8 @@ class Ledger:
             return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else 0.0
 
         return {"requests": self.requests, "retries": self.retries, "accepted": len(self.accepted),
+                "unanswered_attempts": self.unanswered_attempts, "unanswered_events": self.unanswered_events,
+                "abandoned": len(self.abandoned),
                 "rejected": len(self.rejected), "unexpected": self.unexpected[:20], "leads": len(self.stitched),
                 "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
                 "max_schedule_lag_s": round(self.max_schedule_lag_s, 3)}
@@ -95,7 +102,7 @@ async def _post(http: aiohttp.ClientSession, url: str, body: bytes, headers: dic
         return response.status, await response.read(), response.headers.get("retry-after", "1")
 
 
-async def _send(http: aiohttp.ClientSession, url: str, req: Request, ledger: Ledger) -> None:
+async def _send(http: aiohttp.ClientSession, url: str, req: Request, ledger: Ledger, started_at: float = 0.0) -> None:
     body = orjson.dumps(req.events[0] if len(req.events) == 1 and not req.invalid_indexes else req.events)
     headers = {"Content-Type": req.content_type, "User-Agent": req.agent}
     for attempt in range(30):
@@ -104,9 +111,12 @@ async def _send(http: aiohttp.ClientSession, url: str, req: Request, ledger: Led
             status, content, retry_after = await _post(http, f"{url}/collect", body, headers)
         except (TimeoutError, aiohttp.ClientError):
             ledger.retries += 1
+            ledger.unanswered_attempts += 1
+            ledger.unanswered_events += len(req.events)
             await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
             continue
         ledger.latencies_s.append(time.perf_counter() - started)
+        ledger.sent_at_s.append(started - started_at)
         if status == 503:
             ledger.retries += 1
             await asyncio.sleep(float(retry_after))
@@ -125,19 +135,20 @@ async def _send(http: aiohttp.ClientSession, url: str, req: Request, ledger: Led
             else:
                 ledger.accepted.add(event["event_id"])
         return
+    ledger.abandoned.update(str(e.get("event_id")) for e in req.events)
     ledger.unexpected.append("request abandoned after 30 attempts")
 
 
 async def _stitch(http: aiohttp.ClientSession, url: str, token: str, lead: Lead, ledger: Ledger) -> None:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    for attempt in range(10):
+    for attempt in range(60):  # about 2 minutes: a stitcher restarted after a crash is back by then
         try:
             status, content, _ = await _post(http, f"{url}/stitch", orjson.dumps(lead.body()), headers)
         except (TimeoutError, aiohttp.ClientError):
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
             continue
         if status >= 500:
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
             continue
         if status not in (200, 201):
             ledger.unexpected.append(f"stitch {lead.lead_id}: HTTP {status} {content[:200]!r}")
@@ -166,11 +177,12 @@ async def drive(
         slots = asyncio.Semaphore(concurrency)
         tasks: set[asyncio.Task[None]] = set()
         started = time.perf_counter()
+        ledger.origin_s = started
         sent_events = 0
 
         async def one(req: Request) -> None:
             try:
-                await _send(http, url, req, ledger)
+                await _send(http, url, req, ledger, started)
             finally:
                 slots.release()
                 if progress is not None:

@@ -238,7 +238,8 @@ def generate(config: ModelConfig) -> Traffic:
                     report = {"engaged_ms": rng.choice(ENGAGED_MS), "scroll_depth": rng.randint(5, 100)}
                     session.events.append(_report(event, "engagement", t, uid(), report, variants))
                 path = rng.choice(INNER_PATHS)
-            for event in session.events:
+            for seq, event in enumerate(session.events):
+                event["seq"] = seq  # beacon.js's per-session counter (schemas/event.schema.json `seq`)
                 events.append((event, agent))
             if not is_bot and not converted and variants.get("hero") is not None:
                 p_conv = config.experiments["hero"][variants["hero"]]
@@ -272,7 +273,7 @@ class Truth:
         """session_id -> the v_sessions row (bots included, flagged)."""
         out = {}
         for sid, s in self.traffic.sessions.items():
-            ordered = sorted(s.events, key=lambda e: (e["ts"], e["event_id"]))
+            ordered = sorted(s.events, key=event_order)
             views = [e for e in ordered if e["type"] == "page_view"]
             reports = [e["props"] for e in ordered if e["type"] == "engagement"]
             engaged_ms = sum(min(int(r["engaged_ms"]), 86_400_000) for r in reports)
@@ -378,6 +379,13 @@ class Truth:
             if last_lead.get(anon, 0) >= first_ts:
                 out[(exp, var)]["converters"] += 1
         return dict(out)
+
+
+def event_order(event: dict[str, Any]) -> tuple[int, int]:
+    """The order of events (sql/README.md "Order of events") as far as the model knows it: ts, then the
+    client's seq. Arrival order, the last tie-break, is the order of `Traffic.events` (a stable sort
+    keeps it); the model never gives two events of a session the same (ts, seq)."""
+    return int(event["ts"]), int(event.get("seq", 0))
 
 
 def _report(view: dict[str, Any], type_: str, ts: int, event_id: str, props: dict[str, Any],

@@ -79,8 +79,9 @@ def start(command: str, data_dir: Path, env: dict[str, str] | None = None, ready
     """Start `<program> <command>` (default `python -m clickstream.cli`) in `cwd` on a free port (and
     the query port, CLICKSTREAM_SQL_PORT, on another) and wait until `ready_path` answers 200 (and,
     for `serve` with CLICKSTREAM_SQL_PASSWORD, the query port's /ping).
+    A CLICKSTREAM_PORT in `env` fixes the port (a process restarted where its clients expect it).
     Raises RuntimeError (with the log) when it exits or does not get ready."""
-    port = free_port()
+    port = int((env or {}).get("CLICKSTREAM_PORT", 0)) or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
     # `serve` in one process unless a caller asks for workers (CLICKSTREAM_WORKERS defaults to the CPUs)
     full_env.update({"CLICKSTREAM_PORT": str(port), "CLICKSTREAM_HOST": "127.0.0.1",

@@ -15,7 +15,7 @@ WHERE is_bot = 0
 -- One row per lead_created, its frozen attribution flattened: the plain attribution columns are the
 -- LAST touch (channel, utm_*, referrer_host: what v_channels counts leads by), first_* the first
 -- touch; `variants` has v_sessions' type (sorted (experiment, variant) pairs) so one filter reads both.
-CREATE OR REPLACE VIEW v_leads AS
+CREATE OR REPLACE VIEW v_leads_last_touch AS
 SELECT
     site_id,
     lead_id,

@@ -4,8 +4,9 @@ Rules, for one anonymous id, up to `occurred_at`:
 - sessions are those of the visitor's non-bot events with ts <= occurred_at, grouped by the
   beacon's session_id, that started within the lookback window
   (`CLICKSTREAM_ATTRIBUTION_LOOKBACK_DAYS`); a session's touch is its earliest event's UTM,
-  referrer host and channel and its landing page the earliest page view's path, ordered by
-  (ts, event_id): the definitions of v_sessions (sql/0002_sessions.sql, sql/0006_views.sql);
+  referrer host and channel and its landing page the earliest page view's path, in the order of
+  events (ts, seq, spool_segment, spool_offset): the definitions of v_sessions (reports/fold.py
+  FACTS_SQL, sql/README.md "Order of events");
 - first touch: the earliest session with campaign information (channel != 'direct': a UTM or an
   external referrer), else the earliest session;
 - last touch: the latest non-direct session (GA's "last non-direct click"), else the first touch;
@@ -14,7 +15,9 @@ Rules, for one anonymous id, up to `occurred_at`:
 - variants: per experiment, the variant of the visitor's earliest exposure at or before
   occurred_at, ties broken by variant id, read from `variant_exposures` (bots excluded there), the
   same assignment v_variant_lift makes, with no lookback (v_variant_lift has none either);
-- site: the request's site_id, else the converting session's site, else the latest session's.
+- site: the request's site_id, else the converting session's site, else the latest session's,
+  else the configured default (`CLICKSTREAM_STITCH_DEFAULT_SITE`): a lead is never refused
+  because telemetry is missing; it is recorded unattributed and `Attributed.missing` says why.
 Sessions and exposures of other sites than the lead's are ignored.
 
 Reads bind every value as a ClickHouse query parameter ({name:Type}).
@@ -23,6 +26,7 @@ Reads bind every value as a ClickHouse query parameter ({name:Type}).
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Sequence
 from typing import Any
 
@@ -148,8 +152,8 @@ SELECT
     toUnixTimestamp64Milli(min(ts)) AS started_ms,
     toUnixTimestamp64Milli(max(ts)) AS ended_ms,
     argMin((utm_source, utm_medium, utm_campaign, utm_term, utm_content, referrer_host, channel),
-           (ts, toString(event_id))) AS touch,
-    argMinIf(path, (ts, toString(event_id)), type = 'page_view') AS landing_path
+           (ts, seq, spool_segment, spool_offset)) AS touch,
+    argMinIf(path, (ts, seq, spool_segment, spool_offset), type = 'page_view') AS landing_path
 FROM events
 WHERE anonymous_id = {anonymous_id:String}
   AND is_bot = 0
@@ -197,12 +201,41 @@ def fetch_exposures(client: Client, anonymous_id: str, *, until_ms: int) -> list
     return [Exposure(str(s), str(e), str(v), int(ms)) for s, e, v, ms in rows]
 
 
-def attribute(
-    client: Client, request: StitchRequest, *, now_ms: int, lookback_days: int, max_skew_ms: int
-) -> tuple[Attribution, int] | None:
-    """Read the visitor's history and resolve the attribution; return it with occurred_at (epoch ms).
+class Missing(enum.StrEnum):
+    """Why a lead is recorded without (part of) its attribution (`clickstream_stitcher_unattributed`)."""
 
-    None when no site is known (no `site_id` in the request and no session in the window).
+    NO_VISITOR_DATA = "no_visitor_data"  # no session of the visitor on the lead's site in the window
+    SESSION_NOT_SEEN = "session_not_seen"  # the request's session_id has no event (yet)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attributed:
+    """The outcome of `attribute`: the attribution, occurred_at (epoch ms), and what was missing
+    (None when the visitor's telemetry, and the named session if any, were found)."""
+
+    attribution: Attribution
+    occurred_at_ms: int
+    missing: Missing | None
+
+
+def missing_telemetry(sessions: Sequence[Session], site_id: str, session_id: str | None) -> Missing | None:
+    """What of the visitor's telemetry is missing for a lead of `site_id` (None: nothing)."""
+    mine = [s for s in sessions if s.site_id == site_id]
+    if not mine:
+        return Missing.NO_VISITOR_DATA
+    if session_id is not None and not any(s.session_id == session_id for s in mine):
+        return Missing.SESSION_NOT_SEEN
+    return None
+
+
+def attribute(
+    client: Client, request: StitchRequest, *, now_ms: int, lookback_days: int, max_skew_ms: int,
+    default_site: str,
+) -> Attributed:
+    """Read the visitor's history and resolve the attribution, with occurred_at (epoch ms).
+
+    The site is `pick_site`'s, else `default_site` (the lead is then unattributed,
+    `missing` = NO_VISITOR_DATA).
     TRICKY: without an `occurred_at` in the request, "now" is the stitcher's clock but event `ts`
     is the browser's, which may run ahead by up to the collector's allowed skew
     (CLICKSTREAM_MAX_CLOCK_SKEW_S). So every event accepted so far counts (ts up to now + skew),
@@ -216,9 +249,7 @@ def attribute(
     until_ms = now_ms + max_skew_ms if explicit is None else explicit
     sessions = fetch_sessions(client, request.anonymous_id, until_ms=until_ms,
                               since_ms=base_ms - lookback_days * DAY_MS)
-    site_id = pick_site(sessions, request.site_id, request.session_id)
-    if site_id is None:
-        return None
+    site_id = pick_site(sessions, request.site_id, request.session_id) or default_site
     exposures = fetch_exposures(client, request.anonymous_id, until_ms=until_ms)
     occurred_ms = base_ms
     if explicit is None:
@@ -227,4 +258,4 @@ def attribute(
         occurred_ms = max([now_ms, *seen])
     attribution = resolve(sessions, exposures, site_id=site_id, session_id=request.session_id,
                           occurred_at_ms=occurred_ms)
-    return attribution, occurred_ms
+    return Attributed(attribution, occurred_ms, missing_telemetry(sessions, site_id, request.session_id))

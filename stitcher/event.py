@@ -8,6 +8,7 @@ webhook receives: one serialisation, never rebuilt.
 
 from __future__ import annotations
 
+import re
 import uuid
 from functools import cache
 from typing import Any
@@ -21,6 +22,8 @@ from stitcher.attribution import Attribution, Touch
 from stitcher.request import StitchRequest
 
 SCHEMA_ID = "https://clickstream.dev/schemas/lead_created/1-0-0.json"
+#: `<name>/<SchemaVer>` of a schema URI `https://clickstream.dev/schemas/<name>/<SchemaVer>.json`.
+_SCHEMA_NAME = re.compile(r"/([a-z][a-z0-9_]*/[0-9]+-[0-9]+-[0-9]+)\.json$")
 #: Namespace of event ids: uuid5(NAMESPACE_URL, "https://clickstream.dev/lead_created"), fixed
 #: forever (changing it would give every lead a second event_id and break idempotency).
 LEAD_NAMESPACE = uuid.UUID("2d1c55ab-5b48-51f0-9461-e635bf3a99b7")
@@ -77,6 +80,16 @@ def build_event(request: StitchRequest, attribution: Attribution, *, occurred_at
     return orjson.dumps(event)
 
 
+def schema_name(uri: str) -> str:
+    """The short name of a schema URI, as the webhook's `Clickstream-Schema` header carries it:
+    `https://clickstream.dev/schemas/lead_created/1-0-0.json` -> `lead_created/1-0-0`.
+    Raises ValueError for a URI of another form."""
+    match = _SCHEMA_NAME.search(uri)
+    if match is None:
+        raise ValueError(f"not a clickstream schema URI: {uri!r}")
+    return match[1]
+
+
 def _ch_time(rfc3339_text: str | None) -> str | None:
     return None if rfc3339_text is None else ch_datetime(parse_ts(rfc3339_text))
 
@@ -84,7 +97,8 @@ def _ch_time(rfc3339_text: str | None) -> str | None:
 def lead_events_row(payload: bytes) -> bytes:
     """The JSONEachRow line for ClickHouse `lead_events` (sql/0004_lead_events.sql) of one event.
 
-    `payload` is stored as sent; `properties` as its JSON text (values are heterogeneous).
+    `payload` is stored as sent; `properties` as its JSON text (values are heterogeneous); `schema`
+    (the event's schema URI, sql/0070_lead_schema.sql) as the event names it.
     """
     event = orjson.loads(payload)
     touches = {}
@@ -94,6 +108,7 @@ def lead_events_row(payload: bytes) -> bytes:
         touches[name] = touch
     return orjson.dumps({
         "event_id": event["event_id"],
+        "schema": event["schema"],
         "lead_id": event["lead_id"],
         "site_id": event["site_id"],
         "anonymous_id": event["anonymous_id"],

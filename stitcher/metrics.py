@@ -30,6 +30,14 @@ class StitcherMetrics:
                                 ["target"], registry=r)
         self.pending = Gauge("clickstream_stitcher_relay_pending",
                              "Events in the outbox awaiting delivery", ["target"], registry=r)
+        self.unattributed = Counter("clickstream_stitcher_unattributed",
+                                    "Leads recorded without (part of) their attribution because the visitor's "
+                                    "telemetry was missing after the wait, by reason", ["reason"], registry=r)
+        self.session_waits = Counter("clickstream_stitcher_session_waits",
+                                     "POST /stitch requests that waited for the visitor's telemetry "
+                                     "(CLICKSTREAM_STITCH_SESSION_WAIT_S)", registry=r)
+        for reason in ("no_visitor_data", "session_not_seen"):  # exported as 0 before the first one
+            self.unattributed.labels(reason=reason)
         self.seconds = Histogram("clickstream_stitcher_stitch_seconds",
                                  "Time to answer POST /stitch with a new event (flush + attribution + outbox)",
                                  registry=r)

@@ -22,9 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-from clickstream.core.files import fsync_dir
+from clickstream.core.errors import Unavailable
+from clickstream.core.files import WriteHealth, fsync_dir
 
 FILENAME = "outbox.sqlite3"
+#: Free bytes readiness asks for: a lead (request + event, each bounded by the request size) and WAL pages.
+NEED_BYTES = 256 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leads (
@@ -82,6 +85,7 @@ class Outbox:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / FILENAME
+        self.health = WriteHealth(directory, NEED_BYTES)  # readiness: room for a lead, no failed write
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -106,15 +110,22 @@ class Outbox:
         """Insert `entry` unless its lead_id exists; return (the stored entry, created).
 
         Durable (fsynced) when it returns. `webhook`: the event also awaits webhook delivery.
+        Raises Unavailable (503 + Retry-After) when SQLite cannot write it (a full disk, an I/O error).
         Two concurrent puts of one lead_id: the first wins, the second gets it with created=False.
         """
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO leads (lead_id, event_id, fingerprint, request, event, created_ms, clickhouse_state, "
-                "webhook_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (lead_id) DO NOTHING",
-                (entry.lead_id, entry.event_id, entry.fingerprint, entry.request, entry.event, entry.created_ms,
-                 State.PENDING.value, (State.PENDING if webhook else State.NONE).value),
-            )
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO leads (lead_id, event_id, fingerprint, request, event, created_ms, clickhouse_state, "
+                    "webhook_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (lead_id) DO NOTHING",
+                    (entry.lead_id, entry.event_id, entry.fingerprint, entry.request, entry.event, entry.created_ms,
+                     State.PENDING.value, (State.PENDING if webhook else State.NONE).value),
+                )
+            except sqlite3.OperationalError as exc:  # disk full, I/O error: nothing was committed
+                self.health.failed(exc)
+                raise Unavailable(f"the outbox cannot take writes ({exc}); nothing was emitted, retry",
+                                  code="outbox_unavailable") from None
+            self.health.ok()
             created = cursor.rowcount == 1
         if created:
             return entry, True

@@ -7,7 +7,9 @@ One thread ("lane") per target, each delivering pending outbox entries oldest fi
   `conversions` (sql/0004_lead_events.sql). One insert per event: a batch's token would change with
   its composition after a crash, and leads are few.
 - `webhook` (only when CLICKSTREAM_LEAD_WEBHOOK_URL is set): `POST` of the exact event bytes with
-  `Idempotency-Key: <event_id>` (IETF draft-ietf-httpapi-idempotency-key-header), and, when
+  `Idempotency-Key: <event_id>` (IETF draft-ietf-httpapi-idempotency-key-header),
+  `Clickstream-Schema: lead_created/1-0-0` (the short name of the event's `schema` URI, so a
+  consumer can route by version before parsing; docs/schema-versioning.md), and, when
   CLICKSTREAM_LEAD_WEBHOOK_SECRET is set, `X-Clickstream-Signature: sha256=<hex HMAC of the body>`.
   2xx is delivered; 408, 425, 429, 5xx and connection errors are retried; any other status is a
   refusal, kept in the outbox as failed and counted.
@@ -25,12 +27,13 @@ import threading
 from typing import Protocol
 
 import httpx
+import orjson
 from clickhouse_connect.driver.client import Client
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_when_event_set, wait_random_exponential
 
 from clickstream.core.clickhouse import INSERT_SETTINGS, error_code, is_data_error
 from clickstream.core.resources import version
-from stitcher.event import lead_events_row
+from stitcher.event import lead_events_row, schema_name
 from stitcher.metrics import StitcherMetrics
 from stitcher.outbox import Entry, Outbox, State, Target
 
@@ -89,7 +92,8 @@ class WebhookDeliverer:
                                  headers={"User-Agent": f"clickstream-stitcher/{version()}"})
 
     def deliver(self, entry: Entry) -> None:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": entry.event_id}
+        headers = {"Content-Type": "application/json", "Idempotency-Key": entry.event_id,
+                   "Clickstream-Schema": schema_name(orjson.loads(entry.event)["schema"])}
         if self.secret:
             digest = hmac.new(self.secret, entry.event, hashlib.sha256).hexdigest()
             headers["X-Clickstream-Signature"] = f"sha256={digest}"
@@ -136,8 +140,14 @@ class Lane:
                 self.wake.clear()
                 continue
             for entry in batch:
-                if not self._deliver(entry):
-                    return
+                try:
+                    if not self._deliver(entry):
+                        return
+                except Exception:  # the outbox cannot record the delivery (disk full): it stays pending and
+                    # is delivered again later, deduplicated by its token; the relay thread lives on
+                    log.exception("relay %s: cannot record lead %s in the outbox", target.value, entry.lead_id)
+                    self.halt.wait(1.0)
+                    break
 
     def _sleep(self, seconds: float) -> None:
         self.halt.wait(seconds)  # a halt interrupts the backoff

@@ -1,7 +1,9 @@
 """`POST /stitch`: a conversion becomes a frozen `lead_created` event (docs/architecture.md "HTTP").
 
 Pipeline of one request: authenticate -> read body -> parse and validate -> repeat? (outbox) ->
-fresh (flush the spool) -> attribute (ClickHouse) -> build event -> outbox (fsync) -> 201 -> relay.
+fresh (flush the spool) -> attribute (ClickHouse; telemetry not there yet: flush and read again
+for up to CLICKSTREAM_STITCH_SESSION_WAIT_S, then record it unattributed)
+-> build event -> outbox (fsync) -> 201 -> relay.
 
 - Auth: `Authorization: Bearer <CLICKSTREAM_STITCH_TOKEN>`, compared with hmac.compare_digest;
   without a configured token the route answers 503 and says how to set it (never open by default).
@@ -40,10 +42,11 @@ from starlette.routing import BaseRoute, Route
 
 from clickstream.core.clickhouse import connect, ping_check
 from clickstream.core.component import Check
-from clickstream.core.errors import ClickstreamError, Conflict, Disabled, Unauthorized, Unavailable, Unprocessable
+from clickstream.core.errors import ClickstreamError, Conflict, Disabled, Unauthorized, Unavailable
 from clickstream.core.http import ClientDisconnect, bearer_matches, receive_body
+from clickstream.core.openapi import Operations, error, json_body, ref, schema_component
 from clickstream.core.settings import Settings
-from stitcher.attribution import attribute
+from stitcher.attribution import Attributed, attribute
 from stitcher.event import build_event, event_id_for
 from stitcher.metrics import StitcherMetrics
 from stitcher.outbox import Entry, Outbox, Target
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: How long `stop` keeps delivering pending events before leaving them for the next start.
 STOP_DRAIN_S = 5.0
+#: How often a stitch waiting for the visitor's telemetry flushes and reads again (seconds).
+SESSION_POLL_S = 0.2
 DISABLED_MESSAGE = (
     "POST /stitch is off: set CLICKSTREAM_STITCH_TOKEN to a long random secret (e.g. `openssl rand -hex 32`) "
     "and restart; the conversion hook sends it as `Authorization: Bearer <token>`"
@@ -65,6 +70,35 @@ class FreshnessSource(Protocol):
     """What the stitcher needs of the flusher: seal and flush everything spooled so far (blocking)."""
 
     def flush_now(self) -> int: ...
+
+
+def stitch_operations() -> Operations:
+    """`POST /stitch` for /openapi.json: request schemas/stitch_request.schema.json, answer
+    schemas/lead_created.schema.json, bearer authentication."""
+    lead = json_body(ref("LeadCreated"), "The lead_created event")
+    operation = {
+        "summary": "Stitch a conversion into a lead_created event",
+        "description": "Server to server, from the application's conversion hook. Contract: "
+                       "docs/architecture.md \"HTTP\".",
+        "operationId": "stitch",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("StitchRequest")}}},
+        "responses": {
+            "201": {**lead, "description": "A new lead_created event (durable in the outbox)"},
+            "200": {**lead, "description": "The lead_id was stitched before with the same data: its "
+                                           "original event"},
+            "400": error("Malformed or invalid body"),
+            "401": error("Missing or wrong Authorization: Bearer <CLICKSTREAM_STITCH_TOKEN>"),
+            "409": error("The lead_id was stitched before with different data"),
+            "413": error("Body over CLICKSTREAM_STITCH_MAX_BODY_BYTES"),
+            "503": error("Off (no token configured), or the spool or ClickHouse unavailable; retry",
+                         retry_after=True),
+        },
+    }
+    return Operations({"/stitch": {"post": operation}},
+                      {"StitchRequest": schema_component("stitch_request.schema.json"),
+                       "LeadCreated": schema_component("lead_created.schema.json")},
+                      {"bearer": {"type": "http", "scheme": "bearer"}})
 
 
 def _now_ms() -> int:
@@ -100,6 +134,10 @@ class Stitcher:
     def routes(self) -> list[BaseRoute]:
         return [Route("/stitch", self.handle, methods=["POST"])]
 
+    def openapi(self) -> Operations:
+        """`POST /stitch` for /openapi.json (`stitch_operations`)."""
+        return stitch_operations()
+
     def start(self) -> None:
         url = self.settings.resolved_clickhouse_url
         self.outbox = Outbox(self.settings.outbox_dir)
@@ -132,7 +170,9 @@ class Stitcher:
 
     def readiness(self) -> list[Check]:
         directory = self.settings.outbox_dir
-        checks = [Check("outbox_writable", os.access(directory, os.W_OK), str(directory))]
+        outbox = self.outbox
+        writable = (os.access(directory, os.W_OK), str(directory)) if outbox is None else outbox.health.check()
+        checks = [Check("outbox_writable", *writable)]
         if self.flusher is None and self.client is not None:  # in serve the flusher reports ClickHouse
             checks.append(ping_check(self.client))
         return checks
@@ -167,8 +207,7 @@ class Stitcher:
         existing = await self._run(self._io, outbox.get, stitch.lead_id)
         if existing is not None:
             return self._repeat(existing, stitch)
-        await self._fresh(arrival)
-        event = await self._run(self._io, self._build, stitch, now_ms)
+        event = await self._attributed_event(stitch, now_ms, arrival)
         entry = Entry(stitch.lead_id, event_id_for(stitch.lead_id), stitch.fingerprint(), stitch.canonical(), event,
                       now_ms)
         put = functools.partial(outbox.put, entry, webhook=bool(self.settings.lead_webhook_url))
@@ -232,26 +271,50 @@ class Stitcher:
             raise Unavailable(f"the spool could not be flushed ({type(exc).__name__}); nothing was emitted, "
                               "retry") from exc
 
-    def _build(self, stitch: StitchRequest, now_ms: int) -> bytes:
+    async def _attributed_event(self, stitch: StitchRequest, now_ms: int, arrival: int) -> bytes:
+        """The lead_created bytes, after waiting (bounded) for telemetry that has not arrived yet.
+
+        The app's hook often calls /stitch while the browser's last batch (sendBeacon on page hide,
+        the beacon's 1-second batch) is still in flight. When the visitor has no session yet, or the
+        named session_id has no event, the stitcher flushes and reads again every
+        SESSION_POLL_S until CLICKSTREAM_STITCH_SESSION_WAIT_S has passed; then it records the lead
+        with what it has (site from the request, the visitor's sessions or
+        CLICKSTREAM_STITCH_DEFAULT_SITE) and counts it (`clickstream_stitcher_unattributed{reason}`).
+        Raises Unavailable when a flush or a read fails.
+        """
+        deadline = time.monotonic() + self.settings.stitch_session_wait_s
+        waited = False
+        while True:
+            await self._fresh(arrival)
+            found = await self._run(self._io, self._attribute, stitch, now_ms)
+            if found.missing is None or time.monotonic() >= deadline:
+                break
+            if not waited:
+                self.metrics.session_waits.inc()
+                waited = True
+            await asyncio.sleep(min(SESSION_POLL_S, max(0.0, deadline - time.monotonic())))
+            arrival = next(self._arrivals)  # the next flush must start after this point
+        if found.missing is not None:
+            self.metrics.unattributed.labels(reason=found.missing.value).inc()
+            log.warning("stitcher: lead %r recorded without attribution (%s) after waiting %.1f s for the "
+                        "visitor's telemetry", stitch.lead_id, found.missing.value,
+                        self.settings.stitch_session_wait_s)
+        return build_event(stitch, found.attribution, occurred_at_ms=found.occurred_at_ms, emitted_at_ms=_now_ms())
+
+    def _attribute(self, stitch: StitchRequest, now_ms: int) -> Attributed:
         reader = self._reader
         if reader is None:
             raise Unavailable("the stitcher is not started")
         try:
             with self._read_lock:
-                found = attribute(reader, stitch, now_ms=now_ms, lookback_days=self.settings.attribution_lookback_days,
-                                  max_skew_ms=self.settings.max_clock_skew_s * 1000)
+                return attribute(reader, stitch, now_ms=now_ms,
+                                 lookback_days=self.settings.attribution_lookback_days,
+                                 max_skew_ms=self.settings.max_clock_skew_s * 1000,
+                                 default_site=self.settings.stitch_default_site)
         except Exception as exc:
             log.exception("stitcher: attribution query failed")
             raise Unavailable(f"ClickHouse could not be read ({type(exc).__name__}); nothing was emitted, "
                               "retry") from exc
-        if found is None:
-            raise Unprocessable(
-                f"no session of anonymous_id {stitch.anonymous_id!r} in the last "
-                f"{self.settings.attribution_lookback_days} days up to occurred_at, so the lead's site is "
-                "unknown: pass site_id to record it without attribution", code="no_visitor_data"
-            )
-        attribution, occurred_ms = found
-        return build_event(stitch, attribution, occurred_at_ms=occurred_ms, emitted_at_ms=_now_ms())
 
     def _outbox(self) -> Outbox:
         if self.outbox is None:

@@ -15,7 +15,8 @@ from load.procs import ROOT, free_port, start
 from load.procs import Proc as Server
 from reports.query import port_client, run_on_client
 
-__all__ = ["ROOT", "SCHEMAS_DIR", "Server", "free_port", "make_event", "now_ms", "sql_rows", "start_server", "wait_for"]
+__all__ = ["ROOT", "SCHEMAS_DIR", "Server", "free_port", "make_event", "now_ms", "sql_rows", "start_server", "wait_for",
+           "wait_for_fold"]
 
 #: The repository's schemas/ folder (fixtures live there; the package reads it as clickstream.schemas).
 SCHEMAS_DIR = ROOT / "schemas"
@@ -66,6 +67,15 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "c
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_fold(server: Server, timeout_s: float = 60) -> None:
+    """Wait through the query port for a fold run that started after now: every event already in
+    `events` is then in the roll-ups the views read (reports/fold.py)."""
+    ((now,),) = sql_rows(server, "SELECT toString(now64(6, 'UTC'))")
+    wait_for(lambda: int(sql_rows(server, "SELECT count() FROM fold_runs WHERE watermark > "
+                                          f"toDateTime64('{now}', 6, 'UTC')")[0][0]) > 0,
+             timeout_s, "a fold run after the events")
 
 
 def start_server(command: str, data_dir: Path, env: dict[str, str] | None = None, ready_path: str = "/healthz",

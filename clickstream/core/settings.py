@@ -34,6 +34,25 @@ _ROUTE_PATH = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
 RESERVED_ROUTES = ("healthz", "readyz", "metrics", "stitch", "sql", "dashboard")
 
 
+#: What a site_id and a browser Origin look like (schemas/event.schema.json; RFC 6454 serialised origin).
+_SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _sites(value: Any) -> Any:
+    """`a.com=https://a.com,https://www.a.com;b.io=https://b.io` -> {"a.com": ("https://a.com", ...), ...}.
+
+    A site without `=` has no browser origin (server-side senders only)."""
+    if not isinstance(value, str):
+        return value
+    sites: dict[str, tuple[str, ...]] = {}
+    for part in value.split(";"):
+        site, _, origins = part.partition("=")
+        if site.strip():
+            sites[site.strip()] = tuple(o.strip().rstrip("/").lower() for o in origins.split(",") if o.strip())
+    return sites
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
 
@@ -64,13 +83,28 @@ class Settings(BaseSettings):
     spool_path: Path | None = Field(None, description="Spool directory [default <data-dir>/spool]")
     rejected_path: Path | None = Field(None, description="Dead-letter directory [default <data-dir>/rejected]")
 
+    http_header_timeout_s: PositiveSeconds = Field(10.0, description="A connection must send a request's headers "
+                                                                    "within this time (slow clients closed, counted)")
+    http_body_timeout_s: PositiveSeconds = Field(30.0, description="... and its body within this time of the headers")
+    http_backlog: Positive = Field(4096, description="Listen backlog of the HTTP listeners (connections waiting to "
+                                                     "be accepted)")
+
     # collector
     max_body_bytes: Positive = Field(64 * 1024, description="Larger POST /collect bodies get 413")
     max_batch_events: Positive = Field(100, description="Events per POST /collect request")
     max_event_age_s: Positive = Field(72 * 3600, description="Older ts rejected (ts_too_old)")
     max_clock_skew_s: NonNegative = Field(300, description="ts further ahead rejected (ts_in_future)")
+    custom_schemas_path: Path | None = Field(None, description="Directory of custom event schemas: <type>.json, the "
+                                             "JSON Schema of that event type's props (docs/schema-versioning.md); "
+                                             "unset: none")
     cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         ("*",), description="Comma-separated origins allowed to POST /collect; * echoes any origin")
+    sites: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(
+        default_factory=dict,
+        description="Allowlist of sites and their browser origins: 'example.com=https://example.com,"
+                    "https://www.example.com;shop.io=https://shop.io'; events of other site_ids are rejected "
+                    "(unknown_site), a browser Origin not listed for the event's site too (origin_not_allowed), "
+                    "and CORS answers only the listed origins; unset = any site, any origin")
     rejected_max_bytes: Positive = Field(64 * MiB, description="Bound of rejected/ (oldest files evicted, counted)")
     rejected_file_max_bytes: Positive = Field(8 * MiB, description="Rotation size of rejected/ files")
     script_path: str = Field("/beacon.js", description="Also serve beacon.js here (first-party proxying against "
@@ -102,6 +136,9 @@ class Settings(BaseSettings):
     retention_days: NonNegative = Field(0, description="TTL of events in days; 0 keeps forever")
     dedup_max_ids: Positive = Field(1_000_000, description="Event ids remembered at least, to drop client retries "
                                                            "(~190 B each; up to twice as many kept)")
+    fold_interval_s: PositiveSeconds = Field(10.0, description="How often the fold rebuilds the dirty days of the "
+                                                               "roll-ups the dashboard views read (their freshness; "
+                                                               "reports/fold.py)")
 
     # stitcher
     stitch_token: SecretStr = Field(SecretStr(""), description="Bearer token of POST /stitch (off until set)")
@@ -113,6 +150,13 @@ class Settings(BaseSettings):
     stitch_flush_timeout_s: PositiveSeconds = Field(30.0, description="Freshness flush bound before attribution; "
                                                                       "503 past it")
     relay_retry_max_s: PositiveSeconds = Field(60.0, description="Cap of the relay's jittered backoff")
+    stitch_session_wait_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        3.0, description="When the visitor or the named session_id has no event yet (the browser's last batch "
+                         "still in flight), wait up to this long for it, re-flushing, before recording the lead "
+                         "without it; 0 = no wait")
+    stitch_default_site: str = Field("unknown", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+                                     description="Site of a lead whose request has no site_id and whose visitor "
+                                                 "has no session (recorded unattributed, counted)")
 
     # query port: ClickHouse's HTTP interface for dashboards (reports/query_port)
     sql_host: str = Field("127.0.0.1", description="Bind address of the query port (keep it internal)")
@@ -131,6 +175,19 @@ class Settings(BaseSettings):
     SECRETS: ClassVar[tuple[str, ...]] = ("stitch_token", "lead_webhook_secret", "sql_password")
 
     _split_origins = field_validator("cors_allow_origins", mode="before")(_origins)
+    _split_sites = field_validator("sites", mode="before")(_sites)
+
+    @field_validator("sites")
+    @classmethod
+    def _sites_well_formed(cls, sites: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for site, origins in sites.items():
+            if not _SITE_ID.fullmatch(site):
+                raise ValueError(f"{site!r} is not a site_id (letters, digits, . _ : -)")
+            for origin in origins:
+                if not _ORIGIN.fullmatch(origin):
+                    raise ValueError(f"{origin!r} of {site} is not an origin like https://example.com[:port] "
+                                     "(scheme and host, no path)")
+        return sites
 
     @field_validator("clickhouse_url")
     @classmethod
@@ -177,6 +234,26 @@ class Settings(BaseSettings):
         if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
             raise ValueError(f"log_level: unknown level {self.log_level!r}")
         return self
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """Origins CORS answers: those of every allowlisted site (CLICKSTREAM_SITES) when set, else
+        CLICKSTREAM_CORS_ALLOW_ORIGINS."""
+        if self.sites:
+            return tuple(sorted({origin for origins in self.sites.values() for origin in origins}))
+        return self.cors_allow_origins
+
+    def env_text(self, name: str) -> str:
+        """Setting `name` as its `CLICKSTREAM_<NAME>` variable holds it (what `from_env` reads back;
+        secrets in clear: for a child process's environment only)."""
+        value = getattr(self, name)
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, tuple):
+            return ",".join(value)
+        if isinstance(value, dict):
+            return ";".join(f"{key}={','.join(items)}" if items else key for key, items in value.items())
+        return str(value)
 
     # -- derived paths -----------------------------------------------------------------------
     @property
@@ -269,7 +346,7 @@ def describe(name: str) -> str:
         return f"{field.description} [{ENV_PREFIX}{name.upper()}]"
     if isinstance(default, SecretStr):
         default = "unset" if not default.get_secret_value() else "set"
-    elif isinstance(default, tuple):
+    elif isinstance(default, tuple | dict):
         default = ",".join(default)
     if default == "" or default is None:
         return f"{field.description} [{ENV_PREFIX}{name.upper()}]"

@@ -1,5 +1,5 @@
 /*! clickstream beacon.js */
-// Browser tracker. Event fields: schemas/event.schema.json (values clipped to its bounds); options
+// Browser tracker. Event fields: schemas/event/1-1-0.json (values clipped to its bounds); options
 // and events: docs/architecture.md "beacon.js". One file, no build step: the collector serves it
 // minified (rjsmin: whitespace and comments only, hence the terse code) and gzipped, at most 4 KB
 // on the wire with everything on (BENCHMARKS.md "beacon.js size").
@@ -80,13 +80,16 @@
   // when the URL carries a campaign (utm_*) other than the session's (docs/architecture.md
   // "Definitions"; GA's rules). The session's UTM rides on all its events. Consent pending: kept in
   // memory (`mm`) for the page's life, only its campaign is sent (the collector assigns the session).
-  const ss = t => {
+  // `n`: events of the session so far, sent as `seq` (0, 1, ...; ordering events with equal ts),
+  // stored with the session (a retried batch keeps its events' seq); counted when `k` (an event).
+  const ss = (t, k) => {
       let s = ok ? ob(ld("s")) : mm;
       const q = new URLSearchParams(loc.search), u = {};
       for (const k of ["source", "medium", "campaign", "term", "content"]) q.get("utm_" + k) && (u[k] = cl(q.get("utm_" + k), 256));
       const c = js(u);
       if (!ID.test(s.i || "") || !(t - s.t < 30 * MIN) || (c != "{}" && c != js(s.u))) s = { i: uu(), u };
       s.t = t;
+      k && (s.n = -~s.n);
       ok ? sv("s", s) : (mm = s);
       return s;
     },
@@ -115,9 +118,10 @@
     pg = () => (ha("hash") ? loc.href : loc.href.split("#")[0]),
     tr = (type, p, wh) => {
       if (off || ls("disabled") || !TYPE.test(type)) return;
-      const t = nw(), s = ss(t), hk = w.clickstreamBeforeSend,
+      const t = nw(), s = ss(t, 1), hk = w.clickstreamBeforeSend,
         add = (k, v) => v && (e[k] = v);
-      let e = { type, site_id: sn, ts: t, url: cl(wh || ur(), 2048), event_id: uu(), screen: { w: Math.min(screen.width | 0, 1e5), h: Math.min(screen.height | 0, 1e5) } };
+      // schema: the event schema version this file writes (schemas/event/, docs/schema-versioning.md)
+      let e = { schema: "event/1-1-0", seq: s.n - 1, type, site_id: sn, ts: t, url: cl(wh || ur(), 2048), event_id: uu(), screen: { w: Math.min(screen.width | 0, 1e5), h: Math.min(screen.height | 0, 1e5) } };
       ok ? ((e.anonymous_id = ai), (e.session_id = s.i)) : (e.consent = "pending");
       add("referrer", cl(rf, 2048));
       add("title", cl(d.title, 512));

@@ -11,8 +11,8 @@ Parameters every filtered panel takes (strings are '' when the filter is off):
     site (String)            the site picker
     from_ms, to_ms (Int64)   the date range [from, to), epoch milliseconds UTC
     channel, utm_source, utm_medium, utm_campaign, utm_term, utm_content (String)
-                             the session's first touch (v_sessions) / the lead's last touch (v_leads)
-    page (String)            landing page: v_sessions.entry_path / v_leads.landing_path
+                             the session's first touch (v_sessions) / the lead's last touch (v_leads_last_touch)
+    page (String)            landing page: v_sessions.entry_path / v_leads_last_touch.landing_path
     experiment, variant (String)
                              sessions (leads) that carried this (experiment, variant) pair
 A session is in the range when it started in it; a lead when it occurred in it. Bots are left out.
@@ -34,7 +34,7 @@ MAX_FUNNEL_STEPS: Final = 8
 
 
 def _filters(landing: str) -> str:
-    """The filter conditions on v_sessions (landing = entry_path) or v_leads (landing = landing_path)."""
+    """The filter conditions on v_sessions (landing = entry_path) or v_leads_last_touch (landing = landing_path)."""
     parts = [f"({{{name}:String}} = '' OR {name} = {{{name}:String}})" for name in SOURCE_DIMENSIONS]
     parts.append(f"({{page:String}} = '' OR {landing} = {{page:String}})")
     parts.append("({experiment:String} = '' OR has(variants, ({experiment:String}, {variant:String})))")
@@ -67,7 +67,8 @@ SELECT key, s.sessions AS sessions, s.visitors AS visitors, l.leads AS leads,
        if(s.sessions = 0, 0, l.leads / s.sessions) AS conversion_rate, s.revenue AS revenue
 FROM (SELECT {dimension} AS key, count() AS sessions, uniqExact(anonymous_id) AS visitors, sumMap(revenue) AS revenue
       FROM v_sessions WHERE {_sessions_where()} GROUP BY key) AS s
-FULL OUTER JOIN (SELECT {dimension} AS key, count() AS leads FROM v_leads WHERE {_leads_where()} GROUP BY key) AS l
+FULL OUTER JOIN (SELECT {dimension} AS key, count() AS leads FROM v_leads_last_touch
+                 WHERE {_leads_where()} GROUP BY key) AS l
 USING key
 ORDER BY sessions DESC, leads DESC, key
 LIMIT 50"""
@@ -109,8 +110,10 @@ QUERIES: Final[dict[str, str]] = {
     # difference in rate (points as a fraction) for bounce_rate and conversion_rate.
     "totals": f"""
 WITH
-    (SELECT countIf(occurred_at >= {_ms('from_ms')}) FROM v_leads WHERE {_leads_where('prev_from_ms')}) AS leads,
-    (SELECT countIf(occurred_at < {_ms('from_ms')}) FROM v_leads WHERE {_leads_where('prev_from_ms')}) AS prev_leads
+    (SELECT countIf(occurred_at >= {_ms('from_ms')}) FROM v_leads_last_touch
+     WHERE {_leads_where('prev_from_ms')}) AS leads,
+    (SELECT countIf(occurred_at < {_ms('from_ms')}) FROM v_leads_last_touch
+     WHERE {_leads_where('prev_from_ms')}) AS prev_leads
 SELECT
     uniqExactIf(visitor, cur) AS visitors, uniqExactIf(visitor, NOT cur) AS prev_visitors,
     countIf(cur) AS sessions, countIf(NOT cur) AS prev_sessions,
@@ -152,7 +155,8 @@ SELECT path, s.sessions AS sessions, s.visitors AS visitors, l.leads AS leads,
 FROM (SELECT entry_path AS path, count() AS sessions, uniqExact(anonymous_id) AS visitors,
              sumMap(revenue) AS revenue
       FROM v_sessions WHERE {_sessions_where()} GROUP BY path) AS s
-FULL OUTER JOIN (SELECT landing_path AS path, count() AS leads FROM v_leads WHERE {_leads_where()} GROUP BY path) AS l
+FULL OUTER JOIN (SELECT landing_path AS path, count() AS leads FROM v_leads_last_touch
+                 WHERE {_leads_where()} GROUP BY path) AS l
 USING path
 ORDER BY sessions DESC, leads DESC, path LIMIT 50""",
     # Exit pages: the last page view of each session.
@@ -180,7 +184,7 @@ GROUP BY type, value ORDER BY events DESC, type, value LIMIT 100""",
     "leads": f"""
 SELECT lead_id, toUnixTimestamp64Milli(occurred_at) AS occurred_at_ms, landing_path,
        first_channel, first_utm_source, first_utm_campaign, channel, utm_source, utm_campaign, variants
-FROM v_leads WHERE {_leads_where()}
+FROM v_leads_last_touch WHERE {_leads_where()}
 ORDER BY occurred_at DESC, lead_id LIMIT 20""",
     # Live (no filters, no range): visitors with an event in the last 5 minutes, and their pages now.
     "live_visitors": """

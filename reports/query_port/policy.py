@@ -86,7 +86,7 @@ DEFAULT_ALLOWED_SETTINGS: Final = frozenset({
 #: splits on '&' itself: '%26' there turns into a separator (verified on chDB 26.9). Spaces are sent
 #: as %20.
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:/\-+ ,;|]{0,256}$")
-_NUMBER = re.compile(r"^\d+(\.\d+)?$")
+_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$")  # ASCII: \d would also match other scripts' digits
 
 
 def format_number(value: float) -> str:

@@ -87,6 +87,11 @@ def _basic(authorization: str) -> tuple[str, str]:
     return user, password
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() is also true for '²' or '١', which int() refuses or reads."""
+    return text.isascii() and text.isdigit()
+
+
 def _auth_error(message: str) -> QueryPortError:
     return error(AUTHENTICATION_FAILED, message)
 
@@ -177,7 +182,7 @@ def response_compression(headers: Headers, changes: Params, config: QueryPortCon
     url = dict(changes)
     enabled = url.get("enable_http_compression", "1" if config.http_compression_default else "0")
     level_text = url.get("http_zlib_compression_level", "3")
-    level = min(9, max(1, int(level_text))) if level_text.isdigit() else 3
+    level = min(9, max(1, int(level_text))) if _is_number(level_text) else 3
     if enabled.strip().lower() not in _TRUE:
         return None, level
     return choose_encoding(headers.get("accept-encoding", "")), level
@@ -200,7 +205,7 @@ def build_job(engine: QueryEngine, sessions: Sessions, headers: Headers, params:
         raise error(NOT_IMPLEMENTED, "decompress=1 (a natively compressed request body) is not supported by "
                                      "the query port; use Content-Encoding")
     revision_text = reserved.get("client_protocol_version", "0") or "0"
-    if not revision_text.isdigit():
+    if not _is_number(revision_text):
         raise error(BAD_ARGUMENTS, f"Cannot parse client_protocol_version '{revision_text}'")
     session_id = reserved.get("session_id", "")
     if len(session_id) > 256:

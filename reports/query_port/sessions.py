@@ -47,7 +47,7 @@ class Sessions:
     def acquire(self, session_id: str, timeout: str | None, check: bool) -> Session:
         timeout_s = float(self.config.session_timeout_s)
         if timeout is not None:
-            if not timeout.isdigit():
+            if not (timeout.isascii() and timeout.isdigit()):  # int() refuses "²"
                 raise error(INVALID_SESSION_TIMEOUT, f"Invalid session timeout: '{timeout}'")
             if int(timeout) > self.config.max_session_timeout_s:
                 raise error(INVALID_SESSION_TIMEOUT,

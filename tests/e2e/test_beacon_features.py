@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from reports.query import as_dicts, port_client, run_on_client
-from tests.conftest import Server, free_port, start_server
+from tests.conftest import Server, free_port, start_server, wait_for_fold
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, USER_AGENT, Recorder, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -130,7 +130,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server("serve", root / "data", {
         "CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD, "CLICKSTREAM_SCRIPT_PATH": "/js/app.js",
         "CLICKSTREAM_COLLECT_PATH": "/api/e", "CLICKSTREAM_SALT_DIR": str(root / "salt"),
-        "CLICKSTREAM_FLUSH_INTERVAL_MS": "200", "CLICKSTREAM_SPOOL_SEGMENT_MAX_AGE_MS": "200"})
+        "CLICKSTREAM_FLUSH_INTERVAL_MS": "200", "CLICKSTREAM_SPOOL_SEGMENT_MAX_AGE_MS": "200",
+        "CLICKSTREAM_FOLD_INTERVAL_S": "0.5"})
     yield server
     server.stop()
 
@@ -232,6 +233,7 @@ def test_scrolling_half_a_long_page_and_staying_3_s_gives_one_engagement(serve: 
     assert int(engagement["props"]["engaged_ms"]) >= 3000
     assert engagement["session_id"] == of_type(events, "page_view")[0]["session_id"]
     assert engagement["is_bot"] == 0  # the unload request carries the browser's User-Agent
+    wait_for_fold(serve)  # v_sessions reads the roll-ups
     [session] = rows(serve, "SELECT engaged_ms, max_scroll_depth FROM v_sessions WHERE site_id = 'engage.test'")
     assert session["engaged_ms"] >= 3000 and 49 <= session["max_scroll_depth"] <= 51
     no_rejections(serve)
@@ -349,8 +351,8 @@ def test_revenue_is_a_number_with_a_currency(serve: Server, site: PageSite, fres
     events = events_of(serve, "revenue.test", lambda evs: of_type(evs, "refund"), "the purchase and refund")
     assert of_type(events, "purchase")[0]["props"] == {"revenue": "49.9", "currency": "EUR", "plan": "pro"}
     assert of_type(events, "refund")[0]["props"] == {"currency": "USD"}  # not a number: left out
-    revenue = wait_for(lambda: rows(serve, "SELECT revenue FROM v_sessions WHERE site_id = 'revenue.test'"), 30,
-                       "the session's revenue")
+    wait_for_fold(serve)
+    revenue = rows(serve, "SELECT revenue FROM v_sessions WHERE site_id = 'revenue.test'")
     assert revenue == [{"revenue": {"EUR": 49.9}}]  # Decimal(38, 6) per currency, a JSON number in JSONCompact
 
 
@@ -446,6 +448,7 @@ def test_consent_mode_stores_nothing_and_the_collector_derives_a_cookieless_visi
     assert {e["anonymous_id"] for e in b} != visitors  # another site, another id
     assert b[0]["anonymous_id"].startswith("cookieless-")
     assert len({e["session_id"] for e in a}) == 1  # sessions: the collector's 30-minute rule
+    wait_for_fold(serve)
     session = rows(serve, "SELECT pageviews, is_bounce, channel, utm_source, entry_path FROM v_sessions "
                           "WHERE site_id = 'consent-a.test'")
     assert session == [{"pageviews": 4, "is_bounce": 0, "channel": "email", "utm_source": "newsletter",

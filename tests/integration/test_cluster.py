@@ -166,7 +166,9 @@ def test_migrate_cluster_print_writes_the_whole_script() -> None:
     assert result.exit_code == 0, result.output
     script = result.output
     assert "CREATE DATABASE IF NOT EXISTS clickstream ON CLUSTER prod;" in script
-    assert script.count("replicated_deduplication_window = 20000") == len(DEDUP_TABLES)
+    replicated = re.findall(r"ENGINE = Replicated\w*MergeTree\('/clickhouse/tables/{shard}/", script)
+    assert len(replicated) >= len(DEDUP_TABLES)  # every stored table of sql/ is replicated, with the window
+    assert script.count("replicated_deduplication_window = 20000") == len(replicated)
     recorded = re.findall(r"INSERT INTO schema_migrations \(version, name, checksum\) VALUES \(\d+, '(\w+)'", script)
     assert recorded == [name for _, name, _ in migrations()]
     refused = CliRunner().invoke(main, ["migrate", "--cluster", "prod"], env={"CLICKSTREAM_CLICKHOUSE_URL": ""})

@@ -22,6 +22,7 @@ from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolReader, SpoolWriter
 from collector.pipeline import event_id_key, ingest_row, request_stamp
 from flusher.loop import Flusher
+from reports.fold import fold
 from tests.conftest import ROOT, make_event, now_ms
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
@@ -107,9 +108,12 @@ def settings(data_dir: Path, **kw: Any) -> Settings:
 
 
 def counts(client: Client) -> dict[str, Any]:
-    """Everything an insert reaches, summed: raw rows and each aggregate."""
+    """Everything an insert reaches, summed: raw rows and each aggregate; the views after a fold (the
+    roll-ups they read are rebuilt by it, as serve does every CLICKSTREAM_FOLD_INTERVAL_S)."""
+    fold(client)
     q = client.query
     return {
+        "fact_events": q("SELECT sum(events) FROM session_facts").result_rows[0][0],
         "events": q("SELECT count() FROM events").result_rows[0][0],
         "distinct_event_ids": q("SELECT uniqExact(event_id) FROM events").result_rows[0][0],
         "session_events": q("SELECT sum(events) FROM sessions").result_rows[0][0],
@@ -200,6 +204,7 @@ def test_sigkill_between_insert_and_ack_then_restart(data_dir: Path, tmp_path: P
         Flusher(settings(data_dir), client).flush_once()
         result = counts(client)
         assert result["events"] == result["distinct_event_ids"] == result["session_events"] == 100
+        assert result["fact_events"] == 100  # the roll-ups after the crash and retry: a recount
         assert result["sessions"] == 10
         assert SpoolReader(data_dir / "spool").sealed_segments() == []
     finally:
@@ -243,6 +248,7 @@ def test_clickhouse_down_keeps_data_in_spool_then_drains(data_dir: Path, client:
         flusher.stop()
     result = counts(client)
     assert result["events"] == result["distinct_event_ids"] == result["session_events"] == 50
+    assert result["fact_events"] == 50
     assert flusher.metrics.retries._value.get() >= 5
 
 

@@ -40,6 +40,13 @@ def test_load_run_audits_clean(server_factory: Callable[..., Server], tmp_path: 
     assert summary["leads"] > 0
     ledger = json.loads((tmp_path / "run" / "ledger.json").read_text())
     assert len(ledger["accepted"]) == summary["accepted"]
+    # recompute is the auditor: every roll-up equals a recount of events (serve stopped: chDB is ours)
+    assert server.stop() == 0
+    done = subprocess.run([sys.executable, "-m", "clickstream.cli", "reconcile", "--no-progress"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "CLICKSTREAM_DATA_DIR": str(server.data_dir)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "checked: clean" in done.stdout
 
 
 def test_audit_reports_a_lost_event(server_factory: Callable[..., Server], tmp_path: Path) -> None:

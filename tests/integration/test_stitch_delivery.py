@@ -129,6 +129,7 @@ def test_webhook_retries_until_accepted_with_one_idempotency_key_and_signature(t
     assert [c[0] for c in r.calls] == [500, 503, 429, 200]
     for _, headers, body in r.calls:
         assert headers["idempotency-key"] == entry.event_id
+        assert headers["clickstream-schema"] == "lead_created/1-0-0"  # the body's `schema`, short
         assert body == entry.event
         assert headers["x-clickstream-signature"] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert outbox.count(Target.WEBHOOK) == 0

@@ -1,6 +1,6 @@
 """POST /stitch over HTTP on a real `clickstream serve` (real chDB, real spool, real flusher).
 
-Statuses (401, 503, 400, 413, 422, 201, 200 byte for byte, 409), freshness (a page view POSTed to
+Statuses (401, 503, 400, 413, 201, 200 byte for byte, 409), freshness (a page view POSTed to
 /collect and stitched right after is attributed), lead_events written once, metrics, and the Python
 client (sync and async) against the same server.
 """
@@ -17,7 +17,17 @@ import pytest
 
 from stitcher.client import AsyncStitchClient, StitchClient, StitchConflict, StitchRejected, StitchUnavailable
 from stitcher.event import event_id_for
-from tests.conftest import SCHEMAS_DIR, Server, free_port, make_event, now_ms, sql_rows, start_server, wait_for
+from tests.conftest import (
+    SCHEMAS_DIR,
+    Server,
+    free_port,
+    make_event,
+    now_ms,
+    sql_rows,
+    start_server,
+    wait_for,
+    wait_for_fold,
+)
 
 UA = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
       "Safari/605.1.15")
@@ -29,8 +39,8 @@ LEAD_SCHEMA = jsonschema.Draft202012Validator(orjson.loads((SCHEMAS_DIR / "lead_
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start_server("serve", tmp_path_factory.mktemp("stitch-http") / "data", {
-        "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_SQL_PASSWORD": "adm",
-        "CLICKSTREAM_STITCH_MAX_BODY_BYTES": "4096",
+        "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_SQL_PASSWORD": "adm", "CLICKSTREAM_FOLD_INTERVAL_S": "0.5",
+        "CLICKSTREAM_STITCH_MAX_BODY_BYTES": "4096", "CLICKSTREAM_STITCH_SESSION_WAIT_S": "0.5",
     })
     yield s
     s.stop()
@@ -125,6 +135,7 @@ def test_fresh_landing_page_view_then_201_then_identical_200_then_409(server: Se
     wait_for(lambda: sql_rows(server, query)[0][0] >= 1)
     assert sql_rows(server, query) == [[1, created.content.decode(), "brand"]]
     # the identity link: the lead joins the visitor's sessions
+    wait_for_fold(server)  # v_lead_sessions reads v_sessions, the roll-ups
     linked = sql_rows(server, "SELECT lead_id, entry_path, utm_campaign FROM v_lead_sessions WHERE lead_id = 'L-fresh'")
     assert linked == [["L-fresh", "/pricing", "brand"]]
     metrics = server.client().get("/metrics").text
@@ -132,9 +143,22 @@ def test_fresh_landing_page_view_then_201_then_identical_200_then_409(server: Se
     assert "clickstream_stitcher_conflicts_total 2.0" in metrics
 
 
-def test_unknown_visitor_is_422_unless_site_id_is_given(server: Server) -> None:
-    response = stitch(server, {"lead_id": "L-ghost", "anonymous_id": "never-seen"})
-    assert response.status_code == 422 and "site_id" in response.json()["message"]
+def unattributed(server: Server, reason: str = "no_visitor_data") -> float:
+    prefix = f'clickstream_stitcher_unattributed_total{{reason="{reason}"}} '
+    line = next(line for line in server.client().get("/metrics").text.splitlines() if line.startswith(prefix))
+    return float(line.removeprefix(prefix))
+
+
+def test_unknown_visitor_is_recorded_unattributed_never_refused(server: Server) -> None:
+    """No telemetry of the visitor after the bounded wait: 201, site from CLICKSTREAM_STITCH_DEFAULT_SITE,
+    counted under its reason."""
+    before = unattributed(server)
+    response = stitch(server, {"lead_id": "L-ghost-0", "anonymous_id": "never-seen-0"})
+    assert response.status_code == 201, response.text
+    ghost = orjson.loads(response.content)
+    LEAD_SCHEMA.validate(ghost)
+    assert (ghost["site_id"], ghost["session_id"], ghost["first_touch"]["ts"]) == ("unknown", "", None)
+    assert unattributed(server) == before + 1
     created = stitch(server, {"lead_id": "L-ghost", "anonymous_id": "never-seen", "site_id": "example.com",
                               "occurred_at": "2026-01-02T03:04:05.678+01:00"})
     assert created.status_code == 201

@@ -22,10 +22,11 @@ from clickstream.core.settings import Settings
 from clickstream.core.times import parse_ts
 from clickstream.core.useragent import Agent
 from collector.pipeline import check_clock, parse_body, process
-from collector.validation import EventValidator, RejectReason
+from collector.schemas import EventSchemas
+from collector.validation import RejectReason
 from tests.conftest import make_event
 
-VALIDATOR = EventValidator()
+VALIDATOR = EventSchemas()
 DEFAULTS = Settings()
 MAX_AGE_MS = DEFAULTS.max_event_age_s * 1000
 MAX_SKEW_MS = DEFAULTS.max_clock_skew_s * 1000

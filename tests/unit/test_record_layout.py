@@ -23,10 +23,10 @@ from clickstream.core.spool import (
 )
 from clickstream.core.useragent import agent
 from collector.pipeline import process
-from collector.validation import EventValidator
+from collector.schemas import EventSchemas
 from flusher import legacy
 
-VALIDATOR = EventValidator()
+VALIDATOR = EventSchemas()
 
 
 def event(**overrides: object) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stitcher.attribution import Exposure, Session, Touch, pick_site, resolve
+from stitcher.attribution import Exposure, Missing, Session, Touch, missing_telemetry, pick_site, resolve
 
 T0 = 1_780_000_000_000
 
@@ -67,3 +67,13 @@ def test_site_comes_from_the_request_then_the_named_session_then_the_latest() ->
     assert pick_site([], None, None) is None
     got = resolve(sessions, [], site_id="one.com", session_id=None, occurred_at_ms=T0 + 10 * 60_000)
     assert got.session_id == "a"  # sessions of other sites are ignored
+
+
+def test_missing_telemetry_names_what_the_stitcher_waits_for() -> None:
+    sessions = [session("a", 0, "direct"), session("b", 5, "email", site="other.com")]
+    assert missing_telemetry(sessions, "s.com", None) is None
+    assert missing_telemetry(sessions, "s.com", "a") is None
+    assert missing_telemetry(sessions, "s.com", "b") is Missing.SESSION_NOT_SEEN  # b is another site's
+    assert missing_telemetry(sessions, "s.com", "zz") is Missing.SESSION_NOT_SEEN
+    assert missing_telemetry(sessions, "third.com", None) is Missing.NO_VISITOR_DATA
+    assert missing_telemetry([], "s.com", "a") is Missing.NO_VISITOR_DATA

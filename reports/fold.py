@@ -1,0 +1,337 @@
+"""The fold: rebuild whole days of the roll-ups (sql/0101_rollups.sql) from `events`, atomically.
+
+What a day is: the UTC day a session started. Rebuilding day D:
+1. `session_facts` of D: the events of D - 1 .. D + 1 grouped by session, the sessions whose first
+   event is on D (FACTS_SQL; order of events (ts, seq, spool_segment, spool_offset), sql/README.md);
+2. `traffic_daily`, `landing_daily`, `channel_daily` of D from those facts (ROLLUP_SQL);
+3. each built in a staging table (`fold_staging_<table>`, same structure) and swapped in with
+   `ALTER TABLE <table> REPLACE PARTITION ID '<YYYYMMDD>' FROM fold_staging_<table>`: a reader sees the
+   day before or after the rebuild, never half of it (per table).
+
+The same SQL is the recount `clickstream reconcile` compares with (reports/reconcile.py), so a
+folded day equals a recount by construction; late events, imports, retries and crashes only make
+days dirty again. Which days: the marks `fold_dirty_days_mv` writes for every insert into `events`
+(the day of each event and the day before); a run rebuilds the days of the parts it read and then
+drops exactly those parts.
+
+One fold at a time: a lock in the process and `FoldLease` (a claim row in `fold_lease`, the earliest
+live claim wins) across processes on one ClickHouse server. With the embedded engine only one
+process opens the directory anyway. A ClickHouse cluster is not folded here (the roll-ups would need a
+fold per shard on the local tables): `serve`/`flusher` on a cluster log that and leave them alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from starlette.routing import BaseRoute
+
+from clickstream.core.component import Check
+
+log = logging.getLogger(__name__)
+
+#: The one order of events (sql/README.md "Order of events").
+ORDER_KEY = "(ts, seq, spool_segment, spool_offset)"
+
+#: Tables the fold rebuilds, in the order they are swapped in (facts first: a roll-up is never newer).
+TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily")
+STAGING_PREFIX = "fold_staging_"
+#: Settings of the fold's inserts: synchronous, and never deduplicated (a rebuilt day may be identical
+#: to the one built before; dropping it as a duplicate would swap in an empty day).
+FOLD_SETTINGS: dict[str, Any] = {"async_insert": 0, "insert_deduplicate": 0}
+LEASE_S = 600.0
+#: A claim must still be the winner this long after it was made (an insert of another claimant that was
+#: in flight when it first looked is visible by then).
+LEASE_SETTLE_S = 0.3
+
+FACTS_COLUMNS = ("site_id, session_id, anonymous_id, started_at, ended_at, pageviews, events, entry_path, exit_path, "
+                 "utm_source, utm_medium, utm_campaign, utm_term, utm_content, referrer_host, channel, variants, "
+                 "is_bot, engaged_ms, max_scroll_depth, passive_events, revenue, is_engaged, is_bounce")
+
+#: One final row per session started on {day:Date}; its events are those of that day and the next.
+FACTS_SQL = f"""
+SELECT
+    site_id, session_id, anonymous_id, started_at, ended_at, pageviews, events, entry_path, exit_path,
+    touch.1 AS utm_source, touch.2 AS utm_medium, touch.3 AS utm_campaign, touch.4 AS utm_term,
+    touch.5 AS utm_content, touch.6 AS referrer_host, touch.7 AS channel, variants, is_bot, engaged_ms,
+    max_scroll_depth, passive_events, revenue,
+    toUInt8(pageviews >= 2 OR events - pageviews > passive_events OR engaged_ms > 10000) AS is_engaged,
+    toUInt8(pageviews = 1 AND NOT is_engaged) AS is_bounce
+FROM
+(
+    SELECT
+        site_id,
+        session_id,
+        argMin(anonymous_id, {ORDER_KEY}) AS anonymous_id,
+        min(ts) AS started_at,
+        max(ts) AS ended_at,
+        countIf(type = 'page_view') AS pageviews,
+        count() AS events,
+        argMinIf(path, {ORDER_KEY}, type = 'page_view') AS entry_path,
+        argMaxIf(path, {ORDER_KEY}, type = 'page_view') AS exit_path,
+        argMin((utm_source, utm_medium, utm_campaign, utm_term, utm_content, referrer_host, channel),
+               {ORDER_KEY}) AS touch,
+        arraySort(groupUniqArrayArray(arrayZip(mapKeys(variants), mapValues(variants)))) AS variants,
+        max(is_bot) AS is_bot,
+        sumIf(least(toUInt64OrZero(props['engaged_ms']), 86400000), type = 'engagement') AS engaged_ms,
+        maxIf(toUInt8(least(toUInt64OrZero(props['scroll_depth']), 100)), type = 'engagement') AS max_scroll_depth,
+        countIf(type IN ('engagement', 'web_vitals', 'not_found')) AS passive_events,
+        sumMapIf(map(upper(props['currency']), assumeNotNull(toDecimal128OrNull(props['revenue'], 6))),
+                 toDecimal128OrNull(props['revenue'], 6) IS NOT NULL) AS revenue
+    FROM events
+    WHERE toDate(ts) >= {{day:Date}} - 1 AND toDate(ts) <= {{day:Date}} + 1
+    GROUP BY site_id, session_id
+    HAVING toDate(started_at) = {{day:Date}}
+)
+"""
+
+#: Each roll-up of one day from a table of session facts (`{facts}`: session_facts or its staging twin).
+ROLLUP_SQL: dict[str, str] = {
+    "traffic_daily": """
+SELECT site_id, toDate(started_at) AS day, uniqExactState(anonymous_id) AS visitors, count() AS sessions,
+       sum(pageviews) AS pageviews, sum(is_bounce) AS bounces,
+       sum(toUInt64(toUnixTimestamp64Milli(ended_at) - toUnixTimestamp64Milli(started_at))) AS duration_ms,
+       sum(is_engaged) AS engaged_sessions, sum(engaged_ms) AS engaged_ms
+FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
+GROUP BY site_id, day""",
+    "landing_daily": """
+SELECT site_id, toDate(started_at) AS day, entry_path AS landing_path, uniqExactState(anonymous_id) AS visitors,
+       count() AS sessions, sum(is_engaged) AS engaged_sessions, sumMap(revenue) AS revenue
+FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND pageviews > 0
+GROUP BY site_id, day, landing_path""",
+    "channel_daily": """
+SELECT site_id, toDate(started_at) AS day, channel, utm_source, utm_medium, utm_campaign,
+       uniqExactState(anonymous_id) AS visitors, count() AS sessions, sum(is_engaged) AS engaged_sessions,
+       sumMap(revenue) AS revenue
+FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
+GROUP BY site_id, day, channel, utm_source, utm_medium, utm_campaign""",
+}
+ROLLUP_COLUMNS = {
+    "traffic_daily": "site_id, day, visitors, sessions, pageviews, bounces, duration_ms, engaged_sessions, engaged_ms",
+    "landing_daily": "site_id, day, landing_path, visitors, sessions, engaged_sessions, revenue",
+    "channel_daily": "site_id, day, channel, utm_source, utm_medium, utm_campaign, visitors, sessions, "
+                     "engaged_sessions, revenue",
+}
+
+
+def partition_id(day: dt.date) -> str:
+    """The partition id of `day` in every roll-up (PARTITION BY a Date: 'YYYYMMDD')."""
+    return day.strftime("%Y%m%d")
+
+
+def rebuild_day(client: Client, day: dt.date) -> None:
+    """Recompute `day` of every roll-up from `events` and swap it in, table by table, atomically.
+
+    Raises ClickHouseError (the day keeps its previous contents; its mark stays, so the next run
+    rebuilds it). The caller holds the fold lease (`fold`, `locked`): the staging tables are shared.
+    """
+    build_day(client, day)
+    swap_day(client, day)
+
+
+def build_day(client: Client, day: dt.date) -> None:
+    """Recompute `day` of every roll-up from `events` into the staging tables (the recount)."""
+    params = {"day": day}
+    for table in TABLES:
+        client.command(f"CREATE TABLE IF NOT EXISTS {STAGING_PREFIX}{table} AS {table}")
+        client.command(f"TRUNCATE TABLE {STAGING_PREFIX}{table}")
+    client.command(f"INSERT INTO {STAGING_PREFIX}session_facts ({FACTS_COLUMNS}) {FACTS_SQL}",
+                   parameters=params, settings=FOLD_SETTINGS)
+    for table, sql in ROLLUP_SQL.items():
+        client.command(f"INSERT INTO {STAGING_PREFIX}{table} ({ROLLUP_COLUMNS[table]}) "
+                       + sql.format(facts=f"{STAGING_PREFIX}session_facts"), parameters=params, settings=FOLD_SETTINGS)
+
+
+
+def swap_day(client: Client, day: dt.date) -> None:
+    """Swap the staging tables' `day` (build_day) into the roll-ups, table by table, atomically."""
+    for table in TABLES:
+        # an empty day (every session gone, e.g. after a repair) replaces the day with nothing, atomically
+        client.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id(day)}' FROM {STAGING_PREFIX}{table}",
+                       settings={"allow_replace_partition_from_empty_source": 1})
+
+
+def dirty_parts(client: Client) -> dict[str, list[dt.date]]:
+    """Part name of `fold_dirty_days` -> the days it marks."""
+    rows = client.query("SELECT _part, arraySort(groupUniqArray(day)) FROM fold_dirty_days GROUP BY _part").result_rows
+    return {str(part): list(days) for part, days in rows}
+
+
+def history_days(client: Client) -> set[dt.date]:
+    """Every day of `events` (and the day before each) when the fold never ran (the backfill of an
+    upgraded installation), else nothing."""
+    if client.query("SELECT count() FROM fold_runs").result_rows[0][0]:
+        return set()
+    rows = client.query("SELECT DISTINCT arrayJoin([toDate(ts), toDate(ts) - 1]) FROM events").result_rows
+    return {day for (day,) in rows}
+
+
+def drop_parts(client: Client, parts: Iterable[str]) -> None:
+    """Drop the marks the run read; a part merged meanwhile is gone by that name: its marks stay (and
+    its days are rebuilt once more next run)."""
+    for part in parts:
+        try:
+            client.command(f"ALTER TABLE fold_dirty_days DROP PART '{part}'")
+        except ClickHouseError as exc:
+            log.debug("fold: mark part %s not dropped (%s); its days are rebuilt next run", part, str(exc)[:120])
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldRun:
+    """What one run did: the days rebuilt, when it started (`watermark`), seconds it took."""
+
+    days: tuple[dt.date, ...]
+    watermark: dt.datetime
+    seconds: float
+
+
+class FoldLease:
+    """One fold at a time across processes on one ClickHouse server (table `fold_lease`).
+
+    A claim is a row (holder, claimed_at = the server's now64, expires_at); the holder of the earliest
+    live (unexpired, unreleased) claim holds the lease. `acquire` inserts a claim and checks that it
+    is the earliest twice, LEASE_SETTLE_S apart (a claim inserted meanwhile with an earlier time would
+    show by then); a claimant that loses withdraws its claim. A fold outlasting LEASE_S loses the
+    lease to the next claimant, which is why LEASE_S is long next to a fold of a few days.
+    """
+
+    def __init__(self, client: Client, lease_s: float = LEASE_S) -> None:
+        self.client = client
+        self.lease_s = lease_s
+
+    def _claim(self, holder: str, released: int) -> None:
+        self.client.command(
+            "INSERT INTO fold_lease (holder, claimed_at, expires_at, released) "
+            "SELECT {h:String}, now64(6, 'UTC'), now64(6, 'UTC') + toIntervalMillisecond({ms:UInt64}), {r:UInt8}",
+            parameters={"h": holder, "ms": int(self.lease_s * 1000), "r": released}, settings=FOLD_SETTINGS)
+
+    def holder(self) -> str | None:
+        """The holder of the earliest live claim, or None."""
+        rows = self.client.query(
+            "SELECT holder FROM fold_lease GROUP BY holder "
+            "HAVING max(released) = 0 AND max(expires_at) > now64(6, 'UTC') ORDER BY min(claimed_at), holder LIMIT 1"
+        ).result_rows
+        return str(rows[0][0]) if rows else None
+
+    def acquire(self) -> str | None:
+        """A holder id when this process now holds the lease, else None (another fold runs)."""
+        me = uuid.uuid4().hex
+        self._claim(me, 0)
+        if self.holder() == me:
+            time.sleep(LEASE_SETTLE_S)
+            if self.holder() == me:
+                return me
+        self._claim(me, 1)
+        return None
+
+    def release(self, holder: str) -> None:
+        self._claim(holder, 1)
+
+
+_PROCESS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def locked(client: Client) -> Iterator[str | None]:
+    """Hold the fold's process lock and lease for the block: yields the holder id, or None when another
+    process holds the lease (the block must then do nothing)."""
+    with _PROCESS_LOCK:
+        lease = FoldLease(client)
+        holder = lease.acquire()
+        try:
+            yield holder
+        finally:
+            if holder is not None:
+                lease.release(holder)
+
+
+def fold(client: Client, days: Sequence[dt.date] | None = None,
+         progress: Callable[[dt.date], None] | None = None) -> FoldRun | None:
+    """One run: rebuild `days` (default: the dirty days) and record it in `fold_runs`.
+
+    None when another fold holds the lease (nothing done). `progress` is called after each day.
+    Raises ClickHouseError; the marks of a failed run stay, so the next run does its days again.
+    """
+    with locked(client) as holder:
+        if holder is None:
+            log.info("fold: another process is folding; skipped")
+            return None
+        started = time.perf_counter()
+        watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
+        parts: dict[str, list[dt.date]] = {}
+        if days is None:
+            parts = dirty_parts(client)
+            days = sorted({d for ds in parts.values() for d in ds} | history_days(client))
+        for day in days:
+            rebuild_day(client, day)
+            if progress is not None:
+                progress(day)
+        drop_parts(client, parts)
+        run = FoldRun(tuple(days), watermark, time.perf_counter() - started)
+        client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
+                      column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
+        if days:
+            log.info("fold: %d day(s) rebuilt in %.2f s (%s .. %s)", len(days), run.seconds, days[0], days[-1])
+        return run
+
+
+class Folder:
+    """The fold as a `serve` / flusher component: a run every `interval_s` in a thread, one at the
+    start (the roll-ups of history after an upgrade) and one at `stop` (placed before the flushers in
+    the component list, it stops after them: the last events drained are folded)."""
+
+    def __init__(self, client: Client, interval_s: float) -> None:
+        self.client = client
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: FoldRun | None = None
+        self.failures = 0
+
+    def run_once(self) -> FoldRun | None:
+        """One fold run; failures are logged and counted, not raised (the marks stay for the next)."""
+        try:
+            run = fold(self.client)
+        except Exception:
+            self.failures += 1
+            log.exception("fold: run failed; its days stay dirty for the next run")
+            return None
+        if run is not None:
+            self.last = run
+        return run
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="fold", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.run_once()
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return []
+
+    def readiness(self) -> Sequence[Check]:
+        return []
+
+    def update_gauges(self) -> None:
+        return None
