@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install system run test lint unit bench bench-views bench-large demo clean reliability soak
+.PHONY: install system run test lint unit bench bench-views bench-large demo vendor-charts clean reliability soak
 
 # Quiet unless something fails: pip's output goes to $(VENV)/install.log and is shown on failure.
 $(VENV)/.installed: pyproject.toml
@@ -66,8 +66,15 @@ bench-views: install
 bench-large: install
 	$(PY) -m load.bench views-large
 
-demo: install
-	$(PY) -m deploy.demo
+# The demo site; on the pipeline of `make run` when that runs (same data directory and secrets), else
+# with its own. Then open http://127.0.0.1:8123/dashboard (user dashboards, password in data/.sql_password).
+demo: install $(DATA_DIR)/.sql_password $(DATA_DIR)/.stitch_token
+	CLICKSTREAM_DATA_DIR=$(DATA_DIR) CLICKSTREAM_SQL_PASSWORD=$$(cat $(DATA_DIR)/.sql_password) \
+	CLICKSTREAM_STITCH_TOKEN=$$(cat $(DATA_DIR)/.stitch_token) $(PY) -m deploy.demo
+
+# Re-vendor the dashboard's chart library (uPlot) from npm: deploy/vendor-charts.sh [VERSION].
+vendor-charts:
+	@bash deploy/vendor-charts.sh $(UPLOT_VERSION)
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

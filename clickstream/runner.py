@@ -36,6 +36,7 @@ from clickstream.web import create_app
 from collector.app import Collector
 from collector.metrics import CollectorMetrics
 from flusher.loop import Flusher, FlusherMetrics
+from reports.dashboard import Dashboard, DashboardConfig
 from reports.fold import Folder
 from reports.query_port import QueryPort, QueryPortConfig
 from stitcher.service import Stitcher
@@ -190,12 +191,22 @@ async def _serve(main: uvicorn.Server, sockets: list[socket.socket] | None, extr
 
 
 def _port_listeners(settings: Settings, components: Sequence[Component], sock: socket.socket | None) -> list[Listener]:
-    """The query port's listener, for the QueryPort among `components` (none without one)."""
+    """The query port's listener, with the dashboard (`GET /dashboard`, reports/dashboard), for the
+    QueryPort among `components` (none without one)."""
     http = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
-    return [(_Listener(uvicorn.Config(port.listener_app(), host=port.config.host, port=port.config.port,
+    return [(_Listener(uvicorn.Config(port.listener_app(Dashboard(port, dashboard_config(settings)).routes()),
+                                      host=port.config.host, port=port.config.port,
                                       http=http, lifespan="off", access_log=False,
                                       log_level=uvicorn_log_level(settings), timeout_graceful_shutdown=30)), sock)
             for port in components if isinstance(port, QueryPort) and sock is not None]
+
+
+def dashboard_config(settings: Settings) -> DashboardConfig:
+    """The dashboard's view of the collector: where beacon.js is served (the empty state's script tag;
+    a wildcard bind address is shown as 127.0.0.1, to be replaced by the site's public host)."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return DashboardConfig(script_url=f"http://{host}:{settings.port}{settings.script_path}")
 
 
 def _bind_query_port(settings: Settings) -> socket.socket | None:

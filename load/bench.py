@@ -13,6 +13,7 @@ from typing import Any
 from load import (
     bench_beacon,
     bench_collector,
+    bench_dashboard,
     bench_dedup,
     bench_engagement,
     bench_flusher,
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "beacon": bench_beacon.run,
     "schemas": bench_schemas.run,
     "engagement_join": bench_engagement.run,
+    "dashboard": bench_dashboard.run,
     "flusher-rollups": bench_flusher.run_rollups_side_by_side,
 }
 #: Left out of `make bench` (all of BENCHMARKS): `make bench-large`.

@@ -6,7 +6,9 @@ healthy, then serves the demo site with uvicorn on DEMO_PORT (default 8001). Ctr
 stops the site first, then sends SIGTERM to the pipeline (which flushes its spool) and waits.
 The pipeline gets CLICKSTREAM_STITCH_TOKEN and CLICKSTREAM_SQL_PASSWORD (demo values unless set)
 so the site can stitch leads and you can query the query port (ClickHouse's HTTP interface on
-CLICKSTREAM_SQL_PORT, default 8123) with `clickstream sql` or a dashboard while it runs.
+CLICKSTREAM_SQL_PORT, default 8123) with `clickstream sql` or a dashboard (`/dashboard` on that port)
+while it runs. When a pipeline already answers on CLICKSTREAM_PORT (`make run` in another terminal;
+`make demo` passes it the same data directory and secrets), only the site starts, on that pipeline.
 """
 
 from __future__ import annotations
@@ -68,6 +70,20 @@ def _hint(sql_url: str, sql_password: str) -> str:
             f"{sql_url}/")
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _announce(config: DemoConfig, sql_url: str, demo_host: str, demo_port: int) -> None:
+    print(f"clickstream serve: {config.stitch_url}   (query port for dashboards: {sql_url})\n"
+          f"demo site:          http://{demo_host}:{demo_port}/   (Ctrl-C stops it)\n"
+          f"dashboard:          {sql_url}/dashboard   (user dashboards, password CLICKSTREAM_SQL_PASSWORD)",
+          flush=True)
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # until uvicorn takes over: stop the child too
     config = DemoConfig.from_env()
@@ -78,6 +94,14 @@ def main() -> int:
     sql_url = f"http://{os.environ.get('CLICKSTREAM_SQL_HOST', '127.0.0.1')}:{sql_port}"
     env = {**os.environ, "CLICKSTREAM_STITCH_TOKEN": config.stitch_token or DEFAULT_STITCH_TOKEN,
            "CLICKSTREAM_SQL_PASSWORD": sql_password}
+    if _answers(config.stitch_url + "/healthz"):
+        # `make run` already serves the pipeline (same data directory and secrets through the Makefile):
+        # serve the site against it and leave it running.
+        print(f"using the running pipeline at {config.stitch_url}", flush=True)
+        config = dataclasses.replace(config, pipeline_hint=_hint(sql_url, sql_password))
+        _announce(config, sql_url, demo_host, demo_port)
+        uvicorn.run(create_app(config), host=demo_host, port=demo_port, log_level="warning", access_log=False)
+        return 0
     # Its own session: Ctrl-C reaches only this process, which stops the child in order.
     proc = subprocess.Popen([sys.executable, "-m", "clickstream.cli", "serve"], env=env, start_new_session=True)
     try:
@@ -91,8 +115,7 @@ def main() -> int:
             server.should_exit = True
 
         threading.Thread(target=watch, daemon=True).start()
-        print(f"clickstream serve: {config.stitch_url}   (query port for dashboards: {sql_url})\n"
-              f"demo site:          http://{demo_host}:{demo_port}/   (Ctrl-C stops both)", flush=True)
+        _announce(config, sql_url, demo_host, demo_port)
         server.run()
     except KeyboardInterrupt:
         pass

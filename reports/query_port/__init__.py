@@ -13,7 +13,9 @@ as a ClickHouse server does on :8123 (docs/architecture.md "HTTP", docs/dashboar
 Modules, one concept each: `config` (CLICKSTREAM_SQL_*), `errors` (ClickHouse's error shape),
 `request` (credentials, body, Job), `policy` (settings a client may change), `guard` (one read
 statement, no file/URL/code table functions), `engine` (connections, run), `native` (Native at the
-client's protocol revision), `compression`, `sessions`, `limits` (concurrency), `app` (the component).
+client's protocol revision), `compression`, `sessions`, `logins` (the dashboard's login cookie, accepted in place of
+credentials), `limits` (concurrency), `app` (the component; `listener_app(extra_routes)` also serves
+the dashboard of reports/dashboard).
 
 Why readonly=1 in the engine while clients see readonly=2 semantics (harmless settings allowed, no
 writes, readonly not lowerable, caps as upper bounds): chDB runs as clickhouse-local, whose user may

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -30,6 +30,7 @@ from reports.query_port.config import QueryPortConfig
 from reports.query_port.engine import Job, Outcome, QueryEngine, summary
 from reports.query_port.errors import AUTHENTICATION_FAILED, STD_EXCEPTION, QueryPortError, error
 from reports.query_port.limits import Admission, busy
+from reports.query_port.logins import COOKIE_NAME, Logins, has_credentials
 from reports.query_port.request import authenticate, build_job, form_fields, read_body
 from reports.query_port.sessions import Session, Sessions
 
@@ -55,6 +56,8 @@ class QueryPort:
         self.engine = QueryEngine(config, data_path)
         self.sessions = Sessions(config)
         self.admission = Admission(config)
+        #: Browser logins of the dashboard's form (reports/dashboard): the cookie stands for the credentials.
+        self.logins = Logins()
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
         self.counters: dict[str, int] = {"queries": 0, "errors": 0, "auth_failures": 0, "cancelled": 0}
@@ -100,15 +103,40 @@ class QueryPort:
 
     # -- HTTP ----------------------------------------------------------------------------------------
 
-    def listener_app(self) -> Starlette:
+    def listener_app(self, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
         """The app of the port's own listener: `GET/POST /` (queries), `GET /ping` and
-        `/replicas_status` (health, no credentials, as ClickHouse). No lifespan: `serve` starts and
-        stops the component with the others."""
+        `/replicas_status` (health, no credentials, as ClickHouse), then `extra_routes` (the
+        dashboard, composed by clickstream/runner.py). No lifespan: `serve` starts and stops the
+        component with the others."""
         return Starlette(routes=[
             Route("/", self._handle, methods=["GET", "HEAD", "POST"]),
             Route("/ping", self._ping, methods=["GET"]),
             Route("/replicas_status", self._ping, methods=["GET"]),
+            *extra_routes,
         ])
+
+    def authenticated(self, request: Request) -> bool:
+        """Whether `request` carries the port's credentials (HTTP Basic, X-ClickHouse-User/-Key,
+        `user`/`password` parameters) or, without any of those, a live login cookie. Counts failures."""
+        try:
+            self._authenticate(request, list(request.query_params.multi_items()))
+        except QueryPortError:
+            return False
+        return True
+
+    async def query(self, sql: str, params: Mapping[str, str] | None = None, fmt: str = "JSONCompact") -> bytes:
+        """Run one read query for code of this process (the dashboard's JSON endpoints) with the port's
+        guard, caps and query slots; `params` are query parameters in wire form. The body in `fmt`.
+        Raises QueryPortError."""
+        if self._stopping or self._executor is None:
+            raise busy(self.config, "The query port is shutting down")
+        job = Job(text=sql, params=dict(params or {}), default_format=fmt, database=self.config.database)
+
+        async def never() -> bool:
+            return False
+
+        outcome = await self._admit_and_run(never, job)
+        return outcome.body
 
     async def _ping(self, request: Request) -> Response:
         return Response(_OK, media_type=_TEXT)
@@ -135,7 +163,7 @@ class QueryPort:
                     body = b""
             job, session, close_session = build_job(self.engine, self.sessions, request.headers, params, body,
                                                     query_id, multipart)
-            outcome = await self._admit_and_run(request, job)
+            outcome = await self._admit_and_run(request.is_disconnected, job)
         except QueryPortError as exc:
             return self._error_response(exc, query_id)
         except ClientDisconnect:
@@ -148,17 +176,22 @@ class QueryPort:
         return self._response(outcome, query_id)
 
     def _authenticate(self, request: Request, params: list[tuple[str, str]]) -> None:
+        headers = request.headers
+        named = has_credentials(bool(headers.get("authorization") or headers.get("x-clickhouse-user")
+                                     or headers.get("x-clickhouse-key")), params)
+        if not named and self.logins.valid(request.cookies.get(COOKIE_NAME)):
+            return
         try:
-            authenticate(request.headers, params, self.config)
+            authenticate(headers, params, self.config)
         except QueryPortError as exc:
             if exc.code == AUTHENTICATION_FAILED:
                 self.counters["auth_failures"] += 1
             raise
 
-    async def _admit_and_run(self, request: Request, job: Job) -> Outcome:
+    async def _admit_and_run(self, is_disconnected: Callable[[], Awaitable[bool]], job: Job) -> Outcome:
         """Take a query slot (or 503); run in the port's threads; cancel the query (KILL QUERY)
         when the client goes away, which frees its slot at once."""
-        await self.admission.acquire(request.is_disconnected)
+        await self.admission.acquire(is_disconnected)
         try:
             self.admission.register(job)
             try:
@@ -168,7 +201,7 @@ class QueryPort:
                 loop = asyncio.get_running_loop()
                 future = loop.run_in_executor(executor, self.engine.execute, job)
                 while not (await asyncio.wait({future}, timeout=_DISCONNECT_POLL_S))[0]:
-                    if not job.cancelled and await request.is_disconnected():
+                    if not job.cancelled and await is_disconnected():
                         job.cancelled = True
                         self.counters["cancelled"] += 1
                         await asyncio.to_thread(self.engine.kill, job.marker)

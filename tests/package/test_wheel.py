@@ -67,6 +67,11 @@ def test_serve_from_an_empty_directory_takes_an_event_and_reads_it_back(installe
         answer = httpx.post(server.url + "/collect", json=event, headers={"User-Agent": BROWSER_UA}, timeout=30)
         assert answer.status_code == 202, answer.text
         assert httpx.get(server.url + "/beacon.js", timeout=30).status_code == 200
+        # the dashboard's page and vendored chart library are package data of reports.dashboard
+        assert httpx.get(server.sql_url + "/dashboard", auth=("dashboards", "adm"), timeout=30).status_code == 200
+        chart = httpx.get(server.sql_url + "/dashboard/static/vendor/uPlot.iife.min.js", auth=("dashboards", "adm"),
+                          timeout=30)
+        assert chart.status_code == 200 and chart.text.startswith("/*! https://github.com/leeoniya/uPlot")
 
         def stored() -> list[str]:
             query = subprocess.run(
