@@ -199,6 +199,12 @@ def test_full_disk_under_rejected_answers_503_never_202_and_resumes(tmp_path: Pa
                     assert answer.headers.get("retry-after") == "1"
                     assert answer.json()["error"] == "rejected_unavailable"
                     refused.append(batch)
+            # the last 503 may have left room for a small body (entries vary in size): take it, so the
+            # malformed body below, which rejected/ must keep, finds no room
+            rest = rejected_dir / "filler-rest.bin"
+            st = os.statvfs(rejected_dir)
+            with open(rest, "wb") as fh, contextlib.suppress(OSError):
+                fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 1024))
             malformed = http.post("/collect", content=b"{not json" + b"x" * 4000,
                                   headers={"Content-Type": "application/json"})
             ready = http.get("/readyz")
@@ -211,6 +217,7 @@ def test_full_disk_under_rejected_answers_503_never_202_and_resumes(tmp_path: Pa
         assert len(kept_ids) == 5 * (60 - len(refused))
 
         filler.unlink()
+        rest.unlink()
         wait_until(lambda: collector.client().get("/readyz").status_code == 200, 30, "readiness after space returned")
         with collector.client() as http:
             for batch in refused:
