@@ -32,7 +32,6 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -83,6 +82,15 @@ def stamp_now(body: Any) -> None:
     for event in body if isinstance(body, list) else [body]:
         if isinstance(event, dict) and "ts" in event:
             event["ts"] = now_ms()
+
+
+def not_a_server_error(ctx: Any, response: Any, case: Any) -> None:
+    """Schemathesis's check, but a 503 with Retry-After is back-pressure, not a server error: /stitch
+    answers it when the spool cannot be flushed within CLICKSTREAM_STITCH_FLUSH_TIMEOUT_S (a busy
+    machine), having emitted nothing (docs/architecture.md "HTTP")."""
+    headers = {str(k).lower() for k in response.headers}
+    if response.status_code >= 500 and not (response.status_code == 503 and "retry-after" in headers):
+        raise AssertionError(f"{case.operation.label}: server error {response.status_code}")
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["positive", "negative"])
