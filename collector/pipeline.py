@@ -165,6 +165,8 @@ def process(
                                      "request to derive them: send them to POST /collect", RejectReason.CONSENT_PENDING)
             if isinstance(checked, int):
                 event["ts"] = checked  # in place: keeps its position among the fields
+                if type(event.get("seq")) is float or "screen" in event:
+                    whole_numbers(event)
                 if version.upcasts:  # to the current shape (collector.schemas), `schema` removed
                     version.upcast(event)
                 elif "schema" in event:
@@ -191,6 +193,22 @@ def process(
     if batch is not None and records:
         versions[batch.version] = len(records)
     return Outcome(records, ids, stamp, errors, rejected, versions)
+
+
+def whole_numbers(event: dict[str, Any]) -> None:
+    """Write the integer fields of a schema-valid event (`seq`, `screen.w`, `screen.h`) as JSON integers.
+
+    JSON Schema's "integer" is any number with a zero fractional part, so `3.0` is valid (JSON Schema
+    Core 2020-12, 4.2.1 "Instance Data Model"); ClickHouse's JSONEachRow refuses `3.0` for a UInt32
+    column (CANNOT_PARSE_INPUT_ASSERTION_FAILED), which would dead-letter an event the collector
+    accepted. Changes `event` in place.
+    """
+    seq = event.get("seq")
+    if type(seq) is float:
+        event["seq"] = int(seq)
+    screen = event.get("screen")
+    if screen is not None and (type(screen["w"]) is float or type(screen["h"]) is float):
+        event["screen"] = {"w": int(screen["w"]), "h": int(screen["h"])}
 
 
 def _check_site(event: dict[str, Any], index: int, sites: Mapping[str, frozenset[str]], origin: str | None,

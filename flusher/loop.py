@@ -42,7 +42,14 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import BaseRoute
-from tenacity import Retrying, retry_if_exception, stop_any, stop_when_event_set, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_any,
+    stop_when_event_set,
+    wait_random_exponential,
+)
 
 from clickstream.core.clickhouse import ClickHouseSink, Sink, error_code, is_data_error, ping_check
 from clickstream.core.component import Check
@@ -64,6 +71,10 @@ from flusher.dedup import EventIdMemory
 from flusher.pacing import FlushPacer
 
 log = logging.getLogger(__name__)
+
+#: A failing insert is logged on its first retry and every this many after (retried until it succeeds
+#: or is a data error: clickstream.core.clickhouse.is_data_error).
+RETRY_LOG_EVERY = 20
 
 
 class FlusherMetrics:
@@ -456,8 +467,12 @@ class Flusher:
         self._abort.wait(seconds)
 
     def _with_retries(self, fn: Callable[[], Any]) -> None:
-        def count(_: Any) -> None:
+        def count(state: RetryCallState) -> None:
             self.metrics.retries.inc()
+            if state.attempt_number == 1 or state.attempt_number % RETRY_LOG_EVERY == 0:
+                failure = state.outcome.exception() if state.outcome is not None else None
+                log.warning("flusher: insert failed (attempt %d), retrying; the spool keeps the rows: %s",
+                            state.attempt_number, str(failure)[:500])
 
         retrying = Retrying(
             retry=retry_if_exception(lambda e: not is_data_error(e)),

@@ -81,9 +81,17 @@ def error_code(exc: BaseException) -> int | None:
 
 
 def is_data_error(exc: BaseException) -> bool:
-    """True when ClickHouse refused the data itself (retrying the same rows cannot succeed)."""
+    """True when ClickHouse refused the data itself (retrying the same rows cannot succeed).
+
+    TRICKY: a parse error quotes the rows after the point of failure, cut at a byte count; when the
+    cut falls inside a UTF-8 character, chDB cannot decode its own message and clickhouse-connect's
+    chdb backend raises a DatabaseError without a code, chained to the UnicodeDecodeError
+    (verified on chDB 26.9). Only a message quoting the rows does that: a data error too.
+    """
     if isinstance(exc, OperationalError):
         return False
+    if isinstance(exc, ClickHouseError) and isinstance(exc.__cause__, UnicodeDecodeError):
+        return True
     return isinstance(exc, ClickHouseError) and error_code(exc) in DATA_ERROR_CODES
 
 

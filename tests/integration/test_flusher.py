@@ -20,7 +20,8 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from clickstream.core.clickhouse import ClickHouseSink, connect, migrate
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolReader, SpoolWriter
-from collector.pipeline import event_id_key, ingest_row, request_stamp
+from collector.pipeline import event_id_key, ingest_row, process, request_stamp
+from collector.schemas import EventSchemas
 from flusher.loop import Flusher
 from reports.fold import fold
 from tests.conftest import ROOT, make_event, now_ms
@@ -296,3 +297,39 @@ def test_client_retry_of_the_same_event_id_is_counted_once(data_dir: Path, clien
     restarted.flush_once()
     assert counts(client)["events"] == 10
     assert restarted.metrics.duplicates._value.get() == 2
+
+
+def test_integer_fields_sent_as_floats_land_as_integers(data_dir: Path, client: Client) -> None:
+    """The collector's output for `seq: 3.0` (valid JSON Schema) is inserted, not dead-lettered."""
+    sent = [make_event(seq=3.0, screen={"w": 1280.0, "h": 720.0}), make_event(seq=4)]
+    outcome = process(orjson.loads(orjson.dumps(sent)), EventSchemas(), received_at_ms=now_ms(), user_agent=UA,
+                      ip_hash="", max_age_ms=3_600_000, max_skew_ms=300_000)
+    assert outcome.errors == []
+    writer = SpoolWriter(data_dir / "spool", fsync_interval_ms=0).open()
+    writer.append_block(outcome.ids, outcome.rows())
+    writer.seal_active()
+    writer.close()
+    assert Flusher(settings(data_dir), client).flush_once() == 2
+    rows = client.query("SELECT seq, screen_w, screen_h FROM events ORDER BY seq").result_rows
+    assert rows == [(3, 1280, 720), (4, 0, 0)]
+    assert client.query("SELECT count() FROM dead_letters").result_rows[0][0] == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("lead", ["", "x", "xx", "xxx"])
+def test_a_poison_row_whose_error_chdb_cannot_decode_is_dead_lettered(data_dir: Path, client: Client,
+                                                                      lead: str) -> None:
+    """A parse error quotes the rows after it cut at a byte count; cut inside a UTF-8 character, chDB
+    cannot decode the message (no error code). Both cuts (with and without `lead`) are data errors:
+    dead-lettered, the rest lands, nothing retried forever behind the flusher's lock."""
+    events = session_events(1, 5)
+    poison = stamped()
+    poison["seq"] = 1.5  # not an integer: the collector refuses it; written here as a spool could hold it
+    poison["title"] = lead + "é" * 400  # right after the error: the message quotes it
+    events.insert(2, poison)
+    spool(data_dir, events)
+    flusher = Flusher(settings(data_dir), client)
+    assert flusher.flush_once() == 5
+    dead = client.query("SELECT payload FROM dead_letters").result_rows
+    assert [orjson.loads(row[0])["event_id"] for row in dead] == [poison["event_id"]]
+    assert flusher.metrics.dead_letters.labels(reason="clickhouse_rejected")._value.get() == 1

@@ -282,3 +282,22 @@ def test_pending_event_with_a_client_id_is_a_schema_violation() -> None:
     outcome = run([{**pending_event(), "anonymous_id": "chosen"}], pending=calls.append)
     assert [(e.path, e.reason) for e in outcome.errors] == [("/anonymous_id", RejectReason.SCHEMA_VIOLATION)]
     assert calls == []
+
+
+# -- integer fields written as JSON floats ----------------------------------------------------
+def test_integer_fields_with_a_zero_fraction_are_accepted_and_written_as_integers() -> None:
+    """JSON Schema's integer admits 3.0; the spooled record must carry 3 (ClickHouse's UInt32 refuses 3.0)."""
+    sent = [event(seq=3.0, screen={"w": 1280.0, "h": 720}), event(seq=7, screen={"w": 1, "h": 2.0}), event(seq=1e2)]
+    outcome = run(orjson.loads(orjson.dumps(sent)))
+    assert outcome.errors == []
+    records = [orjson.loads(r) for r in outcome.records]
+    assert [(r["seq"], r["screen"]) for r in records[:2]] == [(3, {"w": 1280, "h": 720}), (7, {"w": 1, "h": 2})]
+    assert records[2]["seq"] == 100
+    assert all(type(r["seq"]) is int and all(type(v) is int for v in r.get("screen", {}).values()) for r in records)
+    assert b"3.0" not in outcome.records[0] and b"1280.0" not in outcome.records[0]
+
+
+def test_integer_fields_with_a_fraction_are_rejected() -> None:
+    outcome = run([event(seq=3.5)])
+    assert outcome.records == []
+    assert [e.reason for e in outcome.errors] == [RejectReason.SCHEMA_VIOLATION] and "seq" in outcome.errors[0].message
