@@ -15,9 +15,11 @@ days dirty again. Which days: the marks `fold_dirty_days_mv` writes for every in
 drops exactly those parts.
 
 One fold at a time: a lock in the process and `FoldLease` (a claim row in `fold_lease`, the earliest
-live claim wins) across processes on one ClickHouse server. With the embedded engine only one
-process opens the directory anyway. A ClickHouse cluster is not folded here (the roll-ups would need a
-fold per shard on the local tables): `serve`/`flusher` on a cluster log that and leave them alone.
+live claim wins) across processes on one ClickHouse server; a fold killed mid-run holds the others
+off until its claim expires (LEASE_S). With the embedded engine only one process opens the directory,
+so the process lock is enough and no claim is made (nor a dead one waited for). A ClickHouse cluster
+is not folded here (the roll-ups would need a fold per shard on the local tables): `serve`/`flusher`
+on a cluster log that and leave them alone.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from starlette.routing import BaseRoute
 
+from clickstream.core.clickhouse import is_embedded
 from clickstream.core.component import Check
 
 log = logging.getLogger(__name__)
@@ -244,8 +247,16 @@ _PROCESS_LOCK = threading.Lock()
 @contextlib.contextmanager
 def locked(client: Client) -> Iterator[str | None]:
     """Hold the fold's process lock and lease for the block: yields the holder id, or None when another
-    process holds the lease (the block must then do nothing)."""
+    process holds the lease (the block must then do nothing).
+
+    On the embedded engine the process lock is the whole lock: chDB locks its directory, so no other
+    process can fold it, and a claim in `fold_lease` can only be left by a process that was killed
+    mid-fold. Honouring it would hold every fold off for LEASE_S after a crash.
+    """
     with _PROCESS_LOCK:
+        if is_embedded(client):
+            yield f"embedded-{uuid.uuid4().hex}"
+            return
         lease = FoldLease(client)
         holder = lease.acquire()
         try:

@@ -95,6 +95,12 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, ClickHouseError) and error_code(exc) in DATA_ERROR_CODES
 
 
+def is_embedded(client: Client) -> bool:
+    """True for the embedded engine (chDB in this process). chDB locks its directory, so this process is
+    the only one using that ClickHouse while the client is open."""
+    return type(client).__name__ == "ChdbClient"  # clickhouse_connect.driver._chdbclient (a private module)
+
+
 def connect(url: str, *, readonly_session: bool = False, max_result_rows: int = 0) -> Client:
     """A client on database `clickstream` (created when missing).
 
