@@ -237,6 +237,8 @@ def moved_days(client: Client, days: Iterable[dt.date]) -> set[dt.date]:
     rows = client.query(
         "SELECT DISTINCT toDate(ts) FROM events WHERE is_bot = 0 AND notEmpty(variants) AND toDate(ts) > {lo:Date} "
         "AND (site_id, anonymous_id) IN (SELECT site_id, anonymous_id FROM variant_exposures "
+        "WHERE (site_id, experiment_id, anonymous_id) IN (SELECT site_id, experiment_id, anonymous_id "
+        "FROM variant_exposures WHERE toDate(first_exposed_at) IN {days:Array(Date)}) "
         "GROUP BY site_id, experiment_id, anonymous_id HAVING toDate(min(first_exposed_at)) IN {days:Array(Date)})",
         parameters={"lo": wanted[0], "days": wanted}).result_rows
     return {day for (day,) in rows} - set(wanted)

@@ -36,8 +36,8 @@ SITES = ("a.example", "b.example")
 EXPERIMENTS = {"a.example": {"hero": ("B", "control"), "cta": ("a", "b", "c")}, "b.example": {"hero": ("B", "control")}}
 DAY0 = dt.date(2026, 5, 1)
 DAYS = 10
-RANGES = [(DAY0, DAY0 + dt.timedelta(days=DAYS)), (DAY0, DAY0), (DAY0 + dt.timedelta(days=2), DAY0 + dt.timedelta(days=5)),
-          (DAY0 + dt.timedelta(days=7), DAY0 + dt.timedelta(days=30)), (DAY0 - dt.timedelta(days=3), DAY0 - dt.timedelta(days=1))]
+RANGES = [(DAY0 + dt.timedelta(days=a), DAY0 + dt.timedelta(days=b))
+          for a, b in ((0, DAYS), (0, 0), (2, 5), (7, 30), (-3, -1))]
 
 
 def ms(day: dt.date, seconds: float) -> int:
@@ -249,7 +249,7 @@ def test_lift_roll_up_is_exact_through_late_retried_and_tied_events(store: Store
     assert movers
     late = []
     for s, exp, anon in movers:
-        other = [v for v in EXPERIMENTS[s][exp] if v != cohort_now[(s, exp, anon)][0]][0]
+        other = next(v for v in EXPERIMENTS[s][exp] if v != cohort_now[(s, exp, anon)][0])
         late.append(Exposure(s, anon, ms(DAY0 + dt.timedelta(days=rng.randrange(2)), rng.uniform(0, 86_399)),
                              {exp: other}))
     store.insert(late)
