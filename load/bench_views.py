@@ -9,6 +9,7 @@ with a lead. Then one full fold (the backfill: every day rebuilt; timed), and an
 one more insert of a day's traffic (timed).
 
 For the largest site and the last 7 days, the last 30 days and all time: each view's dashboard query
+(and v_variant_lift_range, the cohort of visitors first exposed in the range)
 (sql/README.md "Dashboard queries") and a query computing the same numbers from `events` (+
 `lead_events`); both answers compared (must be equal), each run RUNS times: median and p95 latency,
 rows read (ClickHouse's summary of the query), raw ÷ view. Plus the storage of every roll-up
@@ -181,6 +182,13 @@ LIFT = ("v_variant_lift",
         " WHERE site_id = '{site}' AND v.1 = 'hero' AND is_bot = 0 GROUP BY anonymous_id) AS e "
         "LEFT JOIN (SELECT anonymous_id, max(occurred_at) AS last_lead FROM lead_events WHERE site_id = '{site}' "
         " GROUP BY anonymous_id) AS c USING anonymous_id GROUP BY variant_id ORDER BY variant_id")
+#: The cohort first exposed in a range (sql/0103_variant_rollup.sql): the range view, and from events the
+#: visitors whose first exposure over all of history is in the range (so the raw query reads all of it).
+LIFT_RANGE = ("v_variant_lift_range",
+              "SELECT variant_id, visitors, converters FROM v_variant_lift_range(site = '{site}', from = '{first}', "
+              "to = '{last}') WHERE experiment_id = 'hero' ORDER BY variant_id",
+              LIFT[2].replace("GROUP BY anonymous_id) AS e",
+                              "GROUP BY anonymous_id HAVING toDate(first_at) BETWEEN '{first}' AND '{last}') AS e"))
 
 
 def rows_read(client: Client, sql: str) -> int:
@@ -218,7 +226,7 @@ def storage(client: Client) -> dict[str, dict[str, int]]:
     rows = client.query(
         "SELECT table, sum(rows), sum(bytes_on_disk) FROM system.parts WHERE active AND database = currentDatabase() "
         "AND table IN ('events', 'session_facts', 'traffic_daily', 'landing_daily', 'channel_daily', 'sessions', "
-        "'variant_exposures') GROUP BY table ORDER BY table").result_rows
+        "'variant_exposures', 'variant_daily') GROUP BY table ORDER BY table").result_rows
     return {str(t): {"rows": int(r), "bytes": int(b)} for t, r, b in rows}
 
 
@@ -262,6 +270,10 @@ def run_size(n_events: int) -> dict[str, Any]:
                 out["views"][f"{view} {label}"] = _row(v, r)
         v, r = _measure(client, LIFT[1].format(site=SITE)), _measure(client, LIFT[2].format(site=SITE), runs=3)
         out["views"]["v_variant_lift all"] = _row(v, r)
+        for label, (first, last) in ranges.items():
+            fmt = {"site": SITE, "first": first, "last": last}
+            v, r = _measure(client, LIFT_RANGE[1].format(**fmt)), _measure(client, LIFT_RANGE[2].format(**fmt), runs=3)
+            out["views"][f"v_variant_lift_range {label}"] = _row(v, r)
         client.close()
         return out
     finally:

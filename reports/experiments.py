@@ -1,7 +1,8 @@
 """`clickstream experiments`: per-variant report of every A/B experiment.
 
-Counts come from v_variant_lift (sql/0006_views.sql: a visitor belongs to the variant of their
-first exposure; a converter has a lead_created at or after it), read with
+Counts come from v_variant_lift (definitions of sql/0006_views.sql, read from the fold's `variant_daily`
+since sql/0103_variant_rollup.sql: a visitor belongs to the variant of their first exposure; a
+converter has a lead_created at or after it; as fresh as the last fold), read with
 `reports.query.run_cli_query`, so the report works on the embedded directory, a ClickHouse
 server, or through a running `serve`'s query port. `--site` / `--experiment` filter in Python: no
 user input ever goes into the SQL text.

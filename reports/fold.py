@@ -3,7 +3,8 @@
 What a day is: the UTC day a session started. Rebuilding day D:
 1. `session_facts` of D: the events of D - 1 .. D + 1 grouped by session, the sessions whose first
    event is on D (FACTS_SQL; order of events (ts, seq, spool_segment, spool_offset), sql/README.md);
-2. `traffic_daily`, `landing_daily`, `channel_daily` of D from those facts (ROLLUP_SQL);
+2. `traffic_daily`, `landing_daily`, `channel_daily` of D from those facts, and `variant_daily` of D
+   (visitors first exposed in an experiment on D, from variant_exposures and conversions) (ROLLUP_SQL);
 3. each built in a staging table (`fold_staging_<table>`, same structure) and swapped in with
    `ALTER TABLE <table> REPLACE PARTITION ID '<YYYYMMDD>' FROM fold_staging_<table>`: a reader sees the
    day before or after the rebuild, never half of it (per table).
@@ -11,8 +12,10 @@ What a day is: the UTC day a session started. Rebuilding day D:
 The same SQL is the recount `clickstream reconcile` compares with (reports/reconcile.py), so a
 folded day equals a recount by construction; late events, imports, retries and crashes only make
 days dirty again. Which days: the marks `fold_dirty_days_mv` writes for every insert into `events`
-(the day of each event and the day before); a run rebuilds the days of the parts it read and then
-drops exactly those parts.
+(the day of each event and the day before), and for `variant_daily` the marks `fold_dirty_visitors_mv`
+writes for every lead (the first-exposure days of its visitor, `lead_days`) and the later exposure days
+of visitors an earlier exposure moved (`moved_days`); a run rebuilds the days of the parts it read and
+then drops exactly those parts.
 
 One fold at a time: a lock in the process and `FoldLease` (a claim row in `fold_lease`, the earliest
 live claim wins) across processes on one ClickHouse server; a fold killed mid-run holds the others
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 ORDER_KEY = "(ts, seq, spool_segment, spool_offset)"
 
 #: Tables the fold rebuilds, in the order they are swapped in (facts first: a roll-up is never newer).
-TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily")
+TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily")
 STAGING_PREFIX = "fold_staging_"
 #: Settings of the fold's inserts: synchronous, and never deduplicated (a rebuilt day may be identical
 #: to the one built before; dropping it as a duplicate would swap in an empty day).
@@ -118,12 +121,42 @@ SELECT site_id, toDate(started_at) AS day, channel, utm_source, utm_medium, utm_
        sumMap(revenue) AS revenue
 FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
 GROUP BY site_id, day, channel, utm_source, utm_medium, utm_campaign""",
+    # Not from the facts: a visitor's day in an experiment is the day of their first exposure over all of
+    # history (variant_exposures), converters those with a lead at or after it (conversions), as 0006's
+    # v_variant_lift defined them (sql/0103_variant_rollup.sql). The candidates are the visitors with an
+    # exposure row on the day (their first exposure to some variant), so a day reads no other day's rows
+    # twice.
+    "variant_daily": """
+SELECT e.site_id AS site_id, toDate(e.first_at) AS day, e.experiment_id AS experiment_id,
+       e.variant_id AS variant_id, count() AS visitors, countIf(c.last_lead_at >= e.first_at) AS converters
+FROM
+(
+    SELECT site_id, experiment_id, anonymous_id,
+           argMin(variant_id_, (first_exposed_at, variant_id_)) AS variant_id, min(first_exposed_at) AS first_at
+    FROM (SELECT site_id, experiment_id, variant_id AS variant_id_, anonymous_id, first_exposed_at
+          FROM variant_exposures
+          WHERE (site_id, experiment_id, anonymous_id) IN
+                (SELECT site_id, experiment_id, anonymous_id FROM variant_exposures
+                 WHERE toDate(first_exposed_at) = {{day:Date}}))
+    GROUP BY site_id, experiment_id, anonymous_id
+    HAVING toDate(first_at) = {{day:Date}}
+) AS e
+LEFT JOIN
+(
+    SELECT site_id, anonymous_id, max(last_lead_at) AS last_lead_at
+    FROM conversions
+    WHERE (site_id, anonymous_id) IN
+          (SELECT site_id, anonymous_id FROM variant_exposures WHERE toDate(first_exposed_at) = {{day:Date}})
+    GROUP BY site_id, anonymous_id
+) AS c ON e.site_id = c.site_id AND e.anonymous_id = c.anonymous_id
+GROUP BY site_id, day, experiment_id, variant_id""",
 }
 ROLLUP_COLUMNS = {
     "traffic_daily": "site_id, day, visitors, sessions, pageviews, bounces, duration_ms, engaged_sessions, engaged_ms",
     "landing_daily": "site_id, day, landing_path, visitors, sessions, engaged_sessions, revenue",
     "channel_daily": "site_id, day, channel, utm_source, utm_medium, utm_campaign, visitors, sessions, "
                      "engaged_sessions, revenue",
+    "variant_daily": "site_id, day, experiment_id, variant_id, visitors, converters",
 }
 
 
@@ -179,14 +212,50 @@ def history_days(client: Client) -> set[dt.date]:
     return {day for (day,) in rows}
 
 
-def drop_parts(client: Client, parts: Iterable[str]) -> None:
-    """Drop the marks the run read; a part merged meanwhile is gone by that name: its marks stay (and
-    its days are rebuilt once more next run)."""
+def dirty_visitor_parts(client: Client) -> list[str]:
+    """Part names of `fold_dirty_visitors` (visitors with a new lead, sql/0103_variant_rollup.sql)."""
+    return [str(p) for (p,) in client.query("SELECT DISTINCT _part FROM fold_dirty_visitors").result_rows]
+
+
+def lead_days(client: Client, parts: Sequence[str]) -> set[dt.date]:
+    """The first-exposure days (in any experiment) of the visitors marked in `parts` of
+    `fold_dirty_visitors`: the `variant_daily` days whose converters a new lead may change."""
+    if not parts:
+        return set()
+    rows = client.query(
+        "SELECT DISTINCT toDate(min(first_exposed_at)) FROM variant_exposures "
+        "WHERE (site_id, anonymous_id) IN (SELECT site_id, anonymous_id FROM fold_dirty_visitors "
+        "WHERE _part IN {parts:Array(String)}) GROUP BY site_id, experiment_id, anonymous_id",
+        parameters={"parts": list(parts)}).result_rows
+    return {day for (day,) in rows}
+
+
+def moved_days(client: Client, days: Iterable[dt.date]) -> set[dt.date]:
+    """Days after the earliest of `days`, not in `days`, with an exposure of a visitor whose first
+    exposure is now on one of `days`: where such a visitor was counted before a late, earlier exposure
+    moved them (their old first exposure is one of these), sql/0103_variant_rollup.sql."""
+    wanted = sorted(set(days))
+    if not wanted:
+        return set()
+    rows = client.query(
+        "SELECT DISTINCT toDate(ts) FROM events WHERE is_bot = 0 AND notEmpty(variants) AND toDate(ts) > {lo:Date} "
+        "AND (site_id, anonymous_id) IN (SELECT site_id, anonymous_id FROM variant_exposures "
+        "WHERE (site_id, experiment_id, anonymous_id) IN (SELECT site_id, experiment_id, anonymous_id "
+        "FROM variant_exposures WHERE toDate(first_exposed_at) IN {days:Array(Date)}) "
+        "GROUP BY site_id, experiment_id, anonymous_id HAVING toDate(min(first_exposed_at)) IN {days:Array(Date)})",
+        parameters={"lo": wanted[0], "days": wanted}).result_rows
+    return {day for (day,) in rows} - set(wanted)
+
+
+def drop_parts(client: Client, parts: Iterable[str], table: str = "fold_dirty_days") -> None:
+    """Drop the marks the run read from `table`; a part merged meanwhile is gone by that name: its
+    marks stay (and its days are rebuilt once more next run)."""
     for part in parts:
         try:
-            client.command(f"ALTER TABLE fold_dirty_days DROP PART '{part}'")
+            client.command(f"ALTER TABLE {table} DROP PART '{part}'")
         except ClickHouseError as exc:
-            log.debug("fold: mark part %s not dropped (%s); its days are rebuilt next run", part, str(exc)[:120])
+            log.debug("fold: mark part %s of %s not dropped (%s); its days are rebuilt next run", part, table,
+                      str(exc)[:120])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,14 +349,18 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
         started = time.perf_counter()
         watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
         parts: dict[str, list[dt.date]] = {}
+        visitor_parts: list[str] = []
         if days is None:
             parts = dirty_parts(client)
-            days = sorted({d for ds in parts.values() for d in ds} | history_days(client))
+            visitor_parts = dirty_visitor_parts(client)
+            marked = {d for ds in parts.values() for d in ds} | history_days(client) | lead_days(client, visitor_parts)
+            days = sorted(marked | moved_days(client, marked))
         for day in days:
             rebuild_day(client, day)
             if progress is not None:
                 progress(day)
         drop_parts(client, parts)
+        drop_parts(client, visitor_parts, "fold_dirty_visitors")
         run = FoldRun(tuple(days), watermark, time.perf_counter() - started)
         client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
                       column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)

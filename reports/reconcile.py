@@ -9,8 +9,9 @@ row counts. `--repair` swaps the recount in (the fold's `swap_day`: `REPLACE PAR
 table and day) for every day with a difference, then checks those days again.
 
 The comparison and the repair run under the fold's lease (they share its staging tables), so a fold
-never runs at the same time. Leads are not rolled up (the views read `lead_events` for the range), so
-there is nothing of theirs to reconcile.
+never runs at the same time. Leads are not rolled up by day of the lead (the views read `lead_events`
+for the range); they count in `variant_daily` as converters of their visitor's first-exposure day,
+which the recount rebuilds like any other roll-up.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from reports.query import held_by_another_process
 
 #: The day column of each table and the row values fingerprinted (uniqExact states as their count).
 DAY_COLUMN = {"session_facts": "toDate(started_at)", "traffic_daily": "day", "landing_daily": "day",
-              "channel_daily": "day"}
-_VALUES = {"session_facts": FACTS_COLUMNS, **{t: c.replace("visitors", "finalizeAggregation(visitors)")
-                                              for t, c in ROLLUP_COLUMNS.items()}}
+              "channel_daily": "day", "variant_daily": "day"}
+#: Roll-ups whose `visitors` is a plain count (a visitor is in one day of an experiment), not a state.
+_COUNTED = {"variant_daily"}
+_VALUES = {"session_facts": FACTS_COLUMNS,
+           **{t: c if t in _COUNTED else c.replace("visitors", "finalizeAggregation(visitors)")
+              for t, c in ROLLUP_COLUMNS.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +102,9 @@ def days_between(client: Client, first: dt.date | None, last: dt.date | None) ->
         lo, hi = client.query(
             "SELECT min(d), max(d) FROM (SELECT toDate(ts) AS d FROM events UNION ALL "
             "SELECT toDate(started_at) FROM session_facts UNION ALL SELECT day FROM traffic_daily UNION ALL "
-            "SELECT day FROM landing_daily UNION ALL SELECT day FROM channel_daily)").result_rows[0]
+            "SELECT day FROM landing_daily UNION ALL SELECT day FROM channel_daily UNION ALL "
+            "SELECT day FROM variant_daily UNION ALL SELECT toDate(first_exposed_at) FROM variant_exposures)"
+        ).result_rows[0]
         if first is None:
             first = lo
         if last is None:

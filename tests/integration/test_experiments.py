@@ -25,7 +25,7 @@ TRUE_RATE = {"control": 0.10, "B": 0.22}  # the known true effect: +120% relativ
 
 
 def test_lift_and_srm_agree_with_statsmodels(server_factory: Callable[..., Server]) -> None:
-    server = server_factory("serve", stitch_token="tok", sql_password="adm")
+    server = server_factory("serve", stitch_token="tok", sql_password="adm", fold_interval_s="0.5")
     rng = np.random.default_rng(42)
     t0 = now_ms() - 3_600_000
     events: list[dict[str, Any]] = []
@@ -67,7 +67,7 @@ def test_lift_and_srm_agree_with_statsmodels(server_factory: Callable[..., Serve
 
     deadline = time.monotonic() + 60  # the relay delivers within milliseconds; this only bounds a failure
     while not settled():
-        assert time.monotonic() < deadline, "leads did not reach lead_events"
+        assert time.monotonic() < deadline, "leads did not reach lead_events (and a fold, variant_daily)"
         time.sleep(0.05)
     view = {(r[0], r[1]): r for r in lift_rows()}
     assert {k: (r[3], r[4]) for k, r in view.items()} == {

@@ -19,7 +19,7 @@ import jsonschema
 import orjson
 import pytest
 
-from tests.conftest import SCHEMAS_DIR, Server, now_ms, sql_rows, start_server, wait_for
+from tests.conftest import SCHEMAS_DIR, Server, now_ms, sql_rows, start_server, wait_for, wait_for_fold
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
@@ -37,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "CLICKSTREAM_STITCH_TOKEN": TOKEN, "CLICKSTREAM_SQL_PASSWORD": "adm",
         "CLICKSTREAM_MAX_EVENT_AGE_S": str(50 * 86_400),  # histories span 40 days
         "CLICKSTREAM_ATTRIBUTION_LOOKBACK_DAYS": str(LOOKBACK_DAYS),
+        "CLICKSTREAM_FOLD_INTERVAL_S": "0.5",  # v_variant_lift reads the fold's variant_daily
     })
     yield s
     s.stop()
@@ -252,6 +253,7 @@ def test_frozen_event_does_not_change_with_later_visits(server: Server) -> None:
     channels = (f"SELECT channel, utm_campaign, leads FROM v_channels WHERE site_id = '{site}' AND leads > 0 "
                 "ORDER BY channel")
     wait_for(lambda: sql_rows(server, lead_row))
+    wait_for_fold(server)  # the lead's converter is in variant_daily once a fold ran after it
     before = {q: sql_rows(server, q) for q in (lead_row, lift, landing, channels)}
     assert before[channels] == [["paid_social", "spring", 1]]
     assert [r[2:6] for r in before[lift]] == [  # variant_id, is_control, visitors, converters
@@ -267,6 +269,7 @@ def test_frozen_event_does_not_change_with_later_visits(server: Server) -> None:
 
     repeat = stitch(server, {"lead_id": "L-frozen", "anonymous_id": "frozen-v"})
     assert (repeat.status_code, repeat.content) == (200, created.content)
+    wait_for_fold(server)
     after = {q: sql_rows(server, q) for q in before}
     assert after[lead_row] == before[lead_row]
     assert after[lift] == before[lift]

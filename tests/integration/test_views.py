@@ -21,6 +21,7 @@ from clickstream.core.clickhouse import INSERT_SETTINGS, connect
 from clickstream.core.times import ch_datetime
 from load.model import ModelConfig, Traffic, Truth, generate
 from load.send import post_events
+from reports.fold import fold
 from tests.conftest import ROOT, Server, start_server
 
 SQL_PASSWORD = "sql-secret"
@@ -51,6 +52,7 @@ def loaded(traffic: Traffic, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     client = connect(f"chdb://{data_dir / 'clickhouse'}")
     truth = Truth(traffic)
     insert_leads(client, truth)
+    fold(client)  # v_variant_lift reads variant_daily: the leads' converters are in after a fold
     yield client, truth, observed
     client.close()
 

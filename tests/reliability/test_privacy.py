@@ -112,10 +112,11 @@ TRUSTED: dict[tuple[str, str], str] = {
     ("reports/query_port/engine.py", "marker"): "a uuid4 hex made by the server for KILL QUERY",
     ("reports/query_port/engine.py", "statement.sql"): "the query port runs the dashboards' SQL by design, after "
                                                       "reports/query_port/guard.py (read only, no table functions)",
-    ("reports/fold.py", "table"): "a roll-up table name from reports/fold.py TABLES / ROLLUP_SQL (constants)",
+    ("reports/fold.py", "table"): "a roll-up or marks table name of reports/fold.py (TABLES / ROLLUP_SQL, "
+                                  "fold_dirty_days, fold_dirty_visitors: constants)",
     ("reports/fold.py", "ROLLUP_COLUMNS[table]"): "column lists of reports/fold.py (constants)",
     ("reports/fold.py", "partition_id(day)"): "the partition id of a datetime.date (digits only)",
-    ("reports/fold.py", "part"): "a part name read from system columns (_part) of fold_dirty_days",
+    ("reports/fold.py", "part"): "a part name read from _part of fold_dirty_days / fold_dirty_visitors",
     ("reports/reconcile.py", "_VALUES[table]"): "column lists of reports/reconcile.py (constants)",
     ("reports/reconcile.py", "source or table"): "roll-up and staging table names of reports/fold.py (constants)",
     ("reports/reconcile.py", "where"): "built from DAY_COLUMN constants; day and site are bound parameters",
