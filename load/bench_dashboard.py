@@ -39,7 +39,7 @@ from load.results import write_result
 SITE = "bench.example"
 PASSWORD = "bench-dashboard"
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-RUNS = 3
+RUNS = 5
 VARIANTS = ("baseline", "current")
 
 _FILL = """

@@ -12,6 +12,7 @@ from typing import Final
 
 from reports.dashboard.queries import MAX_FUNNEL_STEPS, SOURCE_DIMENSIONS, parameters
 
+
 def _filters(landing: str) -> str:
     """The filter conditions on v_sessions (landing = entry_path) or v_leads_last_touch (landing = landing_path)."""
     parts = [f"({{{name}:String}} = '' OR {name} = {{{name}:String}})" for name in SOURCE_DIMENSIONS]

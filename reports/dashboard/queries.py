@@ -84,7 +84,7 @@ def _leads_where(lower: str = "from_ms") -> str:
             f" AND {_filters('landing_path')}")
 
 
-#: The sessions of _sessions_where, for panels over v_events (their events, whenever they happened).
+#: The sessions of _sessions_where, for panels over v_events (their events from `from` on, _EVENTS_RANGE).
 _SESSION_IDS = f"session_id IN (SELECT session_id FROM v_sessions WHERE {_sessions_where()})"
 #: Site and time first (the `events` key: site_id, toDate(ts)), up to the end of the day after `to`'s
 #: day (a session started before `to` has its events in its start day and the next: session_facts).
@@ -151,8 +151,9 @@ FROM
 WINDOW w AS (ORDER BY step ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ORDER BY step"""
 
-#: Whole days of the previous period or of the current one (`day`: a Date expression): the roll-up's.
+
 def _totals_whole_days(day: str) -> str:
+    """`day` (a Date expression) is a whole UTC day of the previous period or of the current one."""
     return f"({_whole_days(day, 'prev_from_ms', 'from_ms')} OR {_whole_days(day, 'from_ms', 'to_ms')})"
 
 
@@ -215,7 +216,8 @@ FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, visitors AS v, sessio
              uniqExactState(anonymous_id) AS v, count() AS n, sum(pageviews) AS views
       FROM v_sessions
       WHERE {_sessions_where()}
-        AND NOT ({{bucket_s:UInt32}} = 86400 AND {_NO_FILTER} AND {_whole_days('toDate(started_at)', 'from_ms', 'to_ms')})
+        AND NOT ({{bucket_s:UInt32}} = 86400 AND {_NO_FILTER}
+                 AND {_whole_days('toDate(started_at)', 'from_ms', 'to_ms')})
       GROUP BY t)
 GROUP BY t ORDER BY t""",
     **{f"sources_{dimension}": _source_query(dimension) for dimension in SOURCE_DIMENSIONS},
