@@ -5,7 +5,7 @@ queries before they read the roll-ups), side by side on the same server and data
 Method: N synthetic events generated inside ClickHouse as in load/bench_views.py (`events_ingest`,
 so the real materialized views run; sessions of 6 events, visitors of 3 sessions over ~2.3 days, 7
 channels, one experiment, 0.5 % of visitors with a lead) for site SITE, in a child process; then a
-real `clickstream serve` on that data directory (its start folds every day: the roll-ups) with the
+real `clickstream serve` on that data directory (folded before: the roll-ups of every day) with the
 query port on (default caps: 2 query slots, max_threads 1), and Debian's Chromium (Playwright)
 opening `/dashboard?site=…&range=7d&funnel=/,/pricing,cta_click` (HTTP Basic): what a browser does on
 load, every panel of the default view (sites, totals, traffic, sources by channel, top pages, custom
@@ -46,6 +46,7 @@ _FILL = """
 import sys, time
 from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
 from load.bench_views import GENERATE, LEADS
+from reports.fold import fold
 path, n, site = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 client = connect("chdb://" + path)
 migrate(client)
@@ -54,6 +55,7 @@ for start in range(0, n, 1_000_000):
     client.command(GENERATE.format(site=site, now_ms=now_ms, start=start, count=min(1_000_000, n - start)),
                    settings={"async_insert": 0})
 client.command(LEADS.format(site=site), settings=INSERT_SETTINGS)
+fold(client)  # the roll-ups of every day, before serve starts (its own first fold then has nothing to do)
 client.close()
 """
 
@@ -70,7 +72,8 @@ _DRAWN = """() => {
 
 
 def fill(data_dir: Path, n_events: int) -> float:
-    """Generate the events in a child process (chDB holds a directory per process); seconds taken."""
+    """Generate the events and fold them (the roll-ups) in a child process (chDB holds a directory per
+    process); seconds taken."""
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", _FILL, str(data_dir / "clickhouse"), str(n_events), SITE], check=True,
                    timeout=3600)
@@ -149,6 +152,20 @@ def measure(sql_url: str) -> dict[str, Any]:
     return out
 
 
+def _wait_for_site(sql_url: str, timeout_s: float = 1800) -> None:
+    """Until the site picker lists SITE (the roll-ups are there): else the page shows its empty state."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = httpx.post(sql_url + "/", params={"default_format": "JSONEachRow"}, auth=("dashboards", PASSWORD),
+                            content=b"SELECT site_id FROM v_daily_traffic GROUP BY site_id", timeout=600)
+        if answer.status_code == 200 and SITE in answer.text:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"{SITE} never showed in v_daily_traffic")
+
+
 def run_size(n_events: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     try:
@@ -159,6 +176,7 @@ def run_size(n_events: int) -> dict[str, Any]:
         server = start("serve", data_dir, {"CLICKSTREAM_SQL_PASSWORD": PASSWORD}, ready_path="/readyz", timeout=1800)
         ready_s = time.perf_counter() - started
         try:
+            _wait_for_site(server.sql_url)
             result = measure(server.sql_url)
         finally:
             server.stop()
