@@ -122,6 +122,8 @@ def measure(sql_url: str) -> dict[str, Any]:
                     page.goto(url)
                     page.wait_for_selector("body[data-ready='1']", timeout=900_000)
                     elapsed = float(page.evaluate("performance.now()"))
+                    if page.is_visible("#empty"):
+                        raise RuntimeError(f"the page shows its empty state: {SITE} has no roll-up rows")
                     errors = page.eval_on_selector_all("[data-error]", "n => n.map(x => x.id + ': ' + x.dataset.error)")
                     failed[variant].update(str(e)[:300] for e in errors)
                     timings = page.evaluate(
