@@ -67,6 +67,8 @@ def _whole_days(day: str, lower: str, upper: str) -> str:
     return f"({day} >= {_day(lower, ceil=True)} AND {day} < {_day(upper, ceil=False)})"
 
 
+#: The uniqExact state of a v_*_day_states row (stored as hex text: sql/0111_dashboard_range_views.sql).
+_STATE = "CAST(unhex(visitors_state), 'AggregateFunction(uniqExact, String)')"
 #: No filter is on: only then can the day roll-ups (no filter columns) answer.
 _NO_FILTER = "(" + " AND ".join(f"{{{name}:String}} = ''" for name in (*SOURCE_DIMENSIONS, "page", "experiment")) + ")"
 #: Dimensions the channel roll-up (v_channel_day_states) holds; utm_term and utm_content read v_sessions.
@@ -98,7 +100,7 @@ def _rollup_sessions(dimension: str) -> str:
     filtered sessions in [from, to): the roll-up's whole days (no filter on) and v_sessions for the rest."""
     return f"""
       SELECT key, sum(n) AS sessions, uniqExactMerge(v) AS visitors, sumMap(rev) AS revenue
-      FROM (SELECT {dimension} AS key, visitors AS v, sessions AS n, revenue AS rev FROM v_channel_day_states
+      FROM (SELECT {dimension} AS key, {_STATE} AS v, sessions AS n, revenue AS rev FROM v_channel_day_states
             WHERE site_id = {{site:String}} AND {_NO_FILTER} AND {_whole_days('day', 'from_ms', 'to_ms')}
             UNION ALL
             SELECT {dimension} AS key, uniqExactState(anonymous_id) AS v, count() AS n, sumMap(revenue) AS rev
@@ -192,7 +194,7 @@ SELECT
     if(prev_avg_duration_s = 0, NULL, avg_duration_s / prev_avg_duration_s - 1) AS avg_duration_s_change,
     if(prev_leads = 0, NULL, leads / prev_leads - 1) AS leads_change,
     conversion_rate - prev_conversion_rate AS conversion_rate_change
-FROM (SELECT day >= {_day('from_ms', ceil=True)} AS cur, visitors AS v, sessions AS n, pageviews AS views,
+FROM (SELECT day >= {_day('from_ms', ceil=True)} AS cur, {_STATE} AS v, sessions AS n, pageviews AS views,
              bounces, duration_ms AS ms
       FROM v_traffic_day_states
       WHERE site_id = {{site:String}} AND {_NO_FILTER} AND {_totals_whole_days('day')}
@@ -207,7 +209,7 @@ FROM (SELECT day >= {_day('from_ms', ceil=True)} AS cur, visitors AS v, sessions
     # epoch seconds UTC at the bucket's start. Day buckets of whole days come from the roll-up.
     "traffic": f"""
 SELECT t, uniqExactMerge(v) AS visitors, sum(n) AS sessions, sum(views) AS pageviews
-FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, visitors AS v, sessions AS n, pageviews AS views
+FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, {_STATE} AS v, sessions AS n, pageviews AS views
       FROM v_traffic_day_states
       WHERE site_id = {{site:String}} AND {{bucket_s:UInt32}} = 86400 AND {_NO_FILTER}
         AND {_whole_days('day', 'from_ms', 'to_ms')}
