@@ -7,6 +7,18 @@ and the port's read-only guard and caps apply. The queries read only `v_*` views
 parameterized views of sql/0110_dashboard_views.sql; switching a panel to another view (e.g. a
 roll-up) is a change of this file alone. docs/dashboards.md "The built-in dashboard" lists them.
 
+Where the time goes (load/bench_dashboard.py, BENCHMARKS.md "Dashboard first render"):
+  * Session panels (totals, traffic by day, sources by channel / utm_source / utm_medium /
+    utm_campaign) read the day roll-ups (sql/0111_dashboard_range_views.sql: v_traffic_day_states,
+    v_channel_day_states, visitors as uniqExact states) for the whole UTC days of the range and
+    v_sessions for the rest (the partial first and last day, and every day when a filter is on: the
+    roll-ups have no filter columns). Both are merged exactly: the same numbers as v_sessions alone.
+  * Event panels (top pages, custom events, funnel) read v_events of the site, from `from` to the end
+    of the day after `to` (a session's events are those of its start day and the next, as in
+    session_facts: reports/fold.py FACTS_SQL), so they prune by the `events` key (site_id, toDate(ts), …);
+    the cheap conditions come before the session sub-query, which is then checked on fewer rows.
+  * Live reads the last 5 minutes of the site only.
+
 Parameters every filtered panel takes (strings are '' when the filter is off):
     site (String)            the site picker
     from_ms, to_ms (Int64)   the date range [from, to), epoch milliseconds UTC
@@ -45,6 +57,24 @@ def _ms(name: str) -> str:
     return f"fromUnixTimestamp64Milli({{{name}:Int64}}, 'UTC')"
 
 
+def _day(name: str, *, ceil: bool) -> str:
+    """The UTC day of epoch-ms parameter `name` (Date); `ceil`: the first day starting at or after it."""
+    return f"toDate(fromUnixTimestamp64Milli({{{name}:Int64}}{' + 86399999' if ceil else ''}, 'UTC'))"
+
+
+def _whole_days(day: str, lower: str, upper: str) -> str:
+    """`day` (a Date expression) is a whole UTC day inside [lower, upper) (epoch-ms parameters)."""
+    return f"({day} >= {_day(lower, ceil=True)} AND {day} < {_day(upper, ceil=False)})"
+
+
+#: The uniqExact state of a v_*_day_states row (stored as hex text: sql/0111_dashboard_range_views.sql).
+_STATE = "CAST(unhex(visitors_state), 'AggregateFunction(uniqExact, String)')"
+#: No filter is on: only then can the day roll-ups (no filter columns) answer.
+_NO_FILTER = "(" + " AND ".join(f"{{{name}:String}} = ''" for name in (*SOURCE_DIMENSIONS, "page", "experiment")) + ")"
+#: Dimensions the channel roll-up (v_channel_day_states) holds; utm_term and utm_content read v_sessions.
+ROLLUP_DIMENSIONS: Final = ("channel", "utm_source", "utm_medium", "utm_campaign")
+
+
 #: Sessions of the site in [lower, to) passing the filters (v_sessions).
 def _sessions_where(lower: str = "from_ms") -> str:
     return (f"site_id = {{site:String}} AND is_bot = 0 AND started_at >= {_ms(lower)} AND started_at < {_ms('to_ms')}"
@@ -56,17 +86,39 @@ def _leads_where(lower: str = "from_ms") -> str:
             f" AND {_filters('landing_path')}")
 
 
-#: The sessions of _sessions_where, for panels over v_events (their events, whenever they happened).
+#: The sessions of _sessions_where, for panels over v_events (their events from `from` on, _EVENTS_RANGE).
 _SESSION_IDS = f"session_id IN (SELECT session_id FROM v_sessions WHERE {_sessions_where()})"
-_EVENTS_WHERE = f"site_id = {{site:String}} AND ts >= {_ms('from_ms')} AND {_SESSION_IDS}"
+#: Site and time first (the `events` key: site_id, toDate(ts)), up to the end of the day after `to`'s
+#: day (a session started before `to` has its events in its start day and the next: session_facts).
+_EVENTS_RANGE = (f"site_id = {{site:String}} AND ts >= {_ms('from_ms')}"
+                 f" AND ts < toDateTime64({_day('to_ms', ceil=False)} + 2, 3, 'UTC')")
+_EVENTS_WHERE = f"{_EVENTS_RANGE} AND {_SESSION_IDS}"
+
+
+def _rollup_sessions(dimension: str) -> str:
+    """Sessions, visitors and revenue per `dimension` value (a v_channel_day_states column) of the
+    filtered sessions in [from, to): the roll-up's whole days (no filter on) and v_sessions for the rest."""
+    return f"""
+      SELECT key, sum(n) AS sessions, uniqExactMerge(v) AS visitors, sumMap(rev) AS revenue
+      FROM (SELECT {dimension} AS key, {_STATE} AS v, sessions AS n, revenue AS rev FROM v_channel_day_states
+            WHERE site_id = {{site:String}} AND {_NO_FILTER} AND {_whole_days('day', 'from_ms', 'to_ms')}
+            UNION ALL
+            SELECT {dimension} AS key, uniqExactState(anonymous_id) AS v, count() AS n, sumMap(revenue) AS rev
+            FROM v_sessions
+            WHERE {_sessions_where()}
+              AND NOT ({_NO_FILTER} AND {_whole_days('toDate(started_at)', 'from_ms', 'to_ms')})
+            GROUP BY key)
+      GROUP BY key"""
 
 
 def _source_query(dimension: str) -> str:
+    sessions = (_rollup_sessions(dimension) if dimension in ROLLUP_DIMENSIONS else f"""
+      SELECT {dimension} AS key, count() AS sessions, uniqExact(anonymous_id) AS visitors, sumMap(revenue) AS revenue
+      FROM v_sessions WHERE {_sessions_where()} GROUP BY key""")
     return f"""
 SELECT key, s.sessions AS sessions, s.visitors AS visitors, l.leads AS leads,
        if(s.sessions = 0, 0, l.leads / s.sessions) AS conversion_rate, s.revenue AS revenue
-FROM (SELECT {dimension} AS key, count() AS sessions, uniqExact(anonymous_id) AS visitors, sumMap(revenue) AS revenue
-      FROM v_sessions WHERE {_sessions_where()} GROUP BY key) AS s
+FROM ({sessions}) AS s
 FULL OUTER JOIN (SELECT {dimension} AS key, count() AS leads FROM v_leads_last_touch
                  WHERE {_leads_where()} GROUP BY key) AS l
 USING key
@@ -76,7 +128,8 @@ LIMIT 50"""
 
 #: A funnel on the filtered sessions' events: sql/0110_dashboard_views.sql's v_funnel with the
 #: page's filters, per visitor (per_session = 0) or per session (1). Steps: '/path' = a page view
-#: of that path, else an event type.
+#: of that path, else an event type. Only events that may match a step are read into windowFunnel (a
+#: unit without any has level 0, which no step counts), before the session sub-query is checked.
 _FUNNEL_STEP = "if(startsWith(steps[{k}], '/'), type = 'page_view' AND path = steps[{k}], type = steps[{k}])"
 _FUNNEL = f"""
 WITH {{steps:Array(String)}} AS steps
@@ -92,13 +145,22 @@ FROM
                windowFunnel({{window_s:UInt64}} * 1000)(toUInt64(toUnixTimestamp64Milli(ts)),
                    {", ".join(_FUNNEL_STEP.format(k=k) for k in range(1, MAX_FUNNEL_STEPS + 1))}) AS level
         FROM v_events
-        WHERE {_EVENTS_WHERE}
+        WHERE {_EVENTS_RANGE} AND ((type = 'page_view' AND has(steps, path)) OR has(steps, type)) AND {_SESSION_IDS}
         GROUP BY unit
     )
     GROUP BY step
 )
 WINDOW w AS (ORDER BY step ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ORDER BY step"""
+
+
+def _totals_whole_days(day: str) -> str:
+    """`day` (a Date expression) is a whole UTC day of the previous period or of the current one."""
+    return f"({_whole_days(day, 'prev_from_ms', 'from_ms')} OR {_whole_days(day, 'from_ms', 'to_ms')})"
+
+
+#: A session's duration in ms (v_sessions.duration_s is this / 1000; traffic_daily.duration_ms its sum).
+_DURATION_MS = "toUInt64(toUnixTimestamp64Milli(ended_at) - toUnixTimestamp64Milli(started_at))"
 
 #: name -> SQL text. Each returns what the panel of the same name shows.
 QUERIES: Final[dict[str, str]] = {
@@ -115,13 +177,13 @@ WITH
     (SELECT countIf(occurred_at < {_ms('from_ms')}) FROM v_leads_last_touch
      WHERE {_leads_where('prev_from_ms')}) AS prev_leads
 SELECT
-    uniqExactIf(visitor, cur) AS visitors, uniqExactIf(visitor, NOT cur) AS prev_visitors,
-    countIf(cur) AS sessions, countIf(NOT cur) AS prev_sessions,
+    uniqExactMergeIf(v, cur) AS visitors, uniqExactMergeIf(v, NOT cur) AS prev_visitors,
+    sumIf(n, cur) AS sessions, sumIf(n, NOT cur) AS prev_sessions,
     sumIf(views, cur) AS pageviews, sumIf(views, NOT cur) AS prev_pageviews,
-    if(sessions = 0, NULL, countIf(bounce AND cur) / sessions) AS bounce_rate,
-    if(prev_sessions = 0, NULL, countIf(bounce AND NOT cur) / prev_sessions) AS prev_bounce_rate,
-    if(sessions = 0, NULL, sumIf(seconds, cur) / sessions) AS avg_duration_s,
-    if(prev_sessions = 0, NULL, sumIf(seconds, NOT cur) / prev_sessions) AS prev_avg_duration_s,
+    if(sessions = 0, NULL, sumIf(bounces, cur) / sessions) AS bounce_rate,
+    if(prev_sessions = 0, NULL, sumIf(bounces, NOT cur) / prev_sessions) AS prev_bounce_rate,
+    if(sessions = 0, NULL, sumIf(ms, cur) / 1000 / sessions) AS avg_duration_s,
+    if(prev_sessions = 0, NULL, sumIf(ms, NOT cur) / 1000 / prev_sessions) AS prev_avg_duration_s,
     leads, prev_leads,
     if(sessions = 0, NULL, leads / sessions) AS conversion_rate,
     if(prev_sessions = 0, NULL, prev_leads / prev_sessions) AS prev_conversion_rate,
@@ -132,15 +194,33 @@ SELECT
     if(prev_avg_duration_s = 0, NULL, avg_duration_s / prev_avg_duration_s - 1) AS avg_duration_s_change,
     if(prev_leads = 0, NULL, leads / prev_leads - 1) AS leads_change,
     conversion_rate - prev_conversion_rate AS conversion_rate_change
-FROM (SELECT anonymous_id AS visitor, pageviews AS views, is_bounce AS bounce, duration_s AS seconds,
-             started_at >= {_ms('from_ms')} AS cur
-      FROM v_sessions WHERE {_sessions_where('prev_from_ms')})""",
+FROM (SELECT day >= {_day('from_ms', ceil=True)} AS cur, {_STATE} AS v, sessions AS n, pageviews AS views,
+             bounces, duration_ms AS ms
+      FROM v_traffic_day_states
+      WHERE site_id = {{site:String}} AND {_NO_FILTER} AND {_totals_whole_days('day')}
+      UNION ALL
+      SELECT started_at >= {_ms('from_ms')} AS cur, uniqExactState(anonymous_id) AS v, count() AS n,
+             sum(pageviews) AS views, sum(is_bounce) AS bounces, sum({_DURATION_MS}) AS ms
+      FROM v_sessions
+      WHERE {_sessions_where('prev_from_ms')}
+        AND NOT ({_NO_FILTER} AND {_totals_whole_days('toDate(started_at)')})
+      GROUP BY cur)""",
     # Traffic over time: buckets of bucket_s seconds (3600 for ranges of 2 days or less, else 86400),
-    # epoch seconds UTC at the bucket's start.
+    # epoch seconds UTC at the bucket's start. Day buckets of whole days come from the roll-up.
     "traffic": f"""
-SELECT toUnixTimestamp(toStartOfInterval(started_at, toIntervalSecond({{bucket_s:UInt32}}))) AS t,
-       uniqExact(anonymous_id) AS visitors, count() AS sessions, sum(pageviews) AS pageviews
-FROM v_sessions WHERE {_sessions_where()}
+SELECT t, uniqExactMerge(v) AS visitors, sum(n) AS sessions, sum(views) AS pageviews
+FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, {_STATE} AS v, sessions AS n, pageviews AS views
+      FROM v_traffic_day_states
+      WHERE site_id = {{site:String}} AND {{bucket_s:UInt32}} = 86400 AND {_NO_FILTER}
+        AND {_whole_days('day', 'from_ms', 'to_ms')}
+      UNION ALL
+      SELECT toUnixTimestamp(toStartOfInterval(started_at, toIntervalSecond({{bucket_s:UInt32}}))) AS t,
+             uniqExactState(anonymous_id) AS v, count() AS n, sum(pageviews) AS views
+      FROM v_sessions
+      WHERE {_sessions_where()}
+        AND NOT ({{bucket_s:UInt32}} = 86400 AND {_NO_FILTER}
+                 AND {_whole_days('toDate(started_at)', 'from_ms', 'to_ms')})
+      GROUP BY t)
 GROUP BY t ORDER BY t""",
     **{f"sources_{dimension}": _source_query(dimension) for dimension in SOURCE_DIMENSIONS},
     # Top pages: page views of the filtered sessions per path.
@@ -172,7 +252,7 @@ GROUP BY type ORDER BY events DESC, type LIMIT 100""",
     # Property keys seen on those events (the breakdown's picker).
     "events_prop_keys": f"""
 SELECT arrayJoin(mapKeys(props)) AS key, count() AS events
-FROM v_events WHERE type != 'page_view' AND {_EVENTS_WHERE}
+FROM v_events WHERE type != 'page_view' AND notEmpty(props) AND {_EVENTS_WHERE}
 GROUP BY key ORDER BY events DESC, key LIMIT 100""",
     # One property's values per event type.
     "events_props": f"""

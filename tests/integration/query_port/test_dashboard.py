@@ -194,3 +194,61 @@ def test_funnel_views_equal_the_window_funnel_reference(served: Served, steps: l
         for per_session, per in ((0, "visitor"), (1, "session")):
             rows = run(http, "funnel", values(served, steps=steps, window_s=window_s, per_session=per_session))
             assert [r["reached"] for r in rows] == funnel(events, steps, window_s, per)
+
+
+def _day_ms(ms: int) -> int:
+    return ms // DAY_MS * DAY_MS
+
+
+@pytest.mark.parametrize("shape", ["partial_days", "today", "whole_days", "three_partial_days"])
+def test_session_panels_over_roll_ups_and_partial_days_equal_the_truth(served: Served, shape: str) -> None:
+    """Ranges that start and end inside a UTC day: the session panels merge the day roll-ups' whole days
+    with v_sessions' partial days (and the previous period's), the event panels read events of the
+    range's sessions; every number equals Python over the model's sessions and events."""
+    now = int(time.time() * 1000)
+    midnight = _day_ms(now)
+    from_ms, to_ms = {"partial_days": (now - 40 * 3_600_000 - 17 * 60_000, now - 5 * 3_600_000 + 123),
+                      "today": (midnight, now + 60_000),
+                      "whole_days": (midnight - 2 * DAY_MS, midnight),
+                      "three_partial_days": (now - 3 * DAY_MS - 7 * 3_600_000 + 1, now - 3_600_000)}[shape]
+    prev_from_ms = from_ms - (to_ms - from_ms)
+    bucket_s = 3600 if to_ms - from_ms <= 2 * DAY_MS else 86400
+    given = values(served, from_ms=from_ms, to_ms=to_ms, prev_from_ms=prev_from_ms, bucket_s=bucket_s)
+    human = served.truth.human_sessions()
+    current = [s for s in human if from_ms <= s["started_at"] < to_ms]
+    previous = [s for s in human if prev_from_ms <= s["started_at"] < from_ms]
+    assert current, "the model's traffic has sessions in the range"
+    with port(served, auth=(USER, SERVE_PASSWORD)) as client:
+        (totals,) = run(client, "totals", given)
+        traffic = run(client, "traffic", given)
+        sources = {d: run(client, f"sources_{d}", given) for d in ("channel", "utm_source", "utm_campaign")}
+        top = run(client, "pages_top", given)
+        types = run(client, "events_types", given)
+    for prefix, rows in (("", current), ("prev_", previous)):
+        assert totals[prefix + "sessions"] == len(rows)
+        assert totals[prefix + "visitors"] == len({s["anonymous_id"] for s in rows})
+        assert totals[prefix + "pageviews"] == sum(s["pageviews"] for s in rows)
+        if rows:
+            assert totals[prefix + "bounce_rate"] == pytest.approx(sum(s["is_bounce"] for s in rows) / len(rows))
+            assert totals[prefix + "avg_duration_s"] == pytest.approx(sum(s["duration_s"] for s in rows) / len(rows))
+        else:
+            assert totals[prefix + "bounce_rate"] is None
+    buckets: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for s in current:
+        buckets[s["started_at"] // (bucket_s * 1000) * bucket_s].append(s)
+    assert [(r["t"], r["sessions"], r["visitors"], r["pageviews"]) for r in traffic] == [
+        (t, len(rows), len({s["anonymous_id"] for s in rows}), sum(s["pageviews"] for s in rows))
+        for t, rows in sorted(buckets.items())]
+    for dimension, rows in sources.items():
+        want: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for s in current:
+            want[s[dimension]].append(s)
+        got = {r["key"]: (r["sessions"], r["visitors"]) for r in rows if r["sessions"]}
+        assert got == {k: (len(v), len({s["anonymous_id"] for s in v})) for k, v in want.items()}, dimension
+    ids = {s["session_id"] for s in current}
+    events = [e for e, _ in served.truth.traffic.events if e["session_id"] in ids and e["ts"] >= from_ms]
+    assert {r["path"]: r["pageviews"] for r in top} == dict(
+        Counter(path_of(e["url"]) for e in events if e["type"] == "page_view"))
+    assert {r["type"]: (r["events"], r["visitors"]) for r in types} == {
+        t: (n, len({e["anonymous_id"] for e in events if e["type"] == t}))
+        for t, n in Counter(e["type"] for e in events if e["type"] != "page_view").items()}
