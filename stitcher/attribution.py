@@ -206,6 +206,7 @@ class Missing(enum.StrEnum):
 
     NO_VISITOR_DATA = "no_visitor_data"  # no session of the visitor on the lead's site in the window
     SESSION_NOT_SEEN = "session_not_seen"  # the request's session_id has no event (yet)
+    PAGE_VIEW_NOT_SEEN = "page_view_not_seen"  # the converting session has events but no page view (yet)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -219,12 +220,20 @@ class Attributed:
 
 
 def missing_telemetry(sessions: Sequence[Session], site_id: str, session_id: str | None) -> Missing | None:
-    """What of the visitor's telemetry is missing for a lead of `site_id` (None: nothing)."""
-    mine = [s for s in sessions if s.site_id == site_id]
+    """What of the visitor's telemetry is missing for a lead of `site_id` (None: nothing).
+
+    The converting session (the named one, else the latest, as `resolve` picks it) must have a page
+    view: its landing page. A beacon sends some events on their own (an exposure, a click) ahead of
+    the batch holding the page view, so a session can be seen before its landing page is.
+    """
+    mine = sorted((s for s in sessions if s.site_id == site_id), key=lambda s: (s.started_ms, s.session_id))
     if not mine:
         return Missing.NO_VISITOR_DATA
-    if session_id is not None and not any(s.session_id == session_id for s in mine):
+    converting = mine[-1] if session_id is None else next((s for s in mine if s.session_id == session_id), None)
+    if converting is None:
         return Missing.SESSION_NOT_SEEN
+    if not converting.touch.landing_path:
+        return Missing.PAGE_VIEW_NOT_SEEN
     return None
 
 

@@ -36,8 +36,8 @@ class StitcherMetrics:
         self.session_waits = Counter("clickstream_stitcher_session_waits",
                                      "POST /stitch requests that waited for the visitor's telemetry "
                                      "(CLICKSTREAM_STITCH_SESSION_WAIT_S)", registry=r)
-        for reason in ("no_visitor_data", "session_not_seen"):  # exported as 0 before the first one
-            self.unattributed.labels(reason=reason)
+        for reason in ("no_visitor_data", "session_not_seen", "page_view_not_seen"):
+            self.unattributed.labels(reason=reason)  # exported as 0 before the first one
         self.seconds = Histogram("clickstream_stitcher_stitch_seconds",
                                  "Time to answer POST /stitch with a new event (flush + attribution + outbox)",
                                  registry=r)

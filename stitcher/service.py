@@ -275,10 +275,10 @@ class Stitcher:
         """The lead_created bytes, after waiting (bounded) for telemetry that has not arrived yet.
 
         The app's hook often calls /stitch while the browser's last batch (sendBeacon on page hide,
-        the beacon's 1-second batch) is still in flight. When the visitor has no session yet, or the
-        named session_id has no event, the stitcher flushes and reads again every
-        SESSION_POLL_S until CLICKSTREAM_STITCH_SESSION_WAIT_S has passed; then it records the lead
-        with what it has (site from the request, the visitor's sessions or
+        the beacon's 1-second batch) is still in flight. When the visitor has no session yet, the
+        named session_id has no event, or the converting session no page view, the stitcher
+        flushes and reads again every SESSION_POLL_S until CLICKSTREAM_STITCH_SESSION_WAIT_S has
+        passed; then it records the lead with what it has (site from the request, the visitor's sessions or
         CLICKSTREAM_STITCH_DEFAULT_SITE) and counts it (`clickstream_stitcher_unattributed{reason}`).
         Raises Unavailable when a flush or a read fails.
         """

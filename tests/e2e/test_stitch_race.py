@@ -125,6 +125,7 @@ def test_form_submitted_at_once_on_the_landing_page_is_attributed(
         assert lead["variants"] == {"hero": "B"}
         assert metric(metrics, "clickstream_stitcher_session_waits_total") == 1
         assert metric(metrics, "clickstream_stitcher_unattributed_total", reason="session_not_seen") == 0
+        assert metric(metrics, "clickstream_stitcher_unattributed_total", reason="page_view_not_seen") == 0
     else:  # the race as it was: the lead is frozen before its page view arrived
         assert (lead["landing_path"], lead["first_touch"]["utm_campaign"], lead["variants"]) == ("", "", {}), lead
         assert metric(metrics, "clickstream_stitcher_unattributed_total", reason="no_visitor_data") == 1

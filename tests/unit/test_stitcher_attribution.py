@@ -77,3 +77,13 @@ def test_missing_telemetry_names_what_the_stitcher_waits_for() -> None:
     assert missing_telemetry(sessions, "s.com", "zz") is Missing.SESSION_NOT_SEEN
     assert missing_telemetry(sessions, "third.com", None) is Missing.NO_VISITOR_DATA
     assert missing_telemetry([], "s.com", "a") is Missing.NO_VISITOR_DATA
+
+
+def test_a_converting_session_without_a_page_view_is_waited_for() -> None:
+    """An exposure or click sent ahead of the batch with the page view: the session is seen, its
+    landing page is not yet."""
+    sessions = [session("a", 0, "direct", "/a"), session("b", 5, "cpc", path="")]
+    assert missing_telemetry(sessions, "s.com", "b") is Missing.PAGE_VIEW_NOT_SEEN
+    assert missing_telemetry(sessions, "s.com", None) is Missing.PAGE_VIEW_NOT_SEEN  # b is the latest
+    assert missing_telemetry(sessions, "s.com", "a") is None
+    assert missing_telemetry([*sessions, session("c", 9, "direct", "/c")], "s.com", None) is None
