@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from clickstream.core.clickhouse import connect, is_embedded, migrate
+from clickstream.core.clickhouse import is_embedded
 from reports.fold import FoldLease, fold
 from tests.integration.test_rollups import Store, generate, sessions_of
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    c = connect(f"chdb://{tmp_path / 'clickhouse'}")
-    migrate(c)
-    yield c
-    c.close()
+def client(chdb_client: Client) -> Client:
+    return chdb_client
 
 
 def test_the_lease_admits_one_holder_until_released_or_expired(client: Client) -> None:

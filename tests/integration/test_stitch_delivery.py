@@ -17,7 +17,7 @@ import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from clickstream.core.clickhouse import connect, migrate
+from clickstream.core.clickhouse import connect
 from stitcher.attribution import Attribution, Touch
 from stitcher.event import build_event, event_id_for
 from stitcher.metrics import StitcherMetrics
@@ -91,11 +91,8 @@ def lead(lead_id: str, anonymous_id: str = "visitor-1") -> Entry:
 
 # -- ClickHouse: a redelivery is dropped ---------------------------------------------------------
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    c = connect(f"chdb://{tmp_path / 'clickhouse'}")
-    migrate(c)
-    yield c
-    c.close()
+def client(chdb_client: Client) -> Client:
+    return chdb_client
 
 
 def test_redelivered_event_is_stored_and_counted_once(client: Client) -> None:
