@@ -16,6 +16,8 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -284,9 +286,25 @@ def chdb_query(path: Path) -> Iterator[Query]:
         client.close()
 
 
+def reconcile_problems(data_dir: Path, site: str) -> list[str]:
+    """`clickstream reconcile --site <site>` on a stopped deployment's data directory: every roll-up the
+    fold built (reports/reconcile.py: session_facts, the day roll-ups, variant_daily) recomputed from
+    `events` and compared per table and day. [] when it exits 0, else its report as the problems.
+    No process may hold the embedded ClickHouse (the test stops them first, and closes its own client)."""
+    done = subprocess.run([sys.executable, "-m", "clickstream.cli", "reconcile", "--site", site, "--no-progress",
+                           "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode == 0:
+        checked = re.match(r"(\d+) day\(s\)", done.stdout)
+        if checked and int(checked.group(1)) > 0:
+            return []
+        return [f"clickstream reconcile checked no day: {done.stdout!r}"]
+    return [f"clickstream reconcile exit {done.returncode}: {line}"
+            for line in (done.stdout + done.stderr).strip().splitlines()[-20:]]
+
+
 def recount_problems(query: Query, site: str) -> list[str]:
     """Every session whose roll-up (`sessions`, fed by its materialized view) differs from a recount
-    over `events` (page views, events, start, end). Swap point for `clickstream reconcile`."""
+    over `events` (page views, events, start, end). The fold's roll-ups are `reconcile_problems`'."""
     rolled = {r["session_id"]: r for r in query(
         f"SELECT session_id, sum(pageviews) AS pageviews, sum(events) AS events, min(started_at) AS started, "
         f"max(ended_at) AS ended FROM sessions WHERE site_id = '{site}' GROUP BY session_id")}

@@ -40,6 +40,7 @@ from tests.reliability.support import (
     full_audit,
     get,
     latency_ms,
+    reconcile_problems,
     report,
     size,
     spool_drained,
@@ -98,6 +99,7 @@ def test_serve_kill_loop_loses_and_duplicates_nothing(tmp_path: Path, reaper: Re
     with chdb_query(tmp_path / "data" / "clickhouse") as query:
         problems, books = full_audit(query, ledger, traffic, tmp_path / "data")
         problems += lead_problems(query, site, ledger.stitched)
+    problems += reconcile_problems(tmp_path / "data", site)
     figures = {"kills": {"serve": serve.kills}, "restart_s_max": round(max(serve.restart_s), 2),
                **ledger.summary(), "accounting": books.as_dict(), "problems": problems[:20]}
     report("kill_loop_serve", figures)
@@ -156,6 +158,7 @@ def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path,
 
     with chdb_query(data / "clickhouse") as query:
         problems, books = full_audit(query, ledger, _leads_only(traffic), data)
+    problems += reconcile_problems(data, site)
     with chdb_query(tmp_path / "stitcher" / "clickhouse") as query:
         problems += lead_problems(query, site, lead_ledger.stitched)
     problems += lead_ledger.unexpected

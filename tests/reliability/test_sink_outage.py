@@ -28,6 +28,7 @@ from tests.reliability.support import (
     full_audit,
     get,
     latency_ms,
+    reconcile_problems,
     report,
     size,
     spool_drained,
@@ -82,6 +83,7 @@ def test_flusher_stopped_collector_keeps_answering_backlog_drains_exactly(tmp_pa
     assert flusher.stop() == 0, flusher.log()
     with chdb_query(data / "clickhouse") as query:
         problems, books = full_audit(query, ledger, traffic, data)
+    problems += reconcile_problems(data, site)
 
     start, end = (t - ledger.origin_s for t in window)
     phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}

@@ -1,5 +1,5 @@
-"""Suite 8, soak (RELIABILITY.md): `serve` at a steady rate for RELIABILITY_SOAK_S seconds (CI: 180 s,
-shorter than the issue's 10 minutes to keep `.ci/run` within its budget; `make reliability`: 1,800 s;
+"""Suite 8, soak (RELIABILITY.md): `serve` at a steady rate for RELIABILITY_SOAK_S seconds (CI: 600 s,
+the 10 minutes RELIABILITY.md states; `make reliability`: 1,800 s;
 `make soak`: SOAK_S, default 3,600 s).
 Every 5 s: resident memory, open file descriptors, spool segments and ClickHouse active parts,
 printed as JSON lines, kept in RESULTS/soak.jsonl and plotted (soak.png). Pass conditions are
@@ -40,13 +40,14 @@ from tests.reliability.support import (
     full_audit,
     latency_ms,
     open_fds,
+    reconcile_problems,
     report,
     spool_segments,
     threads,
     traffic_for,
 )
 
-SOAK_S = float(os.environ.get("RELIABILITY_SOAK_S", 1800 if FULL else 180))
+SOAK_S = float(os.environ.get("RELIABILITY_SOAK_S", 1800 if FULL else 600))
 RATE = float(os.environ.get("RELIABILITY_SOAK_RATE", 200))
 SAMPLE_S = 5.0
 MiB = 1024 * 1024
@@ -117,6 +118,7 @@ def test_soak_resources_stay_bounded_and_audit_is_exact(tmp_path: Path, reaper: 
     assert serve.stop() == 0, serve.log()
     with chdb_query(tmp_path / "data" / "clickhouse") as audit_query:
         problems, books = full_audit(audit_query, ledger, traffic, tmp_path / "data")
+    problems += reconcile_problems(tmp_path / "data", site)
 
     third = max(1, len(samples) // 3)
     first, middle, last = samples[:third], samples[third:-third] or samples, samples[-third:]
