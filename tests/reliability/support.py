@@ -406,6 +406,13 @@ def latency_ms(values_s: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2) if ordered else 0.0
 
 
+def relay_idle(url: str) -> bool:
+    """True when the stitcher at `url` has no lead waiting for ClickHouse in its outbox (its /metrics)."""
+    metrics = get(url + "/metrics")
+    return metrics is not None and re.search(
+        r'^clickstream_stitcher_relay_pending\{target="clickhouse"\} 0\.0$', metrics.text, re.MULTILINE) is not None
+
+
 def get(url: str, timeout_s: float = 2.0) -> httpx.Response | None:
     """GET `url`, or None when nothing answers within `timeout_s` (a stopped or dead process)."""
     try:
