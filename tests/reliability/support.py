@@ -42,6 +42,8 @@ STITCH, SQL_PASSWORD = "stitch-secret", "sql-secret"
 RESULTS = Path(os.environ.get("RELIABILITY_RESULTS", "/tmp/clickstream-reliability"))
 
 Query = Callable[[str], list[dict[str, Any]]]
+#: How long the stitch driver keeps retrying one lead that gets no answer (then it is `abandoned`).
+LEAD_RETRY_S = 600.0
 
 
 def size(ci: float, full: float) -> float:
@@ -220,13 +222,17 @@ async def _stitch_all(url: str, leads: list[Lead], rate: float, ledger: LeadLedg
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
 
         async def one(lead: Lead) -> None:
-            for attempt in range(40):
+            # retried like an application's conversion hook would: until answered, for up to LEAD_RETRY_S
+            deadline = time.monotonic() + LEAD_RETRY_S
+            attempt = 0
+            while time.monotonic() < deadline:
+                attempt += 1
                 try:
                     async with http.post(f"{url}/stitch", data=orjson.dumps(lead.body()), headers=headers) as r:
                         status, content = r.status, await r.read()
                 except (TimeoutError, aiohttp.ClientError):
                     ledger.unanswered_attempts += 1
-                    await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+                    await asyncio.sleep(min(2.0, 0.05 * 2 ** min(attempt, 6)))
                     continue
                 if status >= 500:
                     await asyncio.sleep(1.0)

@@ -28,6 +28,7 @@ from load.model import Traffic
 from tests.reliability.conftest import Reaper
 from tests.reliability.support import (
     FULL,
+    LEAD_RETRY_S,
     SQL_PASSWORD,
     STITCH,
     KillLoop,
@@ -121,7 +122,10 @@ def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path,
     data = tmp_path / "data"
     collector = reaper.track(Supervised("collector", data, {})).start()
     flusher = reaper.track(Supervised("flusher", data, {})).start()
-    stitcher = reaper.track(Supervised("stitcher", tmp_path / "stitcher", {"CLICKSTREAM_STITCH_TOKEN": STITCH})).start()
+    # Its ClickHouse never sees telemetry, so waiting for the visitor's session (3 s by default) would only
+    # stretch every stitch across the next kill: no wait, the lead is recorded unattributed at once.
+    stitcher = reaper.track(Supervised("stitcher", tmp_path / "stitcher", {
+        "CLICKSTREAM_STITCH_TOKEN": STITCH, "CLICKSTREAM_STITCH_SESSION_WAIT_S": "0"})).start()
     duration_s = len(traffic.events) / RATE
     load = LoadThread(collector.url, _leads_only(traffic), rate=RATE, seed=22)
     leads: list[LeadLedger] = []
@@ -136,7 +140,7 @@ def test_split_deployment_kill_loop_loses_and_duplicates_nothing(tmp_path: Path,
         killer.start()
     try:
         ledger = load.result(timeout_s=3000 if FULL else 900)
-        lead_thread.join(timeout=300)
+        lead_thread.join(timeout=LEAD_RETRY_S + 120)
     finally:
         stop.set()
         for killer in killers:
