@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -43,6 +43,7 @@ from starlette.routing import BaseRoute
 
 from clickstream.core.clickhouse import is_embedded
 from clickstream.core.component import Check
+from reports import versions
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ ORDER_KEY = "(ts, seq, spool_segment, spool_offset)"
 
 #: Tables the fold rebuilds, in the order they are swapped in (facts first: a roll-up is never newer).
 TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily")
+#: The definition version of each table of TABLES (its SQL below). Change a table's SQL so that its numbers
+#: change, and raise its version (and the version of every roll-up built from it, e.g. all of ROLLUP_SQL
+#: but variant_daily for FACTS_SQL): the fold then builds the new version from history in the background
+#: while the views read the old one, and switches them at once when it is complete (reports/versions.py).
+#: A table missing here is at version 1.
+VERSIONS: dict[str, int] = {"session_facts": 1, "traffic_daily": 1, "landing_daily": 1, "channel_daily": 1,
+                            "variant_daily": 1}
 STAGING_PREFIX = "fold_staging_"
 #: Settings of the fold's inserts: synchronous, and never deduplicated (a rebuilt day may be identical
 #: to the one built before; dropping it as a duplicate would swap in an empty day).
@@ -189,12 +197,59 @@ def build_day(client: Client, day: dt.date) -> None:
 
 
 
-def swap_day(client: Client, day: dt.date) -> None:
-    """Swap the staging tables' `day` (build_day) into the roll-ups, table by table, atomically."""
+def swap_day(client: Client, day: dt.date, into: Mapping[str, str] | None = None) -> None:
+    """Swap the staging tables' `day` (build_day) into the roll-ups, table by table, atomically.
+
+    `into`: table -> where its day goes (default: the table itself); a table mapped to "" is skipped.
+    """
     for table in TABLES:
+        target = table if into is None else into.get(table, table)
+        if not target:
+            continue
         # an empty day (every session gone, e.g. after a repair) replaces the day with nothing, atomically
-        client.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id(day)}' FROM {STAGING_PREFIX}{table}",
+        client.command(f"ALTER TABLE {target} REPLACE PARTITION ID '{partition_id(day)}' FROM {STAGING_PREFIX}{table}",
                        settings={"allow_replace_partition_from_empty_source": 1})
+
+
+def declared_versions() -> dict[str, int]:
+    """table -> the definition version the code declares, for every table of TABLES."""
+    return {table: VERSIONS.get(table, 1) for table in TABLES}
+
+
+def prepare_versions(client: Client, *, create: bool = True) -> dict[str, versions.Build]:
+    """The tables whose declared definition version is not the one they hold (reports/versions.py)."""
+    fresh = not client.query("SELECT count() FROM fold_runs").result_rows[0][0]
+    return versions.prepare(client, declared_versions(), fresh=fresh, create=create)
+
+
+def rebuild_versioned(client: Client, day: dt.date, builds: Mapping[str, versions.Build], *,
+                      live: bool = True) -> None:
+    """Rebuild `day`: into each table, or its twin when a new definition version is being built;
+    without `live`, into the twins only (a day of the backfill)."""
+    build_day(client, day)
+    into = {t: (builds[t].twin if t in builds else (t if live else "")) for t in TABLES}
+    swap_day(client, day, into)
+    versions.record(client, builds, day)
+
+
+def backfill(client: Client, builds: Mapping[str, versions.Build], limit: int | None,
+             progress: Callable[[dt.date], None] | None = None) -> tuple[list[dt.date], list[str]]:
+    """Build up to `limit` (None: all) missing days into the twins of `builds`, then switch them all
+    when none lacks a day. Returns the days built and the tables switched (in TABLES order)."""
+    if not builds:
+        return [], []
+    todo = versions.remaining_days(client, builds)
+    done = todo[:limit] if limit is not None else todo
+    for day in done:
+        rebuild_versioned(client, day, builds, live=False)
+        if progress is not None:
+            progress(day)
+    if len(done) < len(todo):
+        return done, []
+    switched = [table for table in TABLES if table in builds]
+    for table in switched:
+        versions.switch(client, builds[table])
+    return done, switched
 
 
 def dirty_parts(client: Client) -> dict[str, list[dt.date]]:
@@ -260,11 +315,14 @@ def drop_parts(client: Client, parts: Iterable[str], table: str = "fold_dirty_da
 
 @dataclasses.dataclass(frozen=True)
 class FoldRun:
-    """What one run did: the days rebuilt, when it started (`watermark`), seconds it took."""
+    """What one run did: the days rebuilt, when it started (`watermark`), seconds it took, the days of
+    history built for a new definition version (`backfilled`) and the tables switched to it (`switched`)."""
 
     days: tuple[dt.date, ...]
     watermark: dt.datetime
     seconds: float
+    backfilled: tuple[dt.date, ...] = ()
+    switched: tuple[str, ...] = ()
 
 
 class FoldLease:
@@ -336,9 +394,13 @@ def locked(client: Client) -> Iterator[str | None]:
 
 
 def fold(client: Client, days: Sequence[dt.date] | None = None,
-         progress: Callable[[dt.date], None] | None = None) -> FoldRun | None:
+         progress: Callable[[dt.date], None] | None = None,
+         backfill_days: int | None = versions.BACKFILL_DAYS_PER_RUN) -> FoldRun | None:
     """One run: rebuild `days` (default: the dirty days) and record it in `fold_runs`.
 
+    A table whose declared definition version (VERSIONS) is not the one it holds gets its days in its
+    twin instead, and a run with default `days` adds up to `backfill_days` (None: all) days of history
+    to the twin, switching the table when complete (reports/versions.py).
     None when another fold holds the lease (nothing done). `progress` is called after each day.
     Raises ClickHouseError; the marks of a failed run stay, so the next run does its days again.
     """
@@ -350,22 +412,28 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
         watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
         parts: dict[str, list[dt.date]] = {}
         visitor_parts: list[str] = []
+        normal = days is None
         if days is None:
             parts = dirty_parts(client)
             visitor_parts = dirty_visitor_parts(client)
             marked = {d for ds in parts.values() for d in ds} | history_days(client) | lead_days(client, visitor_parts)
             days = sorted(marked | moved_days(client, marked))
+        builds = prepare_versions(client)
         for day in days:
-            rebuild_day(client, day)
+            rebuild_versioned(client, day, builds)
             if progress is not None:
                 progress(day)
         drop_parts(client, parts)
         drop_parts(client, visitor_parts, "fold_dirty_visitors")
-        run = FoldRun(tuple(days), watermark, time.perf_counter() - started)
+        backfilled, switched = backfill(client, builds, backfill_days, progress) if normal else ([], [])
+        run = FoldRun(tuple(days), watermark, time.perf_counter() - started, tuple(backfilled), tuple(switched))
         client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
                       column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
         if days:
             log.info("fold: %d day(s) rebuilt in %.2f s (%s .. %s)", len(days), run.seconds, days[0], days[-1])
+        if builds:
+            log.info("fold: %d day(s) of history built for new definition versions of %s; switched: %s",
+                     len(backfilled), ", ".join(builds), ", ".join(switched) or "none yet")
         return run
 
 
