@@ -53,10 +53,10 @@ ORDER_KEY = "(ts, seq, spool_segment, spool_offset)"
 #: Tables the fold rebuilds, in the order they are swapped in (facts first: a roll-up is never newer).
 TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily")
 #: The definition version of each table of TABLES (its SQL below). Change a table's SQL so that its numbers
-#: change, and raise its version (and the version of every roll-up built from it, e.g. all of ROLLUP_SQL
-#: but variant_daily for FACTS_SQL): the fold then builds the new version from history in the background
+#: change, and raise its version: the fold then builds the new version from history in the background
 #: while the views read the old one, and switches them at once when it is complete (reports/versions.py).
-#: A table missing here is at version 1.
+#: The roll-ups built from session_facts (`{facts}` in ROLLUP_SQL) are rebuilt with it when FACTS_SQL's
+#: version goes up (their own version stays). A table missing here is at version 1.
 VERSIONS: dict[str, int] = {"session_facts": 1, "traffic_daily": 1, "landing_daily": 1, "channel_daily": 1,
                             "variant_daily": 1}
 STAGING_PREFIX = "fold_staging_"
@@ -217,9 +217,11 @@ def declared_versions() -> dict[str, int]:
 
 
 def prepare_versions(client: Client, *, create: bool = True) -> dict[str, versions.Build]:
-    """The tables whose declared definition version is not the one they hold (reports/versions.py)."""
+    """The tables whose declared definition version is not the one they hold, and the roll-ups built from
+    session_facts when it is one of them (reports/versions.py)."""
     fresh = not client.query("SELECT count() FROM fold_runs").result_rows[0][0]
-    return versions.prepare(client, declared_versions(), fresh=fresh, create=create)
+    depends = {table: ("session_facts",) for table, sql in ROLLUP_SQL.items() if "{facts}" in sql}
+    return versions.prepare(client, declared_versions(), fresh=fresh, create=create, depends=depends)
 
 
 def rebuild_versioned(client: Client, day: dt.date, builds: Mapping[str, versions.Build], *,
@@ -235,7 +237,8 @@ def rebuild_versioned(client: Client, day: dt.date, builds: Mapping[str, version
 def backfill(client: Client, builds: Mapping[str, versions.Build], limit: int | None,
              progress: Callable[[dt.date], None] | None = None) -> tuple[list[dt.date], list[str]]:
     """Build up to `limit` (None: all) missing days into the twins of `builds`, then switch them all
-    when none lacks a day. Returns the days built and the tables switched (in TABLES order)."""
+    when none lacks a day (the roll-ups before session_facts, versions.switch). Returns the days built
+    and the tables switched (in TABLES order)."""
     if not builds:
         return [], []
     todo = versions.remaining_days(client, builds)
@@ -247,7 +250,7 @@ def backfill(client: Client, builds: Mapping[str, versions.Build], limit: int | 
     if len(done) < len(todo):
         return done, []
     switched = [table for table in TABLES if table in builds]
-    for table in switched:
+    for table in reversed(switched):
         versions.switch(client, builds[table])
     return done, switched
 

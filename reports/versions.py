@@ -101,9 +101,13 @@ def stamp(client: Client, table: str, version: int) -> None:
     client.command(f"ALTER TABLE {table} MODIFY COMMENT '{COMMENT.format(version=int(version))}'")
 
 
-def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create: bool = True) -> dict[str, Build]:
-    """The pending tables of `declared` (table -> version), each with its twin ready (unless not `create`).
+def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create: bool = True,
+            depends: Mapping[str, Iterable[str]] | None = None) -> dict[str, Build]:
+    """The pending tables of `declared` (table -> version, in build order), each with its twin ready
+    (unless not `create`).
 
+    A table is pending when it holds another version than the declared one, or when a table it is built
+    from (`depends`: table -> tables, earlier in `declared`) is pending: its numbers change with them.
     Adopts unversioned tables at their declared version when `fresh` (the fold never ran: nothing was
     built with another definition), drops a twin left by a finished switch or by an earlier declared
     version, creates a missing twin as an empty copy of the table with the declared version's comment.
@@ -119,11 +123,12 @@ def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create:
             stored = version
         twin = NEXT_PREFIX + table
         twin_version = version_of(found[twin][0]) if twin in found else None
-        if twin in found and (stored == version or twin_version != version):
+        current = stored == version and not any(d in builds for d in (depends or {}).get(table, ()))
+        if twin in found and (current or twin_version != version):
             if create:
                 client.command(f"DROP TABLE IF EXISTS {twin} SYNC")
             found.pop(twin)
-        if stored == version:
+        if current:
             continue
         if twin not in found:
             if not create:
@@ -176,7 +181,8 @@ def switch(client: Client, build: Build) -> None:
     """Make `build`'s twin the table every reader reads (one atomic exchange), then drop the old version.
 
     A crash between the two leaves the old version in the twin, with its own comment: the next
-    `prepare` drops it (the table's comment then says the declared version)."""
+    `prepare` drops it (the table's comment then says the declared version). Switch the tables built
+    from another before it (a crash in between leaves that one pending: they are built again)."""
     client.command(f"EXCHANGE TABLES {build.table} AND {build.twin}")
     client.command(f"DROP TABLE IF EXISTS {build.twin} SYNC")
     log.info("roll-up %s: definition version %d is live (was %s)", build.table, build.declared, build.stored)

@@ -216,3 +216,39 @@ def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothin
         assert read_traffic(client) == traffic
     finally:
         client.close()
+
+
+def test_a_new_session_facts_version_rebuilds_the_roll_ups_built_from_it(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """session_facts' is_bounce changes (version 2): traffic_daily, landing_daily and channel_daily are
+    built from the facts, so they are built again with them (their version stays 1), variant_daily is
+    not; the views read the old facts and roll-ups until all of them switch."""
+    client = store.client
+    store.insert(generate(random.Random(23), 300))
+    assert fold(client) is not None
+    old = read_traffic(client)
+    old_bounces = client.query("SELECT sum(is_bounce) FROM v_sessions").result_rows
+    bounce = "toUInt8(pageviews = 1 AND NOT is_engaged) AS is_bounce"
+    assert bounce in fold_module.FACTS_SQL
+    monkeypatch.setattr(fold_module, "FACTS_SQL",
+                        fold_module.FACTS_SQL.replace(bounce, "toUInt8(pageviews = 1) AS is_bounce"))
+    monkeypatch.setitem(fold_module.VERSIONS, "session_facts", 2)
+
+    run = fold(client, backfill_days=4)
+    assert run is not None and run.switched == ()
+    assert table_state(client)[1] == {f"fold_next_{t}" for t in ("session_facts", "traffic_daily", "landing_daily",
+                                                                "channel_daily")}
+    assert read_traffic(client) == old
+    assert client.query("SELECT sum(is_bounce) FROM v_sessions").result_rows == old_bounces
+    while not run.switched:
+        run = fold(client, backfill_days=4)
+        assert run is not None
+        if not run.switched:
+            assert read_traffic(client) == old
+    assert run.switched == ("session_facts", "traffic_daily", "landing_daily", "channel_daily")
+    assert read_traffic(client) == expected_traffic(store.events, 2)
+    assert client.query("SELECT sum(is_bounce) FROM v_sessions").result_rows == [
+        (sum(s["pageviews"] == 1 for s in sessions_of(store.events)),)]
+    assert table_state(client) == ({**{t: 1 for t in TABLES}, "session_facts": 2}, set())
+    report = reconcile(client)
+    assert report.clean and report.pending == [], format_report(report)
