@@ -220,6 +220,10 @@ def prepare_versions(client: Client, *, create: bool = True) -> dict[str, versio
     """The tables whose declared definition version is not the one they hold, and the roll-ups built from
     session_facts when it is one of them (reports/versions.py)."""
     fresh = not client.query("SELECT count() FROM fold_runs").result_rows[0][0]
+    shapes = versions.columns(client, [*TABLES, *(STAGING_PREFIX + t for t in TABLES)])
+    for table in TABLES:  # a staging table made before a migration changed its table's columns
+        if STAGING_PREFIX + table in shapes and shapes[STAGING_PREFIX + table] != shapes.get(table):
+            client.command(f"DROP TABLE IF EXISTS {STAGING_PREFIX}{table} SYNC")
     depends = {table: ("session_facts",) for table, sql in ROLLUP_SQL.items() if "{facts}" in sql}
     return versions.prepare(client, declared_versions(), fresh=fresh, create=create, depends=depends)
 

@@ -85,6 +85,14 @@ def _tables(client: Client, names: Iterable[str]) -> dict[str, tuple[str, uuid.U
     return {str(n): (str(c), u if isinstance(u, uuid.UUID) else uuid.UUID(str(u))) for n, c, u in rows}
 
 
+def columns(client: Client, tables: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    """table -> its (column, type) list in order, for the existing tables of `tables`."""
+    rows = client.query("SELECT table, groupArray((name, type)) FROM (SELECT table, name, type FROM system.columns "
+                        "WHERE database = currentDatabase() AND table IN {t:Array(String)} ORDER BY table, position) "
+                        "GROUP BY table", parameters={"t": list(tables)}).result_rows
+    return {str(t): [(str(n), str(ty)) for n, ty in cols] for t, cols in rows}
+
+
 def version_of(comment: str) -> int | None:
     """The definition version a table comment records, or None."""
     found = _VERSION.search(comment)
@@ -113,6 +121,7 @@ def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create:
     version, creates a missing twin as an empty copy of the table with the declared version's comment.
     """
     found = _tables(client, [*declared, *(NEXT_PREFIX + t for t in declared)])
+    shapes = columns(client, found)
     builds: dict[str, Build] = {}
     for table, version in declared.items():
         if table not in found:
@@ -124,7 +133,8 @@ def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create:
         twin = NEXT_PREFIX + table
         twin_version = version_of(found[twin][0]) if twin in found else None
         current = stored == version and not any(d in builds for d in (depends or {}).get(table, ()))
-        if twin in found and (current or twin_version != version):
+        # a twin of another version, or of the table before a migration changed its columns: start anew
+        if twin in found and (current or twin_version != version or shapes.get(twin) != shapes.get(table)):
             if create:
                 client.command(f"DROP TABLE IF EXISTS {twin} SYNC")
             found.pop(twin)

@@ -252,3 +252,50 @@ def test_a_new_session_facts_version_rebuilds_the_roll_ups_built_from_it(
     assert table_state(client) == ({**{t: 1 for t in TABLES}, "session_facts": 2}, set())
     report = reconcile(client)
     assert report.clean and report.pending == [], format_report(report)
+
+
+def test_a_test_migration_adds_a_column_to_a_new_definition(
+        tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A definition change with a new column: the test migration adds `single_page_sessions` to
+    traffic_daily (DEFAULT 0: the old version's rows), version 2 fills it. Until the switch the old rows
+    read 0 and the old numbers; after it the new column equals a recount, the rest is unchanged."""
+    client = store.client
+    store.insert(generate(random.Random(31), 300))
+    assert fold(client) is not None  # the staging tables now exist with the old columns
+    old = read_traffic(client)
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    for f in resources.migrations().iterdir():
+        if f.name.endswith(".sql"):
+            shutil.copyfile(str(f), sql_dir / f.name)
+    (sql_dir / "0999_test_single_page_sessions.sql").write_text(
+        "ALTER TABLE traffic_daily ADD COLUMN IF NOT EXISTS single_page_sessions UInt64 DEFAULT 0;\n")
+    assert migrate(client, sql_dir=sql_dir) == ["0999_test_single_page_sessions"]
+    sql = fold_module.ROLLUP_SQL["traffic_daily"]
+    last = "sum(engaged_ms) AS engaged_ms"  # the new column last, as in ROLLUP_COLUMNS
+    assert last in sql
+    monkeypatch.setitem(fold_module.ROLLUP_SQL, "traffic_daily",
+                        sql.replace(last, last + ", countIf({facts}.pageviews = 1) AS single_page_sessions"))
+    monkeypatch.setitem(fold_module.ROLLUP_COLUMNS, "traffic_daily",
+                        fold_module.ROLLUP_COLUMNS["traffic_daily"] + ", single_page_sessions")
+    monkeypatch.setitem(fold_module.VERSIONS, "traffic_daily", 2)
+    single = "SELECT site_id, day, single_page_sessions FROM traffic_daily WHERE single_page_sessions > 0"
+    run = fold(client, backfill_days=3)
+    assert run is not None and run.switched == ()
+    assert client.query(single).result_rows == [] and read_traffic(client) == old
+    while not run.switched:
+        run = fold(client, backfill_days=3)
+        assert run is not None
+    want: dict[tuple[str, dt.date], int] = defaultdict(int)
+    for s in sessions_of(store.events):
+        want[(s["site_id"], s["day"])] += s["pageviews"] == 1
+    assert {(r[0], r[1]): r[2] for r in client.query(single).result_rows} == {k: v for k, v in want.items() if v}
+    assert read_traffic(client) == old == expected_traffic(store.events, 1)
+    assert table_state(client) == ({**{t: 1 for t in TABLES}, "traffic_daily": 2}, set())
+    assert reconcile(client).clean
+
+
+def test_every_table_of_the_fold_declares_its_definition_version() -> None:
+    """A roll-up added to reports/fold.py TABLES needs its entry in VERSIONS (1 for a new table)."""
+    assert set(fold_module.VERSIONS) == set(TABLES)
+    assert all(isinstance(v, int) and v >= 1 for v in fold_module.VERSIONS.values())
