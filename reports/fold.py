@@ -17,6 +17,11 @@ writes for every lead (the first-exposure days of its visitor, `lead_days`) and 
 of visitors an earlier exposure moved (`moved_days`); a run rebuilds the days of the parts it read and
 then drops exactly those parts.
 
+Definition versions (reports/versions.py): each table's SQL has a version in VERSIONS, recorded on the
+table; while a table holds another version than the declared one, its days go into a twin
+(`fold_next_<table>`) that each run extends by a few days of history, and the twin is exchanged in
+whole when complete: the views read one version, never a mix.
+
 One fold at a time: a lock in the process and `FoldLease` (a claim row in `fold_lease`, the earliest
 live claim wins) across processes on one ClickHouse server; a fold killed mid-run holds the others
 off until its claim expires (LEASE_S). With the embedded engine only one process opens the directory,
@@ -174,13 +179,13 @@ def partition_id(day: dt.date) -> str:
 
 
 def rebuild_day(client: Client, day: dt.date) -> None:
-    """Recompute `day` of every roll-up from `events` and swap it in, table by table, atomically.
+    """Recompute `day` of every roll-up from `events` and swap it in, table by table, atomically (into
+    the twin of a table whose new definition version is being built, `rebuild_versioned`).
 
     Raises ClickHouseError (the day keeps its previous contents; its mark stays, so the next run
     rebuilds it). The caller holds the fold lease (`fold`, `locked`): the staging tables are shared.
     """
-    build_day(client, day)
-    swap_day(client, day)
+    rebuild_versioned(client, day, prepare_versions(client))
 
 
 def build_day(client: Client, day: dt.date) -> None:
