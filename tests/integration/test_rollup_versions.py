@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,3 +300,25 @@ def test_every_table_of_the_fold_declares_its_definition_version() -> None:
     """A roll-up added to reports/fold.py TABLES needs its entry in VERSIONS (1 for a new table)."""
     assert set(fold_module.VERSIONS) == set(TABLES)
     assert all(isinstance(v, int) and v >= 1 for v in fold_module.VERSIONS.values())
+
+
+def test_the_fold_component_of_serve_builds_a_new_version_in_the_background(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve / the flusher run the fold as a component (Folder): started on a directory whose
+    traffic_daily is at version 1 while the code declares 2, it returns at once and builds version 2
+    run by run in its thread (BACKFILL_DAYS_PER_RUN days each) until it switches."""
+    client = store.client
+    store.insert(generate(random.Random(41), 200))
+    assert fold(client) is not None
+    traffic_definition_v2(monkeypatch)
+    folder = fold_module.Folder(client, interval_s=0.05)
+    folder.start()
+    try:
+        deadline = time.monotonic() + 120
+        while table_state(client)[0]["traffic_daily"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        folder.stop()
+    assert folder.failures == 0
+    assert table_state(client) == ({**{t: 1 for t in TABLES}, "traffic_daily": 2}, set())
+    assert read_traffic(client) == expected_traffic(store.events, 2)
