@@ -13,8 +13,10 @@ day by day, while the views keep reading `<table>`, the old version, whole:
 - every day the fold rebuilds (dirty days) goes into the twin for a pending table, not into the old
   version (the old SQL is no longer in the code; the old version's numbers stay as they were);
 - a few days of history per run (`BACKFILL_DAYS_PER_RUN`, or all of them in `reconcile --repair`);
-  each built day is logged in `rollup_backfill` under the twin's UUID (a twin recreated after a crash or
-  a second change is a new build: nothing is taken from an earlier one);
+  each built day is logged in `rollup_backfill` under the twin's UUID, after a start row written when
+  the twin was made (a twin recreated after a crash or a second change is a new build: nothing is taken
+  from an earlier one; a table named like a twin without a start row, e.g. the old version a crash left
+  between exchange and drop, is dropped, not resumed);
 - when every day of `events` (and of `variant_exposures`) is in the twin, `EXCHANGE TABLES <table> AND
   fold_next_<table>` switches every reader at once (atomic, Atomic database engine), then the old
   version (now the twin) is dropped.
@@ -46,6 +48,8 @@ NEXT_PREFIX = "fold_next_"
 #: Days of history a fold run adds to a pending build (the dirty days come first, at the fold's interval).
 BACKFILL_DAYS_PER_RUN = 7
 _SETTINGS = {"async_insert": 0, "insert_deduplicate": 0}
+#: The day of the row that marks a twin as created by `prepare` (never a day of history).
+STARTED = dt.date(1970, 1, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +137,11 @@ def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create:
         twin = NEXT_PREFIX + table
         twin_version = version_of(found[twin][0]) if twin in found else None
         current = stored == version and not any(d in builds for d in (depends or {}).get(table, ()))
-        # a twin of another version, or of the table before a migration changed its columns: start anew
-        if twin in found and (current or twin_version != version or shapes.get(twin) != shapes.get(table)):
+        # a twin of another version, of the table before a migration changed its columns, or not made by
+        # prepare (the old version a crash left between exchange and drop, whose comment may be the same
+        # when only a table it is built from changed): start anew
+        if twin in found and (current or twin_version != version or shapes.get(twin) != shapes.get(table)
+                              or not _started(client, found[twin][1])):
             if create:
                 client.command(f"DROP TABLE IF EXISTS {twin} SYNC")
             found.pop(twin)
@@ -150,9 +157,16 @@ def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create:
             client.command(f"CREATE TABLE {twin} AS {table}")
             stamp(client, twin, version)
             found.update(_tables(client, [twin]))
+            client.insert("rollup_backfill", [[table, version, found[twin][1], STARTED]],
+                          column_names=["table_name", "version", "build_id", "day"], settings=_SETTINGS)
             log.info("roll-up %s: building definition version %d (live: %s) in %s", table, version, stored, twin)
         builds[table] = Build(table, stored, version, found[twin][1])
     return builds
+
+
+def _started(client: Client, build_id: uuid.UUID) -> bool:
+    return bool(client.query("SELECT count() FROM rollup_backfill WHERE build_id = {b:UUID} AND day = {d:Date}",
+                             parameters={"b": build_id, "d": STARTED}).result_rows[0][0])
 
 
 def history_days(client: Client) -> set[dt.date]:
@@ -164,8 +178,8 @@ def history_days(client: Client) -> set[dt.date]:
 
 def built_days(client: Client, build: Build) -> set[dt.date]:
     """The days already in `build`'s twin."""
-    rows = client.query("SELECT DISTINCT day FROM rollup_backfill WHERE build_id = {b:UUID}",
-                        parameters={"b": build.build_id}).result_rows
+    rows = client.query("SELECT DISTINCT day FROM rollup_backfill WHERE build_id = {b:UUID} AND day != {d:Date}",
+                        parameters={"b": build.build_id, "d": STARTED}).result_rows
     return {day for (day,) in rows}
 
 

@@ -16,7 +16,8 @@ ALTER TABLE channel_daily MODIFY COMMENT 'roll-up definition version 1';
 ALTER TABLE variant_daily MODIFY COMMENT 'roll-up definition version 1';
 
 -- The days built into the twin of a pending table: one row per (build, day), `build_id` = the twin's
--- UUID (a twin created anew, after a crash or another change of definition, starts with no day). The
+-- UUID (a twin created anew, after a crash or another change of definition, starts with no day), and
+-- a start row (day 1970-01-01) written when the fold made the twin (only such a twin is resumed). The
 -- build is complete, and the twin switched in, when every day of `events` and of first exposures is
 -- here. Written by the fold only (no deduplication window: a day built twice is logged twice, harmless).
 CREATE TABLE IF NOT EXISTS rollup_backfill

@@ -322,3 +322,36 @@ def test_the_fold_component_of_serve_builds_a_new_version_in_the_background(
     assert folder.failures == 0
     assert table_state(client) == ({**{t: 1 for t in TABLES}, "traffic_daily": 2}, set())
     assert read_traffic(client) == expected_traffic(store.events, 2)
+
+
+def test_a_crash_between_exchange_and_drop_leaves_no_old_rows(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """session_facts at version 2 rebuilds channel_daily at the same version 1; the fold dies right after
+    exchanging channel_daily (its old version, comment 1, left in the twin). The next fold must not take
+    that twin for its build: a row of the old version on a day without events must not come back."""
+    client = store.client
+    store.insert(generate(random.Random(43), 200))
+    assert fold(client) is not None
+    client.command("INSERT INTO channel_daily (site_id, day, channel, visitors, sessions) "
+                   "SELECT 'a.example', toDate('2020-01-01'), 'direct', uniqExactState('old'), 1")
+    bounce = "toUInt8(pageviews = 1 AND NOT is_engaged) AS is_bounce"
+    monkeypatch.setattr(fold_module, "FACTS_SQL",
+                        fold_module.FACTS_SQL.replace(bounce, "toUInt8(pageviews = 1) AS is_bounce"))
+    monkeypatch.setitem(fold_module.VERSIONS, "session_facts", 2)
+    real_switch = versions.switch
+
+    def crash(client_: Client, build: versions.Build) -> None:
+        client_.command(f"EXCHANGE TABLES {build.table} AND {build.twin}")
+        raise RuntimeError("killed between exchange and drop")
+
+    monkeypatch.setattr(versions, "switch", crash)
+    with pytest.raises(RuntimeError):
+        fold(client, backfill_days=None)
+    monkeypatch.setattr(versions, "switch", real_switch)
+    assert client.query("SELECT count() FROM fold_next_channel_daily WHERE day = '2020-01-01'").result_rows == [(1,)]
+    run = fold(client, backfill_days=None)
+    assert run is not None and run.switched == ("session_facts", "traffic_daily", "landing_daily", "channel_daily")
+    assert client.query("SELECT count() FROM channel_daily WHERE day = '2020-01-01'").result_rows == [(0,)]
+    assert table_state(client) == ({**{t: 1 for t in TABLES}, "session_facts": 2}, set())
+    assert read_traffic(client) == expected_traffic(store.events, 2)
+    report = reconcile(client)
+    assert report.clean and report.pending == [], format_report(report)
