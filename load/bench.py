@@ -20,6 +20,7 @@ from load import (
     bench_import,
     bench_pipeline,
     bench_query_port,
+    bench_rollup_versions,
     bench_schemas,
     bench_storage,
     bench_views,
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "engagement_join": bench_engagement.run,
     "dashboard": bench_dashboard.run,
     "flusher-rollups": bench_flusher.run_rollups_side_by_side,
+    "rollup-versions": bench_rollup_versions.run,
 }
 #: Left out of `make bench` (all of BENCHMARKS): `make bench-large`.
 LARGE: dict[str, Callable[[], dict[str, Any]]] = {

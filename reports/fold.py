@@ -17,6 +17,11 @@ writes for every lead (the first-exposure days of its visitor, `lead_days`) and 
 of visitors an earlier exposure moved (`moved_days`); a run rebuilds the days of the parts it read and
 then drops exactly those parts.
 
+Definition versions (reports/versions.py): each table's SQL has a version in VERSIONS, recorded on the
+table; while a table holds another version than the declared one, its days go into a twin
+(`fold_next_<table>`) that each run extends by a few days of history, and the twin is exchanged in
+whole when complete: the views read one version, never a mix.
+
 One fold at a time: a lock in the process and `FoldLease` (a claim row in `fold_lease`, the earliest
 live claim wins) across processes on one ClickHouse server; a fold killed mid-run holds the others
 off until its claim expires (LEASE_S). With the embedded engine only one process opens the directory,
@@ -34,7 +39,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -43,6 +48,7 @@ from starlette.routing import BaseRoute
 
 from clickstream.core.clickhouse import is_embedded
 from clickstream.core.component import Check
+from reports import versions
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,13 @@ ORDER_KEY = "(ts, seq, spool_segment, spool_offset)"
 
 #: Tables the fold rebuilds, in the order they are swapped in (facts first: a roll-up is never newer).
 TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily")
+#: The definition version of each table of TABLES (its SQL below). Change a table's SQL so that its numbers
+#: change, and raise its version: the fold then builds the new version from history in the background
+#: while the views read the old one, and switches them at once when it is complete (reports/versions.py).
+#: The roll-ups built from session_facts (`{facts}` in ROLLUP_SQL) are rebuilt with it when FACTS_SQL's
+#: version goes up (their own version stays). A table missing here is at version 1.
+VERSIONS: dict[str, int] = {"session_facts": 1, "traffic_daily": 1, "landing_daily": 1, "channel_daily": 1,
+                            "variant_daily": 1}
 STAGING_PREFIX = "fold_staging_"
 #: Settings of the fold's inserts: synchronous, and never deduplicated (a rebuilt day may be identical
 #: to the one built before; dropping it as a duplicate would swap in an empty day).
@@ -166,13 +179,13 @@ def partition_id(day: dt.date) -> str:
 
 
 def rebuild_day(client: Client, day: dt.date) -> None:
-    """Recompute `day` of every roll-up from `events` and swap it in, table by table, atomically.
+    """Recompute `day` of every roll-up from `events` and swap it in, table by table, atomically (into
+    the twin of a table whose new definition version is being built, `rebuild_versioned`).
 
     Raises ClickHouseError (the day keeps its previous contents; its mark stays, so the next run
     rebuilds it). The caller holds the fold lease (`fold`, `locked`): the staging tables are shared.
     """
-    build_day(client, day)
-    swap_day(client, day)
+    rebuild_versioned(client, day, prepare_versions(client))
 
 
 def build_day(client: Client, day: dt.date) -> None:
@@ -189,12 +202,66 @@ def build_day(client: Client, day: dt.date) -> None:
 
 
 
-def swap_day(client: Client, day: dt.date) -> None:
-    """Swap the staging tables' `day` (build_day) into the roll-ups, table by table, atomically."""
+def swap_day(client: Client, day: dt.date, into: Mapping[str, str] | None = None) -> None:
+    """Swap the staging tables' `day` (build_day) into the roll-ups, table by table, atomically.
+
+    `into`: table -> where its day goes (default: the table itself); a table mapped to "" is skipped.
+    """
     for table in TABLES:
+        target = table if into is None else into.get(table, table)
+        if not target:
+            continue
         # an empty day (every session gone, e.g. after a repair) replaces the day with nothing, atomically
-        client.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id(day)}' FROM {STAGING_PREFIX}{table}",
+        client.command(f"ALTER TABLE {target} REPLACE PARTITION ID '{partition_id(day)}' FROM {STAGING_PREFIX}{table}",
                        settings={"allow_replace_partition_from_empty_source": 1})
+
+
+def declared_versions() -> dict[str, int]:
+    """table -> the definition version the code declares, for every table of TABLES."""
+    return {table: VERSIONS.get(table, 1) for table in TABLES}
+
+
+def prepare_versions(client: Client, *, create: bool = True) -> dict[str, versions.Build]:
+    """The tables whose declared definition version is not the one they hold, and the roll-ups built from
+    session_facts when it is one of them (reports/versions.py)."""
+    fresh = not client.query("SELECT count() FROM fold_runs").result_rows[0][0]
+    shapes = versions.columns(client, [*TABLES, *(STAGING_PREFIX + t for t in TABLES)])
+    for table in TABLES:  # a staging table made before a migration changed its table's columns
+        if STAGING_PREFIX + table in shapes and shapes[STAGING_PREFIX + table] != shapes.get(table):
+            client.command(f"DROP TABLE IF EXISTS {STAGING_PREFIX}{table} SYNC")
+    depends = {table: ("session_facts",) for table, sql in ROLLUP_SQL.items() if "{facts}" in sql}
+    return versions.prepare(client, declared_versions(), fresh=fresh, create=create, depends=depends)
+
+
+def rebuild_versioned(client: Client, day: dt.date, builds: Mapping[str, versions.Build], *,
+                      live: bool = True) -> None:
+    """Rebuild `day`: into each table, or its twin when a new definition version is being built;
+    without `live`, into the twins only (a day of the backfill)."""
+    build_day(client, day)
+    into = {t: (builds[t].twin if t in builds else (t if live else "")) for t in TABLES}
+    swap_day(client, day, into)
+    versions.record(client, builds, day)
+
+
+def backfill(client: Client, builds: Mapping[str, versions.Build], limit: int | None,
+             progress: Callable[[dt.date], None] | None = None) -> tuple[list[dt.date], list[str]]:
+    """Build up to `limit` (None: all) missing days into the twins of `builds`, then switch them all
+    when none lacks a day (the roll-ups before session_facts, versions.switch). Returns the days built
+    and the tables switched (in TABLES order)."""
+    if not builds:
+        return [], []
+    todo = versions.remaining_days(client, builds)
+    done = todo[:limit] if limit is not None else todo
+    for day in done:
+        rebuild_versioned(client, day, builds, live=False)
+        if progress is not None:
+            progress(day)
+    if len(done) < len(todo):
+        return done, []
+    switched = [table for table in TABLES if table in builds]
+    for table in reversed(switched):
+        versions.switch(client, builds[table])
+    return done, switched
 
 
 def dirty_parts(client: Client) -> dict[str, list[dt.date]]:
@@ -260,11 +327,14 @@ def drop_parts(client: Client, parts: Iterable[str], table: str = "fold_dirty_da
 
 @dataclasses.dataclass(frozen=True)
 class FoldRun:
-    """What one run did: the days rebuilt, when it started (`watermark`), seconds it took."""
+    """What one run did: the days rebuilt, when it started (`watermark`), seconds it took, the days of
+    history built for a new definition version (`backfilled`) and the tables switched to it (`switched`)."""
 
     days: tuple[dt.date, ...]
     watermark: dt.datetime
     seconds: float
+    backfilled: tuple[dt.date, ...] = ()
+    switched: tuple[str, ...] = ()
 
 
 class FoldLease:
@@ -336,9 +406,13 @@ def locked(client: Client) -> Iterator[str | None]:
 
 
 def fold(client: Client, days: Sequence[dt.date] | None = None,
-         progress: Callable[[dt.date], None] | None = None) -> FoldRun | None:
+         progress: Callable[[dt.date], None] | None = None,
+         backfill_days: int | None = versions.BACKFILL_DAYS_PER_RUN) -> FoldRun | None:
     """One run: rebuild `days` (default: the dirty days) and record it in `fold_runs`.
 
+    A table whose declared definition version (VERSIONS) is not the one it holds gets its days in its
+    twin instead, and a run with default `days` adds up to `backfill_days` (None: all) days of history
+    to the twin, switching the table when complete (reports/versions.py).
     None when another fold holds the lease (nothing done). `progress` is called after each day.
     Raises ClickHouseError; the marks of a failed run stay, so the next run does its days again.
     """
@@ -350,22 +424,28 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
         watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
         parts: dict[str, list[dt.date]] = {}
         visitor_parts: list[str] = []
+        normal = days is None
         if days is None:
             parts = dirty_parts(client)
             visitor_parts = dirty_visitor_parts(client)
             marked = {d for ds in parts.values() for d in ds} | history_days(client) | lead_days(client, visitor_parts)
             days = sorted(marked | moved_days(client, marked))
+        builds = prepare_versions(client)
         for day in days:
-            rebuild_day(client, day)
+            rebuild_versioned(client, day, builds)
             if progress is not None:
                 progress(day)
         drop_parts(client, parts)
         drop_parts(client, visitor_parts, "fold_dirty_visitors")
-        run = FoldRun(tuple(days), watermark, time.perf_counter() - started)
+        backfilled, switched = backfill(client, builds, backfill_days, progress) if normal else ([], [])
+        run = FoldRun(tuple(days), watermark, time.perf_counter() - started, tuple(backfilled), tuple(switched))
         client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
                       column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
         if days:
             log.info("fold: %d day(s) rebuilt in %.2f s (%s .. %s)", len(days), run.seconds, days[0], days[-1])
+        if builds:
+            log.info("fold: %d day(s) of history built for new definition versions of %s; switched: %s",
+                     len(backfilled), ", ".join(builds), ", ".join(switched) or "none yet")
         return run
 
 

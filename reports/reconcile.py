@@ -8,6 +8,11 @@ staging tables), so "recompute is the auditor" uses the definitions the views ar
 row counts. `--repair` swaps the recount in (the fold's `swap_day`: `REPLACE PARTITION`, atomic per
 table and day) for every day with a difference, then checks those days again.
 
+Definition versions (reports/versions.py): the recount is the definition the code declares, so a table
+whose declared version is not yet live (the fold is still building it) is not compared: the report
+lists it as pending, with the days built so far. `--repair` first completes those builds (every missing
+day of history into the twin, then the switch), then compares every table.
+
 The comparison and the repair run under the fold's lease (they share its staging tables), so a fold
 never runs at the same time. Leads are not rolled up by day of the lead (the views read `lead_events`
 for the range); they count in `variant_daily` as converters of their visitor's first-exposure day,
@@ -18,14 +23,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
 from clickstream.core.cluster import open_configured
 from clickstream.core.settings import Settings
-from reports.fold import FACTS_COLUMNS, ROLLUP_COLUMNS, STAGING_PREFIX, TABLES, build_day, locked, swap_day
+from reports import versions
+from reports.fold import (
+    FACTS_COLUMNS,
+    ROLLUP_COLUMNS,
+    STAGING_PREFIX,
+    TABLES,
+    backfill,
+    build_day,
+    locked,
+    prepare_versions,
+    swap_day,
+)
 from reports.query import held_by_another_process
 
 #: The day column of each table and the row values fingerprinted (uniqExact states as their count).
@@ -56,12 +72,16 @@ class Difference:
 
 @dataclasses.dataclass
 class Report:
-    """What a reconcile saw: days checked, differences found, days repaired (and still different after)."""
+    """What a reconcile saw: days checked, differences found, days repaired (and still different after),
+    tables whose declared definition version is still being built (`pending`: not compared) and those
+    the repair switched to it (`switched`)."""
 
     days: list[dt.date] = dataclasses.field(default_factory=list)
     differences: list[Difference] = dataclasses.field(default_factory=list)
     repaired: list[dt.date] = dataclasses.field(default_factory=list)
     after_repair: list[Difference] = dataclasses.field(default_factory=list)
+    pending: list[versions.Pending] = dataclasses.field(default_factory=list)
+    switched: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -83,11 +103,14 @@ def _fingerprints(client: Client, table: str, day: dt.date, site: str | None,
     return {str(s): (int(n), int(h)) for s, n, h in rows}
 
 
-def compare_day(client: Client, day: dt.date, site: str | None = None) -> list[Difference]:
-    """Build `day`'s recount in the staging tables and compare it with every roll-up (lease held)."""
+def compare_day(client: Client, day: dt.date, site: str | None = None,
+                skip: Collection[str] = ()) -> list[Difference]:
+    """Build `day`'s recount in the staging tables and compare it with every roll-up but `skip` (lease held)."""
     build_day(client, day)
     out = []
     for table in TABLES:
+        if table in skip:
+            continue
         stored = _fingerprints(client, table, day, site)
         recount = _fingerprints(client, table, day, site, source=STAGING_PREFIX + table)
         for s in sorted(set(stored) | set(recount)):
@@ -124,10 +147,15 @@ def reconcile(client: Client, *, site: str | None = None, first: dt.date | None 
     with locked(client) as holder:
         if holder is None:
             raise LeaseBusy("a fold or another reconcile is running: try again in a moment")
+        builds = prepare_versions(client, create=repair)
+        if repair and builds:
+            _, report.switched = backfill(client, builds, None)
+            builds = {}
+        report.pending = versions.progress(client, builds)
         report.days = days_between(client, first, last)
         total = len(report.days) * (2 if repair else 1)
         for i, day in enumerate(report.days):
-            report.differences += compare_day(client, day, site)
+            report.differences += compare_day(client, day, site, skip=builds)
             if progress is not None:
                 progress(i + 1, total)
         if repair:
@@ -136,7 +164,7 @@ def reconcile(client: Client, *, site: str | None = None, first: dt.date | None 
                 build_day(client, day)
                 swap_day(client, day)
                 report.repaired.append(day)
-                report.after_repair += compare_day(client, day, site)
+                report.after_repair += compare_day(client, day, site, skip=builds)
                 if progress is not None:
                     progress(len(report.days) + i + 1, len(report.days) + len(broken))
     return report
@@ -144,7 +172,9 @@ def reconcile(client: Client, *, site: str | None = None, first: dt.date | None 
 
 def format_report(report: Report, names: Sequence[str] = TABLES) -> str:
     """Human-readable lines: one per difference, then a summary."""
-    lines = [f"DIFF {d}" for d in report.differences]
+    lines = [f"PENDING {p}" for p in report.pending]
+    lines += [f"built the declared definition version of {t} and switched the views to it" for t in report.switched]
+    lines += [f"DIFF {d}" for d in report.differences]
     if report.repaired:
         lines.append(f"repaired {len(report.repaired)} day(s): {', '.join(str(d) for d in report.repaired)}")
         lines += [f"STILL DIFFERENT {d}" for d in report.after_repair]
