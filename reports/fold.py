@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 ORDER_KEY = "(ts, seq, spool_segment, spool_offset)"
 
 #: Tables the fold rebuilds, in the order they are swapped in (facts first: a roll-up is never newer).
-TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily")
+TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily", "page_daily",
+          "event_type_daily", "event_prop_daily")
 STAGING_PREFIX = "fold_staging_"
 #: Settings of the fold's inserts: synchronous, and never deduplicated (a rebuilt day may be identical
 #: to the one built before; dropping it as a duplicate would swap in an empty day).
@@ -101,6 +102,12 @@ FROM
 )
 """
 
+#: The events of the roll-ups of sql/0112_event_rollups.sql for {day:Date}: human events of that day and
+#: the next whose session (site_id, session_id) is a human session started on the day in `{facts}`.
+_DAY_EVENTS = ("toDate(ts) >= {{day:Date}} AND toDate(ts) <= {{day:Date}} + 1 AND is_bot = 0 "
+               "AND (site_id, session_id) IN (SELECT site_id, session_id FROM {facts} "
+               "WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0)")
+
 #: Each roll-up of one day from a table of session facts (`{facts}`: session_facts or its staging twin).
 ROLLUP_SQL: dict[str, str] = {
     "traffic_daily": """
@@ -150,6 +157,25 @@ LEFT JOIN
     GROUP BY site_id, anonymous_id
 ) AS c ON e.site_id = c.site_id AND e.anonymous_id = c.anonymous_id
 GROUP BY site_id, day, experiment_id, variant_id""",
+    # The event roll-ups of sql/0112_event_rollups.sql: the human events of the human sessions started on
+    # the day ({facts}), from that day and the next (the cut of FACTS_SQL), by the event's own visitor.
+    "page_daily": f"""
+SELECT site_id, {{{{day:Date}}}} AS day, path, count() AS pageviews, uniqExactState(anonymous_id) AS visitors
+FROM events
+WHERE {_DAY_EVENTS} AND type = 'page_view'
+GROUP BY site_id, path""",
+    "event_type_daily": f"""
+SELECT site_id, {{{{day:Date}}}} AS day, type, count() AS events, uniqExactState(anonymous_id) AS visitors
+FROM events
+WHERE {_DAY_EVENTS}
+GROUP BY site_id, type""",
+    # one row per distinct key of an event's props, with props[key] (the first value of a repeated key)
+    "event_prop_daily": f"""
+SELECT site_id, {{{{day:Date}}}} AS day, type, key, props[key] AS value, count() AS events,
+       uniqExactState(anonymous_id) AS visitors
+FROM events ARRAY JOIN arrayDistinct(mapKeys(props)) AS key
+WHERE {_DAY_EVENTS} AND type != 'page_view' AND notEmpty(props)
+GROUP BY site_id, type, key, value""",
 }
 ROLLUP_COLUMNS = {
     "traffic_daily": "site_id, day, visitors, sessions, pageviews, bounces, duration_ms, engaged_sessions, engaged_ms",
@@ -157,6 +183,9 @@ ROLLUP_COLUMNS = {
     "channel_daily": "site_id, day, channel, utm_source, utm_medium, utm_campaign, visitors, sessions, "
                      "engaged_sessions, revenue",
     "variant_daily": "site_id, day, experiment_id, variant_id, visitors, converters",
+    "page_daily": "site_id, day, path, pageviews, visitors",
+    "event_type_daily": "site_id, day, type, events, visitors",
+    "event_prop_daily": "site_id, day, type, key, value, events, visitors",
 }
 
 
