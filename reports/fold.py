@@ -4,7 +4,9 @@ What a day is: the UTC day a session started. Rebuilding day D:
 1. `session_facts` of D: the events of D - 1 .. D + 1 grouped by session, the sessions whose first
    event is on D (FACTS_SQL; order of events (ts, seq, spool_segment, spool_offset), sql/README.md);
 2. `traffic_daily`, `landing_daily`, `channel_daily` of D from those facts, and `variant_daily` of D
-   (visitors first exposed in an experiment on D, from variant_exposures and conversions) (ROLLUP_SQL);
+   (visitors first exposed in an experiment on D, from variant_exposures and conversions), and
+   `page_daily`, `event_type_daily`, `event_prop_daily` of D (the events of D and D + 1 of the human
+   sessions started on D, from `events` and those facts: sql/0112_event_rollups.sql) (ROLLUP_SQL);
 3. each built in a staging table (`fold_staging_<table>`, same structure) and swapped in with
    `ALTER TABLE <table> REPLACE PARTITION ID '<YYYYMMDD>' FROM fold_staging_<table>`: a reader sees the
    day before or after the rebuild, never half of it (per table).

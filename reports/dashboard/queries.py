@@ -3,20 +3,23 @@
 The page (static/dashboard.js) fetches this list from `GET /dashboard/api/queries` and sends each
 query's text unchanged to the query port (`POST /`, `FORMAT JSON`) with its values as query
 parameters (`param_<name>`, ClickHouse's `{name:Type}`): no SQL is ever built from user input,
-and the port's read-only guard and caps apply. The queries read only `v_*` views and the
-parameterized views of sql/0110_dashboard_views.sql; switching a panel to another view (e.g. a
-roll-up) is a change of this file alone. docs/dashboards.md "The built-in dashboard" lists them.
+and the port's read-only guard and caps apply. The queries read `v_*` views and the `dashboard_*_days`
+views of sql/0112_event_rollups.sql (the day roll-ups with their uniqExact states: not `v_*`, as BI
+formats have no state type); switching a panel to another view (e.g. a roll-up) is a change of this
+file alone. docs/dashboards.md "The built-in dashboard" lists them.
 
 Where the time goes (load/bench_dashboard.py, BENCHMARKS.md "Dashboard first render"):
-  * Session panels (totals, traffic by day, sources by channel / utm_source / utm_medium /
-    utm_campaign) read the day roll-ups (sql/0111_dashboard_range_views.sql: v_traffic_day_states,
-    v_channel_day_states, visitors as uniqExact states) for the whole UTC days of the range and
-    v_sessions for the rest (the partial first and last day, and every day when a filter is on: the
-    roll-ups have no filter columns). Both are merged exactly: the same numbers as v_sessions alone.
-  * Event panels (top pages, custom events, funnel) read v_events of the site, from `from` to the end
-    of the day after `to` (a session's events are those of its start day and the next, as in
-    session_facts: reports/fold.py FACTS_SQL), so they prune by the `events` key (site_id, toDate(ts), …);
-    the cheap conditions come before the session sub-query, which is then checked on fewer rows.
+  * Every panel but the funnel reads the day roll-ups for the COVERED days of the range (_covered: no
+    filter on, and every session of the day started in the range: every inner day, and a boundary day
+    whose sessions all lie inside, such as today for a range that ends now), and v_sessions / v_events
+    for the rest (_raw: a boundary day with a session outside the range; every day once a filter is
+    on, the roll-ups having no filter columns). Both are merged exactly (visitors as uniqExact
+    states): the same numbers as v_sessions / v_events alone. The `events` key (site_id, toDate(ts),
+    …) skips the covered days, so a range of covered days reads no event (_RAW_EVENTS).
+  * An event counts with its session: in the range when its session started in it, from the
+    session's start day and the next (sql/0112_event_rollups.sql, reports/fold.py FACTS_SQL).
+  * The funnel reads v_events of the range's sessions (windowFunnel needs the events), from `from` to
+    the end of the day after `to`; the page asks for it after the other panels.
   * Live reads the last 5 minutes of the site only.
 
 Parameters every filtered panel takes (strings are '' when the filter is off):
@@ -91,17 +94,33 @@ def _edges(lower: str, upper: str) -> str:
     """A scalar (first_whole, last_whole) for the range [lower, upper) (epoch-ms parameters): whether
     every human session of the site that started on the UTC day of `lower` (of `upper`) started inside
     the range. Such a day's roll-up rows are exactly the range's sessions of that day; a range ending
-    now (the presets) has a whole last day whatever the time of day. Reads two days of v_sessions."""
-    inside = f"started_at >= {_ms(lower)} AND started_at < {_ms(upper)}"
-    return (f"(SELECT (countIf(toDate(started_at) = {_date(lower)} AND NOT ({inside})) = 0,"
-            f" countIf(toDate(started_at) = {_date(upper)} AND NOT ({inside})) = 0)"
+    now (the presets) has a whole last day whatever the time of day. Reads the sessions of the two days
+    outside the range, and the partition min-max index of session_facts (on started_at) skips the
+    parts without any: usually every part."""
+    return (f"(SELECT (countIf(toDate(started_at) = {_date(lower)}) = 0,"
+            f" countIf(toDate(started_at) = {_date(upper)}) = 0)"
             f" FROM v_sessions WHERE site_id = {{site:String}} AND is_bot = 0"
-            f" AND toDate(started_at) IN ({_date(lower)}, {_date(upper)}))")
+            f" AND toDate(started_at) IN ({_date(lower)}, {_date(upper)})"
+            f" AND (started_at < {_ms(lower)} OR started_at >= {_ms(upper)}))")
+
+
+#: The name each query gives _edges of a range in its WITH clause (_with): the range and the period before.
+_EDGES = {("from_ms", "to_ms"): "edges", ("prev_from_ms", "from_ms"): "prev_edges"}
+
+
+def _with(*ranges: tuple[str, str]) -> str:
+    """The WITH items defining the _edges of `ranges` (ClickHouse passes WITH into every sub-query)."""
+    return ", ".join(f"{_edges(lower, upper)} AS {_EDGES[(lower, upper)]}" for lower, upper in ranges)
+
+
+_RANGE: Final = ("from_ms", "to_ms")
+_PREVIOUS: Final = ("prev_from_ms", "from_ms")
 
 
 def _partial(day: str, lower: str, upper: str) -> str:
-    """`day` (a Date expression) is a boundary day of [lower, upper) with a session outside the range."""
-    edges = _edges(lower, upper)
+    """`day` (a Date expression) is a boundary day of [lower, upper) with a session outside the range
+    (the query defines the range's edges: _with)."""
+    edges = _EDGES[(lower, upper)]
     return (f"(({day} = {_date(lower)} AND NOT tupleElement({edges}, 1))"
             f" OR ({day} = {_date(upper)} AND NOT tupleElement({edges}, 2)))")
 
@@ -151,7 +170,7 @@ def _source_query(dimension: str) -> str:
     sessions = (_rollup_sessions(dimension) if dimension in ROLLUP_DIMENSIONS else f"""
       SELECT {dimension} AS key, count() AS sessions, uniqExact(anonymous_id) AS visitors, sumMap(revenue) AS revenue
       FROM v_sessions WHERE {_sessions_where()} GROUP BY key""")
-    return f"""
+    return f"""{f"WITH {_with(_RANGE)}" if dimension in ROLLUP_DIMENSIONS else ""}
 SELECT key, s.sessions AS sessions, s.visitors AS visitors, l.leads AS leads,
        if(s.sessions = 0, 0, l.leads / s.sessions) AS conversion_rate, s.revenue AS revenue
 FROM ({sessions}) AS s
@@ -215,6 +234,7 @@ QUERIES: Final[dict[str, str]] = {
     # difference in rate (points as a fraction) for bounce_rate and conversion_rate.
     "totals": f"""
 WITH
+    {_with(_RANGE, _PREVIOUS)},
     (SELECT countIf(occurred_at >= {_ms('from_ms')}) FROM v_leads_last_touch
      WHERE {_leads_where('prev_from_ms')}) AS leads,
     (SELECT countIf(occurred_at < {_ms('from_ms')}) FROM v_leads_last_touch
@@ -251,6 +271,7 @@ FROM (SELECT {_covered('day')} AS cur, visitors AS v, sessions AS n, pageviews A
     # Traffic over time: buckets of bucket_s seconds (3600 for ranges of 2 days or less, else 86400),
     # epoch seconds UTC at the bucket's start. Day buckets of whole days come from the roll-up.
     "traffic": f"""
+WITH {_with(_RANGE)}
 SELECT t, uniqExactMerge(v) AS visitors, sum(n) AS sessions, sum(views) AS pageviews
 FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, visitors AS v, sessions AS n, pageviews AS views
       FROM dashboard_traffic_days
@@ -265,6 +286,7 @@ GROUP BY t ORDER BY t""",
     **{f"sources_{dimension}": _source_query(dimension) for dimension in SOURCE_DIMENSIONS},
     # Top pages: page views of the filtered sessions per path (page_daily for the covered days).
     "pages_top": f"""
+WITH {_with(_RANGE)}
 SELECT path, sum(n) AS pageviews, uniqExactMerge(v) AS visitors
 FROM ({_event_rollup("path, pageviews AS n, visitors AS v", "page",
                      "SELECT path, count() AS n, uniqExactState(anonymous_id) AS v FROM v_events "
@@ -288,6 +310,7 @@ FROM v_sessions WHERE {_sessions_where()}
 GROUP BY path ORDER BY sessions DESC, path LIMIT 50""",
     # Custom events: every type but page_view, with unique visitors (event_type_daily for the covered days).
     "events_types": f"""
+WITH {_with(_RANGE)}
 SELECT type, sum(n) AS events, uniqExactMerge(v) AS visitors
 FROM ({_event_rollup("type, events AS n, visitors AS v", "event_type",
                      "SELECT type, count() AS n, uniqExactState(anonymous_id) AS v FROM v_events "
@@ -296,6 +319,7 @@ GROUP BY type ORDER BY events DESC, type LIMIT 100""",
     # Property keys seen on those events (the breakdown's picker): events carrying the key (once per
     # event, even when its map repeats the key), from event_prop_daily for the covered days.
     "events_prop_keys": f"""
+WITH {_with(_RANGE)}
 SELECT key, sum(n) AS events
 FROM ({_event_rollup("key, events AS n", "event_prop",
                      "SELECT arrayJoin(arrayDistinct(mapKeys(props))) AS key, count() AS n FROM v_events "
@@ -303,6 +327,7 @@ FROM ({_event_rollup("key, events AS n", "event_prop",
 GROUP BY key ORDER BY events DESC, key LIMIT 100""",
     # One property's values per event type (its first value when a map repeats the key).
     "events_props": f"""
+WITH {_with(_RANGE)}
 SELECT type, value, sum(n) AS events, uniqExactMerge(v) AS visitors
 FROM ({_event_rollup("type, value, events AS n, visitors AS v", "event_prop",
                      "SELECT type, props[{prop_key:String}] AS value, count() AS n, uniqExactState(anonymous_id) AS v "
