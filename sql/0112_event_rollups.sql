@@ -91,3 +91,28 @@ CREATE OR REPLACE VIEW dashboard_event_prop_days AS
 SELECT site_id, day, type, key, value, events, visitors
 FROM event_prop_daily
 ;
+
+-- For SQL users and BI tools, over a range of UTC days (site, from, to: dates, both included; the
+-- arguments may be expressions, as in 0102's range views): page views, events and custom event
+-- properties of the sessions started in those days, visitors exact over the range.
+--   SELECT path, pageviews, visitors FROM v_pages_range(site = 'shop.example', from = '2026-11-01', to = '2026-11-30')
+CREATE OR REPLACE VIEW v_pages_range AS
+SELECT site_id, path, sum(pageviews) AS pageviews, uniqExactMerge(visitors) AS visitors
+FROM page_daily
+WHERE site_id = {site:String} AND day >= {from:Date} AND day <= {to:Date}
+GROUP BY site_id, path
+;
+
+CREATE OR REPLACE VIEW v_event_types_range AS
+SELECT site_id, type, sum(events) AS events, uniqExactMerge(visitors) AS visitors
+FROM event_type_daily
+WHERE site_id = {site:String} AND day >= {from:Date} AND day <= {to:Date}
+GROUP BY site_id, type
+;
+
+CREATE OR REPLACE VIEW v_event_props_range AS
+SELECT site_id, type, key, value, sum(events) AS events, uniqExactMerge(visitors) AS visitors
+FROM event_prop_daily
+WHERE site_id = {site:String} AND day >= {from:Date} AND day <= {to:Date}
+GROUP BY site_id, type, key, value
+;

@@ -16,7 +16,7 @@ import dataclasses
 import datetime as dt
 import random
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,35 @@ def check_rollups(client: Client, events: list[Event]) -> None:
         assert got == want[table], table
 
 
+def check_range_views(client: Client, events: list[Event]) -> None:
+    """v_pages_range, v_event_types_range, v_event_props_range for ranges of days: the range's sessions'
+    events, visitors distinct over the range (never a sum of daily counts)."""
+    sessions = sessions_of(events)
+    for site in SITES:
+        for first, last in ((DAY0, DAY0 + dt.timedelta(days=DAYS)), (DAY0 + dt.timedelta(days=3),
+                                                                      DAY0 + dt.timedelta(days=6))):
+            chosen = [s for s in sessions if s.site_id == site and first <= s.day <= last]
+            want: dict[str, dict[tuple[str, ...], tuple[int, set[str]]]] = {"pages": {}, "types": {}, "props": {}}
+            for s in chosen:
+                for e in s.events:
+                    keys: list[tuple[str, tuple[str, ...]]] = [("types", (e.type,))]
+                    if e.type == "page_view":
+                        keys.append(("pages", (e.path,)))
+                    else:
+                        keys += [("props", (e.type, k, v)) for k, v in getattr(e, "props", {}).items()]
+                    for view, key in keys:
+                        n, seen = want[view].get(key, (0, set()))
+                        want[view][key] = (n + 1, seen | {e.anonymous_id})
+            params = {"site": site, "from": first, "to": last}
+            for view, columns in (("pages", "path"), ("types", "type"), ("props", "type, key, value")):
+                name = {"pages": "v_pages_range", "types": "v_event_types_range", "props": "v_event_props_range"}[view]
+                rows = client.query(f"SELECT {columns}, * EXCEPT (site_id, {columns}) FROM {name}("
+                                    "site = {site:String}, from = {from:Date}, to = {to:Date})",
+                                    parameters=params).result_rows
+                got = {tuple(r[:-2]): (r[-2], r[-1]) for r in rows}
+                assert got == {k: (n, len(v)) for k, (n, v) in want[view].items()}, (name, site, first)
+
+
 def truth_panels(events: list[Event], site: str, lo: int, hi: int, channel: str, prop: str) -> dict[str, Any]:
     """What each event panel must show for sessions of `site` started in [lo, hi) ms (of `channel`)."""
     chosen = [s for s in sessions_of(events)
@@ -183,7 +212,7 @@ def run_panels(client: Client, site: str, lo: int, hi: int, channel: str, prop: 
     values.update(site=site, from_ms=lo, to_ms=hi, prev_from_ms=lo - (hi - lo), channel=channel, prop_key=prop,
                   bucket_s=86400)
 
-    def rows(name: str) -> list[tuple[Any, ...]]:
+    def rows(name: str) -> Sequence[Sequence[Any]]:
         sql = QUERIES[name]
         return client.query(sql, parameters={p: values[p] for p in parameters(sql)}).result_rows
 
@@ -236,11 +265,12 @@ def test_event_rollups_and_panels_equal_a_recount_through_late_events_and_retrie
     assert store.client.query("SELECT count() FROM events").result_rows == [(len(store.events),)]
     assert fold(store.client) is not None
     check_rollups(store.client, store.events)
+    check_range_views(store.client, store.events)
     check_panels(store.client, store.events)
     # late: an earlier event in a folded session (equal ts to another, lower seq) with props, and a new
     # session on the first day
     some = next(e for e in store.events if e.session_id.endswith("-s0") and e.type == "page_view")
-    late = [PropEvent(some.site_id, some.anonymous_id, some.session_id, some.ts - 1, "signup", "/late",
+    late: list[Event] = [PropEvent(some.site_id, some.anonymous_id, some.session_id, some.ts - 1, "signup", "/late",
                       props={"plan": "team", "button": "late"}),
             PropEvent(some.site_id, some.anonymous_id, some.session_id, some.ts - 1, "page_view", "/late"),
             PropEvent(SITES[2], "latecomer", "latecomer-s", ms(DAY0, 10), "page_view", "/")]
