@@ -447,13 +447,7 @@
     const bucketS = r.to - r.from <= 2 * DAY ? 3600 : 86400;
 
     const stale = () => mine !== generation;
-    const funnel = panel("funnel", async () => {
-      if (steps.length) $("funnel-summary").textContent = "Computing the funnel…";
-      const rows = steps.length ? await query("funnel", Object.assign({ steps, window_s: windowS,
-        per_session: per === "session" ? 1 : 0 }, v), true) : [];
-      if (!stale()) renderFunnel(rows, per);
-    });
-    await Promise.all([
+    const others = [
       panel("totals", async () => { const rows = await query("totals", v); if (!stale()) renderTotals(rows[0]); }),
       panel("traffic", async () => { const rows = await query("traffic", Object.assign({ bucket_s: bucketS }, v)); if (!stale()) renderTraffic(rows, bucketS); }),
       panel("sources", async () => {
@@ -497,7 +491,15 @@
           { key: "variants", label: "Variants", format: fmt.variants }], rows, "No leads in this range.");
       }),
       live(),
-    ]);
+    ];
+    // Asked for after every other panel's request is queued (a late request: see acquire).
+    const funnel = panel("funnel", async () => {
+      if (steps.length) $("funnel-summary").textContent = "Computing the funnel…";
+      const rows = steps.length ? await query("funnel", Object.assign({ steps, window_s: windowS,
+        per_session: per === "session" ? 1 : 0 }, v), true) : [];
+      if (!stale()) renderFunnel(rows, per);
+    });
+    await Promise.all(others);
     if (stale()) return;
     setDrawn();
     $("status").textContent = steps.length ? "Computing the funnel…" : "";
