@@ -4,7 +4,9 @@ What a day is: the UTC day a session started. Rebuilding day D:
 1. `session_facts` of D: the events of D - 1 .. D + 1 grouped by session, the sessions whose first
    event is on D (FACTS_SQL; order of events (ts, seq, spool_segment, spool_offset), sql/README.md);
 2. `traffic_daily`, `landing_daily`, `channel_daily` of D from those facts, and `variant_daily` of D
-   (visitors first exposed in an experiment on D, from variant_exposures and conversions) (ROLLUP_SQL);
+   (visitors first exposed in an experiment on D, from variant_exposures and conversions), and
+   `page_daily`, `event_type_daily`, `event_prop_daily` of D (the events of D and D + 1 of the human
+   sessions started on D, from `events` and those facts: sql/0121_event_rollups.sql) (ROLLUP_SQL);
 3. each built in a staging table (`fold_staging_<table>`, same structure) and swapped in with
    `ALTER TABLE <table> REPLACE PARTITION ID '<YYYYMMDD>' FROM fold_staging_<table>`: a reader sees the
    day before or after the rebuild, never half of it (per table).
@@ -56,14 +58,15 @@ log = logging.getLogger(__name__)
 ORDER_KEY = "(ts, seq, spool_segment, spool_offset)"
 
 #: Tables the fold rebuilds, in the order they are swapped in (facts first: a roll-up is never newer).
-TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily")
+TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily", "page_daily",
+          "event_type_daily", "event_prop_daily")
 #: The definition version of each table of TABLES (its SQL below). Change a table's SQL so that its numbers
 #: change, and raise its version: the fold then builds the new version from history in the background
 #: while the views read the old one, and switches them at once when it is complete (reports/versions.py).
 #: The roll-ups built from session_facts (`{facts}` in ROLLUP_SQL) are rebuilt with it when FACTS_SQL's
 #: version goes up (their own version stays). A table missing here is at version 1.
 VERSIONS: dict[str, int] = {"session_facts": 1, "traffic_daily": 1, "landing_daily": 1, "channel_daily": 1,
-                            "variant_daily": 1}
+                            "variant_daily": 1, "page_daily": 1, "event_type_daily": 1, "event_prop_daily": 1}
 STAGING_PREFIX = "fold_staging_"
 #: Settings of the fold's inserts: synchronous, and never deduplicated (a rebuilt day may be identical
 #: to the one built before; dropping it as a duplicate would swap in an empty day).
@@ -114,6 +117,12 @@ FROM
 )
 """
 
+#: The events of the roll-ups of sql/0121_event_rollups.sql for {day:Date}: human events of that day and
+#: the next whose session (site_id, session_id) is a human session started on the day in `{facts}`.
+_DAY_EVENTS = ("toDate(ts) >= {{day:Date}} AND toDate(ts) <= {{day:Date}} + 1 AND is_bot = 0 "
+               "AND (site_id, session_id) IN (SELECT site_id, session_id FROM {facts} "
+               "WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0)")
+
 #: Each roll-up of one day from a table of session facts (`{facts}`: session_facts or its staging twin).
 ROLLUP_SQL: dict[str, str] = {
     "traffic_daily": """
@@ -163,6 +172,25 @@ LEFT JOIN
     GROUP BY site_id, anonymous_id
 ) AS c ON e.site_id = c.site_id AND e.anonymous_id = c.anonymous_id
 GROUP BY site_id, day, experiment_id, variant_id""",
+    # The event roll-ups of sql/0121_event_rollups.sql: the human events of the human sessions started on
+    # the day ({facts}), from that day and the next (the cut of FACTS_SQL), by the event's own visitor.
+    "page_daily": f"""
+SELECT site_id, {{{{day:Date}}}} AS day, path, count() AS pageviews, uniqExactState(anonymous_id) AS visitors
+FROM events
+WHERE {_DAY_EVENTS} AND type = 'page_view'
+GROUP BY site_id, path""",
+    "event_type_daily": f"""
+SELECT site_id, {{{{day:Date}}}} AS day, type, count() AS events, uniqExactState(anonymous_id) AS visitors
+FROM events
+WHERE {_DAY_EVENTS}
+GROUP BY site_id, type""",
+    # one row per distinct key of an event's props, with props[key] (the first value of a repeated key)
+    "event_prop_daily": f"""
+SELECT site_id, {{{{day:Date}}}} AS day, type, key, props[key] AS value, count() AS events,
+       uniqExactState(anonymous_id) AS visitors
+FROM events ARRAY JOIN arrayDistinct(mapKeys(props)) AS key
+WHERE {_DAY_EVENTS} AND type != 'page_view' AND notEmpty(props)
+GROUP BY site_id, type, key, value""",
 }
 ROLLUP_COLUMNS = {
     "traffic_daily": "site_id, day, visitors, sessions, pageviews, bounces, duration_ms, engaged_sessions, engaged_ms",
@@ -170,6 +198,9 @@ ROLLUP_COLUMNS = {
     "channel_daily": "site_id, day, channel, utm_source, utm_medium, utm_campaign, visitors, sessions, "
                      "engaged_sessions, revenue",
     "variant_daily": "site_id, day, experiment_id, variant_id, visitors, converters",
+    "page_daily": "site_id, day, path, pageviews, visitors",
+    "event_type_daily": "site_id, day, type, events, visitors",
+    "event_prop_daily": "site_id, day, type, key, value, events, visitors",
 }
 
 
@@ -412,7 +443,8 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
 
     A table whose declared definition version (VERSIONS) is not the one it holds gets its days in its
     twin instead, and a run with default `days` adds up to `backfill_days` (None: all) days of history
-    to the twin, switching the table when complete (reports/versions.py).
+    to the twin, switching the table when complete (reports/versions.py); a table new to an installation
+    (no version yet) is built from all of history in one run, as it has no old version to serve meanwhile.
     None when another fold holds the lease (nothing done). `progress` is called after each day.
     Raises ClickHouseError; the marks of a failed run stay, so the next run does its days again.
     """
@@ -437,7 +469,11 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
                 progress(day)
         drop_parts(client, parts)
         drop_parts(client, visitor_parts, "fold_dirty_visitors")
-        backfilled, switched = backfill(client, builds, backfill_days, progress) if normal else ([], [])
+        # A roll-up with no version yet on an installation the fold already ran on is a table a migration
+        # just added (0120 stamped every earlier one): it has no old numbers to keep serving, so it is
+        # built from all of history in this run rather than a few days a run.
+        limit = None if any(b.stored is None for b in builds.values()) else backfill_days
+        backfilled, switched = backfill(client, builds, limit, progress) if normal else ([], [])
         run = FoldRun(tuple(days), watermark, time.perf_counter() - started, tuple(backfilled), tuple(switched))
         client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
                       column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)

@@ -46,7 +46,8 @@ from reports.query import held_by_another_process
 
 #: The day column of each table and the row values fingerprinted (uniqExact states as their count).
 DAY_COLUMN = {"session_facts": "toDate(started_at)", "traffic_daily": "day", "landing_daily": "day",
-              "channel_daily": "day", "variant_daily": "day"}
+              "channel_daily": "day", "variant_daily": "day", "page_daily": "day", "event_type_daily": "day",
+              "event_prop_daily": "day"}
 #: Roll-ups whose `visitors` is a plain count (a visitor is in one day of an experiment), not a state.
 _COUNTED = {"variant_daily"}
 _VALUES = {"session_facts": FACTS_COLUMNS,
@@ -126,7 +127,9 @@ def days_between(client: Client, first: dt.date | None, last: dt.date | None) ->
             "SELECT min(d), max(d) FROM (SELECT toDate(ts) AS d FROM events UNION ALL "
             "SELECT toDate(started_at) FROM session_facts UNION ALL SELECT day FROM traffic_daily UNION ALL "
             "SELECT day FROM landing_daily UNION ALL SELECT day FROM channel_daily UNION ALL "
-            "SELECT day FROM variant_daily UNION ALL SELECT toDate(first_exposed_at) FROM variant_exposures)"
+            "SELECT day FROM variant_daily UNION ALL SELECT toDate(first_exposed_at) FROM variant_exposures "
+            "UNION ALL SELECT day FROM page_daily UNION ALL SELECT day FROM event_type_daily "
+            "UNION ALL SELECT day FROM event_prop_daily)"
         ).result_rows[0]
         if first is None:
             first = lo

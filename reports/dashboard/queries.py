@@ -3,20 +3,23 @@
 The page (static/dashboard.js) fetches this list from `GET /dashboard/api/queries` and sends each
 query's text unchanged to the query port (`POST /`, `FORMAT JSON`) with its values as query
 parameters (`param_<name>`, ClickHouse's `{name:Type}`): no SQL is ever built from user input,
-and the port's read-only guard and caps apply. The queries read only `v_*` views and the
-parameterized views of sql/0110_dashboard_views.sql; switching a panel to another view (e.g. a
-roll-up) is a change of this file alone. docs/dashboards.md "The built-in dashboard" lists them.
+and the port's read-only guard and caps apply. The queries read `v_*` views and the `dashboard_*_days`
+views of sql/0121_event_rollups.sql (the day roll-ups with their uniqExact states: not `v_*`, as BI
+formats have no state type); switching a panel to another view (e.g. a roll-up) is a change of this
+file alone. docs/dashboards.md "The built-in dashboard" lists them.
 
 Where the time goes (load/bench_dashboard.py, BENCHMARKS.md "Dashboard first render"):
-  * Session panels (totals, traffic by day, sources by channel / utm_source / utm_medium /
-    utm_campaign) read the day roll-ups (sql/0111_dashboard_range_views.sql: v_traffic_day_states,
-    v_channel_day_states, visitors as uniqExact states) for the whole UTC days of the range and
-    v_sessions for the rest (the partial first and last day, and every day when a filter is on: the
-    roll-ups have no filter columns). Both are merged exactly: the same numbers as v_sessions alone.
-  * Event panels (top pages, custom events, funnel) read v_events of the site, from `from` to the end
-    of the day after `to` (a session's events are those of its start day and the next, as in
-    session_facts: reports/fold.py FACTS_SQL), so they prune by the `events` key (site_id, toDate(ts), …);
-    the cheap conditions come before the session sub-query, which is then checked on fewer rows.
+  * Every panel but the funnel reads the day roll-ups for the COVERED days of the range (_covered: no
+    filter on, and every session of the day started in the range: every inner day, and a boundary day
+    whose sessions all lie inside, such as today for a range that ends now), and v_sessions / v_events
+    for the rest (_raw: a boundary day with a session outside the range; every day once a filter is
+    on, the roll-ups having no filter columns). Both are merged exactly (visitors as uniqExact
+    states): the same numbers as v_sessions / v_events alone. The `events` key (site_id, toDate(ts),
+    …) skips the covered days, so a range of covered days reads no event (_RAW_EVENTS).
+  * An event counts with its session: in the range when its session started in it, from the
+    session's start day and the next (sql/0121_event_rollups.sql, reports/fold.py FACTS_SQL).
+  * The funnel reads v_events of the range's sessions (windowFunnel needs the events), from `from` to
+    the end of the day after `to`; the page asks for it after the other panels.
   * Live reads the last 5 minutes of the site only.
 
 Parameters every filtered panel takes (strings are '' when the filter is off):
@@ -57,21 +60,14 @@ def _ms(name: str) -> str:
     return f"fromUnixTimestamp64Milli({{{name}:Int64}}, 'UTC')"
 
 
-def _day(name: str, *, ceil: bool) -> str:
-    """The UTC day of epoch-ms parameter `name` (Date); `ceil`: the first day starting at or after it."""
-    return f"toDate(fromUnixTimestamp64Milli({{{name}:Int64}}{' + 86399999' if ceil else ''}, 'UTC'))"
+def _date(name: str) -> str:
+    """The UTC day (Date) of epoch-ms parameter `name`."""
+    return f"toDate(fromUnixTimestamp64Milli({{{name}:Int64}}, 'UTC'))"
 
 
-def _whole_days(day: str, lower: str, upper: str) -> str:
-    """`day` (a Date expression) is a whole UTC day inside [lower, upper) (epoch-ms parameters)."""
-    return f"({day} >= {_day(lower, ceil=True)} AND {day} < {_day(upper, ceil=False)})"
-
-
-#: The uniqExact state of a v_*_day_states row (stored as hex text: sql/0111_dashboard_range_views.sql).
-_STATE = "CAST(unhex(visitors_state), 'AggregateFunction(uniqExact, String)')"
 #: No filter is on: only then can the day roll-ups (no filter columns) answer.
 _NO_FILTER = "(" + " AND ".join(f"{{{name}:String}} = ''" for name in (*SOURCE_DIMENSIONS, "page", "experiment")) + ")"
-#: Dimensions the channel roll-up (v_channel_day_states) holds; utm_term and utm_content read v_sessions.
+#: Dimensions the channel roll-up (dashboard_channel_days) holds; utm_term and utm_content read v_sessions.
 ROLLUP_DIMENSIONS: Final = ("channel", "utm_source", "utm_medium", "utm_campaign")
 
 
@@ -86,27 +82,86 @@ def _leads_where(lower: str = "from_ms") -> str:
             f" AND {_filters('landing_path')}")
 
 
-#: The sessions of _sessions_where, for panels over v_events (their events from `from` on, _EVENTS_RANGE).
-_SESSION_IDS = f"session_id IN (SELECT session_id FROM v_sessions WHERE {_sessions_where()})"
 #: Site and time first (the `events` key: site_id, toDate(ts)), up to the end of the day after `to`'s
 #: day (a session started before `to` has its events in its start day and the next: session_facts).
 _EVENTS_RANGE = (f"site_id = {{site:String}} AND ts >= {_ms('from_ms')}"
-                 f" AND ts < toDateTime64({_day('to_ms', ceil=False)} + 2, 3, 'UTC')")
-_EVENTS_WHERE = f"{_EVENTS_RANGE} AND {_SESSION_IDS}"
+                 f" AND ts < toDateTime64({_date('to_ms')} + 2, 3, 'UTC')")
+#: A session's duration in ms (v_sessions.duration_s is this / 1000; traffic_daily.duration_ms its sum).
+_DURATION_MS = "toUInt64(toUnixTimestamp64Milli(ended_at) - toUnixTimestamp64Milli(started_at))"
+
+
+def _edges(lower: str, upper: str) -> str:
+    """A scalar (first_whole, last_whole) for the range [lower, upper) (epoch-ms parameters): whether
+    every human session of the site that started on the UTC day of `lower` (of `upper`) started inside
+    the range. Such a day's roll-up rows are exactly the range's sessions of that day; a range ending
+    now (the presets) has a whole last day whatever the time of day. Reads the sessions of the two days
+    outside the range, and the partition min-max index of session_facts (on started_at) skips the
+    parts without any: usually every part."""
+    return (f"(SELECT (countIf(toDate(started_at) = {_date(lower)}) = 0,"
+            f" countIf(toDate(started_at) = {_date(upper)}) = 0)"
+            f" FROM v_sessions WHERE site_id = {{site:String}} AND is_bot = 0"
+            f" AND toDate(started_at) IN ({_date(lower)}, {_date(upper)})"
+            f" AND (started_at < {_ms(lower)} OR started_at >= {_ms(upper)}))")
+
+
+#: The name each query gives _edges of a range in its WITH clause (_with): the range and the period before.
+_EDGES = {("from_ms", "to_ms"): "edges", ("prev_from_ms", "from_ms"): "prev_edges"}
+
+
+def _with(*ranges: tuple[str, str]) -> str:
+    """The WITH items defining the _edges of `ranges` (ClickHouse passes WITH into every sub-query)."""
+    return ", ".join(f"{_edges(lower, upper)} AS {_EDGES[(lower, upper)]}" for lower, upper in ranges)
+
+
+_RANGE: Final = ("from_ms", "to_ms")
+_PREVIOUS: Final = ("prev_from_ms", "from_ms")
+
+
+def _partial(day: str, lower: str, upper: str) -> str:
+    """`day` (a Date expression) is a boundary day of [lower, upper) with a session outside the range
+    (the query defines the range's edges: _with)."""
+    edges = _EDGES[(lower, upper)]
+    return (f"(({day} = {_date(lower)} AND NOT tupleElement({edges}, 1))"
+            f" OR ({day} = {_date(upper)} AND NOT tupleElement({edges}, 2)))")
+
+
+def _covered(day: str, lower: str = "from_ms", upper: str = "to_ms") -> str:
+    """The day roll-ups answer day `day` (a Date expression) of [lower, upper): no filter is on, the day
+    is in the range and every session of it started in the range (_edges)."""
+    return (f"({_NO_FILTER} AND {day} >= {_date(lower)} AND {day} <= {_date(upper)}"
+            f" AND NOT {_partial(day, lower, upper)})")
+
+
+def _raw(day: str, lower: str = "from_ms", upper: str = "to_ms") -> str:
+    """Sessions started on `day` in [lower, upper) are read from v_sessions, not the roll-ups: every day
+    when a filter is on, else the boundary days _covered leaves out (the complement of _covered)."""
+    return f"(NOT {_NO_FILTER} OR {_partial(day, lower, upper)})"
+
+
+#: The sessions of the range the roll-ups do not answer (_raw), as (session_id, start day).
+_RAW_SESSIONS = (f"(SELECT session_id, toDate(started_at) FROM v_sessions WHERE {_sessions_where()}"
+                 f" AND {_raw('toDate(started_at)')})")
+#: The events of those sessions: a session's events are those of its start day and the next (the cut of
+#: session_facts, reports/fold.py FACTS_SQL; the day of an event is its session's start day,
+#: sql/0121_event_rollups.sql). The day conditions first, so the `events` key (site_id, toDate(ts), …)
+#: skips every day the roll-ups answer; with no filter on and whole days, no event is read.
+_RAW_EVENTS = (f"{_EVENTS_RANGE}"
+               f" AND (NOT {_NO_FILTER} OR {_partial('toDate(ts)', 'from_ms', 'to_ms')}"
+               f" OR {_partial('toDate(ts) - 1', 'from_ms', 'to_ms')})"
+               f" AND ((session_id, toDate(ts)) IN {_RAW_SESSIONS} OR (session_id, toDate(ts) - 1) IN {_RAW_SESSIONS})")
 
 
 def _rollup_sessions(dimension: str) -> str:
-    """Sessions, visitors and revenue per `dimension` value (a v_channel_day_states column) of the
-    filtered sessions in [from, to): the roll-up's whole days (no filter on) and v_sessions for the rest."""
+    """Sessions, visitors and revenue per `dimension` value (a dashboard_channel_days column) of the
+    filtered sessions in [from, to): the roll-up's covered days and v_sessions for the rest."""
     return f"""
       SELECT key, sum(n) AS sessions, uniqExactMerge(v) AS visitors, sumMap(rev) AS revenue
-      FROM (SELECT {dimension} AS key, {_STATE} AS v, sessions AS n, revenue AS rev FROM v_channel_day_states
-            WHERE site_id = {{site:String}} AND {_NO_FILTER} AND {_whole_days('day', 'from_ms', 'to_ms')}
+      FROM (SELECT {dimension} AS key, visitors AS v, sessions AS n, revenue AS rev FROM dashboard_channel_days
+            WHERE site_id = {{site:String}} AND {_covered('day')}
             UNION ALL
             SELECT {dimension} AS key, uniqExactState(anonymous_id) AS v, count() AS n, sumMap(revenue) AS rev
             FROM v_sessions
-            WHERE {_sessions_where()}
-              AND NOT ({_NO_FILTER} AND {_whole_days('toDate(started_at)', 'from_ms', 'to_ms')})
+            WHERE {_sessions_where()} AND {_raw('toDate(started_at)')}
             GROUP BY key)
       GROUP BY key"""
 
@@ -115,7 +170,7 @@ def _source_query(dimension: str) -> str:
     sessions = (_rollup_sessions(dimension) if dimension in ROLLUP_DIMENSIONS else f"""
       SELECT {dimension} AS key, count() AS sessions, uniqExact(anonymous_id) AS visitors, sumMap(revenue) AS revenue
       FROM v_sessions WHERE {_sessions_where()} GROUP BY key""")
-    return f"""
+    return f"""{f"WITH {_with(_RANGE)}" if dimension in ROLLUP_DIMENSIONS else ""}
 SELECT key, s.sessions AS sessions, s.visitors AS visitors, l.leads AS leads,
        if(s.sessions = 0, 0, l.leads / s.sessions) AS conversion_rate, s.revenue AS revenue
 FROM ({sessions}) AS s
@@ -126,10 +181,25 @@ ORDER BY sessions DESC, leads DESC, key
 LIMIT 50"""
 
 
+def _event_rollup(columns: str, rollup: str, raw: str, where: str = "", rollup_where: str = "") -> str:
+    """The UNION of a day roll-up's rows (dashboard_<rollup>_days) for the covered days and of `raw` over
+    the events the roll-ups do not answer (_RAW_EVENTS): `columns` names the output of both branches."""
+    return f"""
+      SELECT {columns} FROM dashboard_{rollup}_days
+      WHERE site_id = {{site:String}} AND {_covered('day')}{rollup_where}
+      UNION ALL
+      {raw} AND {_RAW_EVENTS}{where}"""
+
+
 #: A funnel on the filtered sessions' events: sql/0110_dashboard_views.sql's v_funnel with the
 #: page's filters, per visitor (per_session = 0) or per session (1). Steps: '/path' = a page view
 #: of that path, else an event type. Only events that may match a step are read into windowFunnel (a
 #: unit without any has level 0, which no step counts), before the session sub-query is checked.
+#: windowFunnel needs the events themselves, so the funnel reads v_events for every day: the events of
+#: the range's filtered sessions from `from` to the end of the day after `to`'s day (one set look-up per
+#: event; a session longer than its start day and the next keeps its later events here, unlike the
+#: other panels, which cut it as session_facts does: a visit spanning two midnights).
+_SESSION_IDS = f"session_id IN (SELECT session_id FROM v_sessions WHERE {_sessions_where()})"
 _FUNNEL_STEP = "if(startsWith(steps[{k}], '/'), type = 'page_view' AND path = steps[{k}], type = steps[{k}])"
 _FUNNEL = f"""
 WITH {{steps:Array(String)}} AS steps
@@ -154,14 +224,6 @@ WINDOW w AS (ORDER BY step ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ORDER BY step"""
 
 
-def _totals_whole_days(day: str) -> str:
-    """`day` (a Date expression) is a whole UTC day of the previous period or of the current one."""
-    return f"({_whole_days(day, 'prev_from_ms', 'from_ms')} OR {_whole_days(day, 'from_ms', 'to_ms')})"
-
-
-#: A session's duration in ms (v_sessions.duration_s is this / 1000; traffic_daily.duration_ms its sum).
-_DURATION_MS = "toUInt64(toUnixTimestamp64Milli(ended_at) - toUnixTimestamp64Milli(started_at))"
-
 #: name -> SQL text. Each returns what the panel of the same name shows.
 QUERIES: Final[dict[str, str]] = {
     # The site picker: every site with human sessions; a site not listed has no events yet (the empty
@@ -172,6 +234,7 @@ QUERIES: Final[dict[str, str]] = {
     # difference in rate (points as a fraction) for bounce_rate and conversion_rate.
     "totals": f"""
 WITH
+    {_with(_RANGE, _PREVIOUS)},
     (SELECT countIf(occurred_at >= {_ms('from_ms')}) FROM v_leads_last_touch
      WHERE {_leads_where('prev_from_ms')}) AS leads,
     (SELECT countIf(occurred_at < {_ms('from_ms')}) FROM v_leads_last_touch
@@ -194,39 +257,40 @@ SELECT
     if(prev_avg_duration_s = 0, NULL, avg_duration_s / prev_avg_duration_s - 1) AS avg_duration_s_change,
     if(prev_leads = 0, NULL, leads / prev_leads - 1) AS leads_change,
     conversion_rate - prev_conversion_rate AS conversion_rate_change
-FROM (SELECT day >= {_day('from_ms', ceil=True)} AS cur, {_STATE} AS v, sessions AS n, pageviews AS views,
-             bounces, duration_ms AS ms
-      FROM v_traffic_day_states
-      WHERE site_id = {{site:String}} AND {_NO_FILTER} AND {_totals_whole_days('day')}
+FROM (SELECT {_covered('day')} AS cur, visitors AS v, sessions AS n, pageviews AS views, bounces, duration_ms AS ms
+      FROM dashboard_traffic_days
+      WHERE site_id = {{site:String}} AND ({_covered('day', 'prev_from_ms', 'from_ms')} OR {_covered('day')})
       UNION ALL
       SELECT started_at >= {_ms('from_ms')} AS cur, uniqExactState(anonymous_id) AS v, count() AS n,
              sum(pageviews) AS views, sum(is_bounce) AS bounces, sum({_DURATION_MS}) AS ms
       FROM v_sessions
       WHERE {_sessions_where('prev_from_ms')}
-        AND NOT ({_NO_FILTER} AND {_totals_whole_days('toDate(started_at)')})
+        AND ((started_at < {_ms('from_ms')} AND {_raw('toDate(started_at)', 'prev_from_ms', 'from_ms')})
+             OR (started_at >= {_ms('from_ms')} AND {_raw('toDate(started_at)')}))
       GROUP BY cur)""",
     # Traffic over time: buckets of bucket_s seconds (3600 for ranges of 2 days or less, else 86400),
     # epoch seconds UTC at the bucket's start. Day buckets of whole days come from the roll-up.
     "traffic": f"""
+WITH {_with(_RANGE)}
 SELECT t, uniqExactMerge(v) AS visitors, sum(n) AS sessions, sum(views) AS pageviews
-FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, {_STATE} AS v, sessions AS n, pageviews AS views
-      FROM v_traffic_day_states
-      WHERE site_id = {{site:String}} AND {{bucket_s:UInt32}} = 86400 AND {_NO_FILTER}
-        AND {_whole_days('day', 'from_ms', 'to_ms')}
+FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, visitors AS v, sessions AS n, pageviews AS views
+      FROM dashboard_traffic_days
+      WHERE site_id = {{site:String}} AND {{bucket_s:UInt32}} = 86400 AND {_covered('day')}
       UNION ALL
       SELECT toUnixTimestamp(toStartOfInterval(started_at, toIntervalSecond({{bucket_s:UInt32}}))) AS t,
              uniqExactState(anonymous_id) AS v, count() AS n, sum(pageviews) AS views
       FROM v_sessions
-      WHERE {_sessions_where()}
-        AND NOT ({{bucket_s:UInt32}} = 86400 AND {_NO_FILTER}
-                 AND {_whole_days('toDate(started_at)', 'from_ms', 'to_ms')})
+      WHERE {_sessions_where()} AND ({{bucket_s:UInt32}} != 86400 OR {_raw('toDate(started_at)')})
       GROUP BY t)
 GROUP BY t ORDER BY t""",
     **{f"sources_{dimension}": _source_query(dimension) for dimension in SOURCE_DIMENSIONS},
-    # Top pages: page views of the filtered sessions per path.
+    # Top pages: page views of the filtered sessions per path (page_daily for the covered days).
     "pages_top": f"""
-SELECT path, count() AS pageviews, uniqExact(anonymous_id) AS visitors
-FROM v_events WHERE type = 'page_view' AND {_EVENTS_WHERE}
+WITH {_with(_RANGE)}
+SELECT path, sum(n) AS pageviews, uniqExactMerge(v) AS visitors
+FROM ({_event_rollup("path, pageviews AS n, visitors AS v", "page",
+                     "SELECT path, count() AS n, uniqExactState(anonymous_id) AS v FROM v_events "
+                     "WHERE type = 'page_view'", " GROUP BY path")})
 GROUP BY path ORDER BY pageviews DESC, path LIMIT 50""",
     # Landing pages with leads (frozen landing_path) and conversion rate = leads / sessions, revenue.
     "pages_landing": f"""
@@ -244,20 +308,31 @@ ORDER BY sessions DESC, leads DESC, path LIMIT 50""",
 SELECT exit_path AS path, count() AS sessions, uniqExact(anonymous_id) AS visitors
 FROM v_sessions WHERE {_sessions_where()}
 GROUP BY path ORDER BY sessions DESC, path LIMIT 50""",
-    # Custom events: every type but page_view, with unique visitors.
+    # Custom events: every type but page_view, with unique visitors (event_type_daily for the covered days).
     "events_types": f"""
-SELECT type, count() AS events, uniqExact(anonymous_id) AS visitors
-FROM v_events WHERE type != 'page_view' AND {_EVENTS_WHERE}
+WITH {_with(_RANGE)}
+SELECT type, sum(n) AS events, uniqExactMerge(v) AS visitors
+FROM ({_event_rollup("type, events AS n, visitors AS v", "event_type",
+                     "SELECT type, count() AS n, uniqExactState(anonymous_id) AS v FROM v_events "
+                     "WHERE type != 'page_view'", " GROUP BY type", " AND type != 'page_view'")})
 GROUP BY type ORDER BY events DESC, type LIMIT 100""",
-    # Property keys seen on those events (the breakdown's picker).
+    # Property keys seen on those events (the breakdown's picker): events carrying the key (once per
+    # event, even when its map repeats the key), from event_prop_daily for the covered days.
     "events_prop_keys": f"""
-SELECT arrayJoin(mapKeys(props)) AS key, count() AS events
-FROM v_events WHERE type != 'page_view' AND notEmpty(props) AND {_EVENTS_WHERE}
+WITH {_with(_RANGE)}
+SELECT key, sum(n) AS events
+FROM ({_event_rollup("key, events AS n", "event_prop",
+                     "SELECT arrayJoin(arrayDistinct(mapKeys(props))) AS key, count() AS n FROM v_events "
+                     "WHERE type != 'page_view' AND notEmpty(props)", " GROUP BY key")})
 GROUP BY key ORDER BY events DESC, key LIMIT 100""",
-    # One property's values per event type.
+    # One property's values per event type (its first value when a map repeats the key).
     "events_props": f"""
-SELECT type, props[{{prop_key:String}}] AS value, count() AS events, uniqExact(anonymous_id) AS visitors
-FROM v_events WHERE type != 'page_view' AND mapContains(props, {{prop_key:String}}) AND {_EVENTS_WHERE}
+WITH {_with(_RANGE)}
+SELECT type, value, sum(n) AS events, uniqExactMerge(v) AS visitors
+FROM ({_event_rollup("type, value, events AS n, visitors AS v", "event_prop",
+                     "SELECT type, props[{prop_key:String}] AS value, count() AS n, uniqExactState(anonymous_id) AS v "
+                     "FROM v_events WHERE type != 'page_view' AND mapContains(props, {prop_key:String})",
+                     " GROUP BY type, value", " AND key = {prop_key:String}")})
 GROUP BY type, value ORDER BY events DESC, type, value LIMIT 100""",
     "funnel": _FUNNEL,
     # The latest leads with their frozen first and last touch, landing page and variants.

@@ -33,6 +33,8 @@ from reports.reconcile import format_report, reconcile
 from tests.integration.test_rollups import DAY0, DAYS, SITES, Event, Store, generate, ms, sessions_of
 
 OLD_BOUNCES = "sum(is_bounce) AS bounces"
+#: The roll-ups of the release before definition versions (sql/0101_rollups.sql, sql/0103_variant_rollup.sql).
+OLD_TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily")
 NEW_BOUNCES = "sum({facts}.pageviews = 1) AS bounces"
 
 
@@ -180,7 +182,8 @@ def test_reconcile_reports_a_pending_version_and_repair_builds_it(
     assert report.clean and report.pending == []
 
 
-def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothing(tmp_path: Path) -> None:
+def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = tmp_path / "sql-before"
     before.mkdir()
     for f in resources.migrations().iterdir():
@@ -191,22 +194,34 @@ def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothin
         migrate(client, sql_dir=before)
         store = Store(client)
         store.insert(generate(random.Random(9), 300))
+        # the fold of the release before versions: the roll-ups it had (not the event roll-ups of 0121)
+        monkeypatch.setattr(fold_module, "TABLES", OLD_TABLES)
+        monkeypatch.setattr(fold_module, "ROLLUP_SQL",
+                            {t: sql for t, sql in fold_module.ROLLUP_SQL.items() if t in OLD_TABLES})
         assert fold(client) is not None
-        for table in TABLES:  # as the fold before versions left them: no version on the tables
+        monkeypatch.undo()
+        for table in OLD_TABLES:  # as the fold before versions left them: no version on the tables
             client.command(f"ALTER TABLE {table} MODIFY COMMENT ''")
-        assert set(versions.stored_versions(client, TABLES).values()) == {None}
+        assert set(versions.stored_versions(client, OLD_TABLES).values()) == {None}
         parts_query = ("SELECT table, groupArraySorted(1000)(name) FROM system.parts "
                        "WHERE database = currentDatabase() AND active AND table IN {t:Array(String)} GROUP BY table")
-        parts = client.query(parts_query, parameters={"t": list(TABLES)}).result_rows
+        parts = client.query(parts_query, parameters={"t": list(OLD_TABLES)}).result_rows
         traffic = read_traffic(client)
 
-        assert "0120_rollup_versions" in migrate(client)
-        assert table_state(client) == ({t: 1 for t in TABLES}, set())
+        applied = migrate(client)
+        assert "0120_rollup_versions" in applied and "0121_event_rollups" in applied
+        assert table_state(client) == ({t: 1 if t in OLD_TABLES else None for t in TABLES}, set())
+        # the next run builds the roll-ups added after 0120 from all of history, in one run (they have no
+        # older numbers to serve meanwhile), and leaves the folded ones as they are
         run = fold(client)
-        assert run is not None and run.days == () and run.backfilled == () and run.switched == ()
-        assert client.query(parts_query, parameters={"t": list(TABLES)}).result_rows == parts  # nothing rebuilt
+        added = tuple(t for t in TABLES if t not in OLD_TABLES)
+        assert run is not None and run.days == () and run.switched == added and len(run.backfilled) >= DAYS
+        assert client.query(parts_query, parameters={"t": list(OLD_TABLES)}).result_rows == parts  # not rebuilt
+        assert table_state(client) == ({t: 1 for t in TABLES}, set())
         assert read_traffic(client) == traffic == expected_traffic(store.events, 1)
         assert reconcile(client).clean
+        run = fold(client)
+        assert run is not None and run.days == () and run.backfilled == () and run.switched == ()
 
         # without the migration's version, a roll-up on an installation the fold ran on is built from
         # history (as a roll-up added later is): here with the same definition, so the same numbers
@@ -221,9 +236,9 @@ def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothin
 
 def test_a_new_session_facts_version_rebuilds_the_roll_ups_built_from_it(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """session_facts' is_bounce changes (version 2): traffic_daily, landing_daily and channel_daily are
-    built from the facts, so they are built again with them (their version stays 1), variant_daily is
-    not; the views read the old facts and roll-ups until all of them switch."""
+    """session_facts' is_bounce changes (version 2): traffic_daily, landing_daily, channel_daily and the
+    event roll-ups are built from the facts, so they are built again with them (their version stays 1),
+    variant_daily is not; the views read the old facts and roll-ups until all of them switch."""
     client = store.client
     store.insert(generate(random.Random(23), 300))
     assert fold(client) is not None
@@ -237,8 +252,10 @@ def test_a_new_session_facts_version_rebuilds_the_roll_ups_built_from_it(
 
     run = fold(client, backfill_days=4)
     assert run is not None and run.switched == ()
-    assert table_state(client)[1] == {f"fold_next_{t}" for t in ("session_facts", "traffic_daily", "landing_daily",
-                                                                "channel_daily")}
+    built_from_facts = tuple(t for t in TABLES if "{facts}" in fold_module.ROLLUP_SQL.get(t, ""))
+    assert {"traffic_daily", "landing_daily", "channel_daily"} <= set(built_from_facts)
+    assert "variant_daily" not in built_from_facts
+    assert table_state(client)[1] == {f"fold_next_{t}" for t in ("session_facts", *built_from_facts)}
     assert read_traffic(client) == old
     assert client.query("SELECT sum(is_bounce) FROM v_sessions").result_rows == old_bounces
     while not run.switched:
@@ -246,7 +263,7 @@ def test_a_new_session_facts_version_rebuilds_the_roll_ups_built_from_it(
         assert run is not None
         if not run.switched:
             assert read_traffic(client) == old
-    assert run.switched == ("session_facts", "traffic_daily", "landing_daily", "channel_daily")
+    assert run.switched == ("session_facts", *built_from_facts)
     assert read_traffic(client) == expected_traffic(store.events, 2)
     assert client.query("SELECT sum(is_bounce) FROM v_sessions").result_rows == [
         (sum(s["pageviews"] == 1 for s in sessions_of(store.events)),)]
@@ -340,6 +357,9 @@ def test_a_crash_between_exchange_and_drop_leaves_no_old_rows(store: Store, monk
     real_switch = versions.switch
 
     def crash(client_: Client, build: versions.Build) -> None:
+        if build.table != "channel_daily":  # the event roll-ups after it in TABLES switch first
+            real_switch(client_, build)
+            return
         client_.command(f"EXCHANGE TABLES {build.table} AND {build.twin}")
         raise RuntimeError("killed between exchange and drop")
 
@@ -349,7 +369,9 @@ def test_a_crash_between_exchange_and_drop_leaves_no_old_rows(store: Store, monk
     monkeypatch.setattr(versions, "switch", real_switch)
     assert client.query("SELECT count() FROM fold_next_channel_daily WHERE day = '2020-01-01'").result_rows == [(1,)]
     run = fold(client, backfill_days=None)
-    assert run is not None and run.switched == ("session_facts", "traffic_daily", "landing_daily", "channel_daily")
+    # session_facts is still pending, so every roll-up built from it is built and switched again with it
+    built_from_facts = tuple(t for t in TABLES if "{facts}" in fold_module.ROLLUP_SQL.get(t, ""))
+    assert run is not None and run.switched == ("session_facts", *built_from_facts)
     assert client.query("SELECT count() FROM channel_daily WHERE day = '2020-01-01'").result_rows == [(0,)]
     assert table_state(client) == ({**{t: 1 for t in TABLES}, "session_facts": 2}, set())
     assert read_traffic(client) == expected_traffic(store.events, 2)

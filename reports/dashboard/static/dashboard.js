@@ -66,19 +66,25 @@
 
   // At most MAX_IN_FLIGHT requests at once (the query port's default slots), so a page does not
   // fill the port's queue by itself; a 503 (every slot busy) is retried after its Retry-After.
+  // A `late` request (the funnel: the one query that reads every event of the range) waits until no
+  // other request waits, so the other panels are drawn first.
   const MAX_IN_FLIGHT = 2;
   const RETRIES = 6;
   let inFlight = 0;
   const waiting = [];
-  function acquire() {
+  const waitingLate = [];
+  function acquire(late) {
     if (inFlight < MAX_IN_FLIGHT) { inFlight++; return Promise.resolve(); }
-    return new Promise((resolve) => waiting.push(resolve));
+    return new Promise((resolve) => (late ? waitingLate : waiting).push(resolve));
   }
-  function release() { const next = waiting.shift(); if (next) next(); else inFlight--; }
+  function release() {
+    const next = waiting.shift() || waitingLate.shift();
+    if (next) next(); else inFlight--;
+  }
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  async function send(url, init) {
-    await acquire();
+  async function send(url, init, late) {
+    await acquire(late);
     try {
       for (let attempt = 0; ; attempt++) {
         const response = await fetch(url, init);
@@ -88,7 +94,7 @@
     } finally { release(); }
   }
 
-  async function query(name, values) {
+  async function query(name, values, late) {
     const def = CATALOG[name];
     if (!def) throw new Error("unknown query " + name);
     const url = new URL("/", location.origin);
@@ -100,7 +106,7 @@
       url.searchParams.set("param_" + p, wire(values[p]));
     }
     const response = await send(url, { method: "POST", body: def.sql, credentials: "same-origin",
-      headers: { "Content-Type": "text/plain; charset=utf-8" } });
+      headers: { "Content-Type": "text/plain; charset=utf-8" } }, late);
     const text = await response.text();
     if (response.status === 401 || response.status === 403) { location.href = "/dashboard/login"; }
     if (!response.ok) throw new Error(name + ": " + text.slice(0, 300));
@@ -342,7 +348,19 @@
   }
 
   // -- render ------------------------------------------------------------------------------------
-  function setBusy(on) { document.body.dataset.ready = on ? "0" : "1"; }
+  // data-ready=1: every panel drawn, the funnel too; data-drawn=1: every panel but the funnel (the first
+  // render: the funnel, the one query over every event of the range, comes after). Each mark also
+  // records when it was reached (performance.now(), ms), read by load/bench_dashboard.py.
+  function setBusy(on) {
+    document.body.dataset.ready = on ? "0" : "1";
+    if (on) document.body.dataset.drawn = "0"; else setDrawn();
+    if (!on) document.body.dataset.readyMs = String(performance.now());
+  }
+  function setDrawn() {
+    if (document.body.dataset.drawn === "1") return;
+    document.body.dataset.drawn = "1";
+    document.body.dataset.drawnMs = String(performance.now());
+  }
 
   async function panel(name, work) {
     const section = $("panel-" + name);
@@ -373,15 +391,18 @@
     $("range-label").textContent = fmt.time(r.from) + " – " + fmt.time(r.to);
     renderFilters();
 
-    const sites = (await query("sites", {})).map((row) => row.site_id);
-    if (mine !== generation) return;
-    const select = $("site");
+    // With a site in the URL the panels start at once and the site list is checked alongside (a site
+    // without events then shows the empty state and the panels' answers are dropped).
+    const sitesQuery = query("sites", {});
     let site = params().get("site") || "";
-    if (!site && sites.length) { site = sites[0]; setParams({ site }, false); }
-    select.replaceChildren(...sites.map((s) => el("option", { value: s }, s)));
-    if (site && !sites.includes(site)) select.append(el("option", { value: site }, site));
-    select.value = site;
-    if (!site || !sites.includes(site)) {
+    let sites = null;
+    if (!site) {
+      sites = (await sitesQuery).map((row) => row.site_id);
+      if (mine !== generation) return;
+      if (sites.length) { site = sites[0]; setParams({ site }, false); }
+    }
+    if (!site) {
+      fillSites([], site);
       showEmpty(site);
       $("status").textContent = "No events yet.";
       setBusy(false);
@@ -389,7 +410,28 @@
     }
     $("empty").hidden = true;
     $("panels").hidden = false;
+    const panels = drawPanels(mine, r);
+    sites = sites || (await sitesQuery).map((row) => row.site_id);
+    if (mine !== generation) return;
+    fillSites(sites, site);
+    if (!sites.includes(site)) {
+      generation++; // the panels' answers are for a site without events: drop them
+      showEmpty(site);
+      $("status").textContent = "No events yet.";
+      setBusy(false);
+      return;
+    }
+    await panels;
+  }
 
+  function fillSites(sites, site) {
+    const select = $("site");
+    select.replaceChildren(...sites.map((s) => el("option", { value: s }, s)));
+    if (site && !sites.includes(site)) select.append(el("option", { value: site }, site));
+    select.value = site;
+  }
+
+  async function drawPanels(mine, r) {
     const v = baseValues();
     const p = params();
     const dimension = CONFIG.source_dimensions.includes(p.get("tab")) ? p.get("tab") : "channel";
@@ -405,7 +447,7 @@
     const bucketS = r.to - r.from <= 2 * DAY ? 3600 : 86400;
 
     const stale = () => mine !== generation;
-    await Promise.all([
+    const others = [
       panel("totals", async () => { const rows = await query("totals", v); if (!stale()) renderTotals(rows[0]); }),
       panel("traffic", async () => { const rows = await query("traffic", Object.assign({ bucket_s: bucketS }, v)); if (!stale()) renderTraffic(rows, bucketS); }),
       panel("sources", async () => {
@@ -434,11 +476,6 @@
           { key: "events", label: "Events", format: fmt.int, num: true },
           { key: "visitors", label: "Unique visitors", format: fmt.int, num: true }], props, "No properties.");
       }),
-      panel("funnel", async () => {
-        const rows = steps.length ? await query("funnel", Object.assign({ steps, window_s: windowS,
-          per_session: per === "session" ? 1 : 0 }, v)) : [];
-        if (!stale()) renderFunnel(rows, per);
-      }),
       panel("experiments", async () => {
         const report = await getJSON("/dashboard/api/experiments?site=" + encodeURIComponent(v.site));
         if (!stale()) renderExperiments(report.experiments);
@@ -454,7 +491,19 @@
           { key: "variants", label: "Variants", format: fmt.variants }], rows, "No leads in this range.");
       }),
       live(),
-    ]);
+    ];
+    // Asked for after every other panel's request is queued (a late request: see acquire).
+    const funnel = panel("funnel", async () => {
+      if (steps.length) $("funnel-summary").textContent = "Computing the funnel…";
+      const rows = steps.length ? await query("funnel", Object.assign({ steps, window_s: windowS,
+        per_session: per === "session" ? 1 : 0 }, v), true) : [];
+      if (!stale()) renderFunnel(rows, per);
+    });
+    await Promise.all(others);
+    if (stale()) return;
+    setDrawn();
+    $("status").textContent = steps.length ? "Computing the funnel…" : "";
+    await funnel;
     if (stale()) return;
     $("status").textContent = "";
     setBusy(false);
