@@ -300,10 +300,10 @@ def reconcile_problems(data_dir: Path, site: str) -> list[str]:
     done = subprocess.run([sys.executable, "-m", "clickstream.cli", "reconcile", "--site", site, "--no-progress",
                            "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode == 0:
-        checked = re.match(r"(\d+) day\(s\)", done.stdout)
-        if checked and int(checked.group(1)) > 0:
+        checked = re.search(r"^(\d+) day\(s\) of .* checked", done.stdout, re.MULTILINE)
+        if checked and int(checked.group(1)) > 0 and "PENDING" not in done.stdout:
             return []
-        return [f"clickstream reconcile checked no day: {done.stdout!r}"]
+        return [f"clickstream reconcile checked no day or left a roll-up pending: {done.stdout!r}"]
     return [f"clickstream reconcile exit {done.returncode}: {line}"
             for line in (done.stdout + done.stderr).strip().splitlines()[-20:]]
 
