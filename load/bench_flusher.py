@@ -9,7 +9,8 @@ every materialized view):
 - spool: segments of ~`segment_rows` events as the collector writes them: requests of the traffic
   model (load/model.py) in the driver's batch sizes {1, 1, 1, 5, 10, 50} (or single events only),
   stamped by `collector.pipeline.process`, one block record per request;
-- then, `per_round` segments at a time, alternating: the flusher flushes them (`Flusher.flush_once`:
+- then, `per_round` segments at a time, alternating (the side that goes first alternates too, as
+  merges started by one side's inserts run on into the next): the flusher flushes them (`Flusher.flush_once`:
   read, CRC check, dedup, byte ranges, `INSERT INTO events_ingest FORMAT JSONEachRow` with a dedup
   token, segment delete; pipelined as when it runs behind: the next segment is read while one is
   inserted), and the baseline sends exactly the same rows (site ids renamed so both land) in the
@@ -140,19 +141,31 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
                 bodies.append(b"".join(r.payload.replace(b'"site_id":"', b'"site_id":"b-', 1) + b"\n"
                                        for r in records_of(segment.segment_id, data, frames(data)[0])))
             expected = sum(body.count(b"\n") for body in bodies)
-            t0, c0 = time.perf_counter(), time.process_time()
-            flushed = flusher.flush_once()  # pipelined: the next segment is read while one is inserted
-            t1, c1 = time.perf_counter(), time.process_time()
-            for i, body in enumerate(bodies):
-                client.raw_insert("events_ingest", None, body, fmt="JSONEachRow",
-                                  settings={**INSERT_SETTINGS, "insert_deduplication_token": f"baseline-{k}-{i}"})
-            t2, c2 = time.perf_counter(), time.process_time()
-            flusher_cpu += c1 - c0
-            baseline_cpu += c2 - c1
+
+            def flush() -> tuple[float, float, int]:
+                t0, c0 = time.perf_counter(), time.process_time()
+                flushed = flusher.flush_once()  # pipelined: the next segment is read while one is inserted
+                return time.perf_counter() - t0, time.process_time() - c0, flushed
+
+            def baseline(k: int = k, bodies: list[bytes] = bodies) -> tuple[float, float, int]:
+                t0, c0 = time.perf_counter(), time.process_time()
+                for i, body in enumerate(bodies):
+                    client.raw_insert("events_ingest", None, body, fmt="JSONEachRow",
+                                      settings={**INSERT_SETTINGS, "insert_deduplication_token": f"baseline-{k}-{i}"})
+                return time.perf_counter() - t0, time.process_time() - c0, 0
+
+            # The side that goes first alternates round by round: the merges that a round's inserts
+            # (and the fold) start run on into whichever side comes next, and count in its CPU time.
+            if (k // per_round) % 2 == 0:
+                (f_wall, f_cpu, flushed), (b_wall, b_cpu, _) = flush(), baseline()
+            else:
+                (b_wall, b_cpu, _), (f_wall, f_cpu, flushed) = baseline(), flush()
+            flusher_cpu += f_cpu
+            baseline_cpu += b_cpu
             if flushed != expected:
                 raise RuntimeError(f"round {k}: flushed {flushed} rows of {expected}")
-            flusher_s += t1 - t0
-            baseline_s += t2 - t1
+            flusher_s += f_wall
+            baseline_s += b_wall
             rows += flushed
             for table, n in active_parts(client).items():
                 max_parts[table] = max(max_parts.get(table, 0), n)
