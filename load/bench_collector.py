@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from clickstream.core.spool import SpoolReader
-from load.procs import free_port
+from load.procs import cpu_seconds, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "load" / "results"
@@ -131,13 +131,6 @@ def _accepted_total(port: int) -> float:
     return float(match.group(1)) if match else -1.0
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _drain(spool: Path) -> None:
     """Delete sealed segments, as the flusher does once ClickHouse has them."""
     reader = SpoolReader(spool)
@@ -196,9 +189,9 @@ def run() -> dict[str, Any]:
                 for target in ("bare", "collector"):
                     url = f"http://127.0.0.1:{ports[target]}/collect"
                     warm = wrk(url, body, WARMUP_S)
-                    cpu_before = _cpu_seconds(procs[target].pid)
+                    cpu_before = cpu_seconds(procs[target].pid)
                     measured = wrk(url, body, DURATION_S)
-                    cpu = _cpu_seconds(procs[target].pid) - cpu_before
+                    cpu = cpu_seconds(procs[target].pid) - cpu_before
                     measured["server_cpu_s"] = round(cpu, 3)
                     measured["cpu_us_per_req"] = round(cpu * 1e6 / max(measured["requests"], 1), 1)
                     runs[f"{target}/{payload}"] = measured

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from load import dashboard_baseline
-from load.procs import start
+from load.procs import cpu_seconds, start
 from load.results import write_result
 
 SITE = "bench.example"
@@ -181,17 +181,13 @@ def _wait_for_quiet(pid: int, timeout_s: float = 1800, below: float = 0.2) -> fl
     the steady state. A fresh server on freshly loaded parts first merges them on both cores (~1 min
     at 10 M events), which is not what a dashboard meets on an install that has held its events a
     while. Returns the seconds waited."""
-    def cpu_s() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     started = time.monotonic()
-    quiet, last = 0, cpu_s()
+    quiet, last = 0, cpu_seconds(pid)
     while quiet < 3:
         if time.monotonic() - started > timeout_s:
             raise RuntimeError(f"serve still busy after {timeout_s} s")
         time.sleep(5)
-        now = cpu_s()
+        now = cpu_seconds(pid)
         quiet = quiet + 1 if (now - last) / 5 < below else 0
         last = now
     return time.monotonic() - started

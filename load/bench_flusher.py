@@ -31,6 +31,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,13 @@ def active_parts(client: Client) -> dict[str, int]:
     return {str(t): int(n) for t, n in client.query(PARTS_QUERY).result_rows}
 
 
+def _timed(side: Callable[[], int]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process, what `side` returned) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = side()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
 def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int = 50_000,
         single: bool = False, seed: int = 3, per_round: int = 4, rollups: bool = True) -> dict[str, Any]:
     """`rollups=False` drops the fold's dirty-day view (fold_dirty_days_mv, sql/0101_rollups.sql) and runs
@@ -142,24 +150,20 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
                                        for r in records_of(segment.segment_id, data, frames(data)[0])))
             expected = sum(body.count(b"\n") for body in bodies)
 
-            def flush() -> tuple[float, float, int]:
-                t0, c0 = time.perf_counter(), time.process_time()
-                flushed = flusher.flush_once()  # pipelined: the next segment is read while one is inserted
-                return time.perf_counter() - t0, time.process_time() - c0, flushed
+            flush = flusher.flush_once  # pipelined: the next segment is read while one is inserted
 
-            def baseline(k: int = k, bodies: list[bytes] = bodies) -> tuple[float, float, int]:
-                t0, c0 = time.perf_counter(), time.process_time()
+            def baseline(k: int = k, bodies: list[bytes] = bodies) -> int:
                 for i, body in enumerate(bodies):
                     client.raw_insert("events_ingest", None, body, fmt="JSONEachRow",
                                       settings={**INSERT_SETTINGS, "insert_deduplication_token": f"baseline-{k}-{i}"})
-                return time.perf_counter() - t0, time.process_time() - c0, 0
+                return 0
 
             # The side that goes first alternates round by round: the merges that a round's inserts
             # (and the fold) start run on into whichever side comes next, and count in its CPU time.
             if (k // per_round) % 2 == 0:
-                (f_wall, f_cpu, flushed), (b_wall, b_cpu, _) = flush(), baseline()
+                (f_wall, f_cpu, flushed), (b_wall, b_cpu, _) = _timed(flush), _timed(baseline)
             else:
-                (b_wall, b_cpu, _), (f_wall, f_cpu, flushed) = baseline(), flush()
+                (b_wall, b_cpu, _), (f_wall, f_cpu, flushed) = _timed(baseline), _timed(flush)
             flusher_cpu += f_cpu
             baseline_cpu += b_cpu
             if flushed != expected:

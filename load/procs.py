@@ -18,6 +18,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads) so far, from /proc/<pid>/stat
+    (fields 14 and 15, utime and stime, in clock ticks: proc(5))."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
