@@ -65,9 +65,14 @@ TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "v
 #: while the views read the old one, and switches them at once when it is complete (reports/versions.py).
 #: The roll-ups built from session_facts (`{facts}` in ROLLUP_SQL) are rebuilt with it when FACTS_SQL's
 #: version goes up (their own version stays). A table missing here is at version 1.
-VERSIONS: dict[str, int] = {"session_facts": 1, "traffic_daily": 1, "landing_daily": 1, "channel_daily": 1,
-                            "variant_daily": 1, "page_daily": 1, "event_type_daily": 1, "event_prop_daily": 1}
+#: Version 2 of traffic_daily, channel_daily, page_daily and event_type_daily adds `visitor_bitmap`, the
+#: visitors as a Roaring bitmap of their numbers (sql/0122_visitor_bitmaps.sql); the other columns are
+#: those of version 1.
+VERSIONS: dict[str, int] = {"session_facts": 1, "traffic_daily": 2, "landing_daily": 1, "channel_daily": 2,
+                            "variant_daily": 1, "page_daily": 2, "event_type_daily": 2, "event_prop_daily": 1}
 STAGING_PREFIX = "fold_staging_"
+#: The numbers of the visitors of the day being built (a copy of visitor_numbers' rows for them).
+DAY_NUMBERS = STAGING_PREFIX + "visitor_numbers"
 #: Settings of the fold's inserts: synchronous, and never deduplicated (a rebuilt day may be identical
 #: to the one built before; dropping it as a duplicate would swap in an empty day).
 FOLD_SETTINGS: dict[str, Any] = {"async_insert": 0, "insert_deduplicate": 0}
@@ -123,14 +128,33 @@ _DAY_EVENTS = ("toDate(ts) >= {{day:Date}} AND toDate(ts) <= {{day:Date}} + 1 AN
                "AND (site_id, session_id) IN (SELECT site_id, session_id FROM {facts} "
                "WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0)")
 
+#: The visitors a roll-up of {day:Date} can hold: those of the human events of that day and the next
+#: (a session started on the day has its events there; the event roll-ups count the event's own visitor).
+_DAY_VISITORS = ("SELECT DISTINCT site_id, anonymous_id FROM events "
+                 "WHERE toDate(ts) >= {day:Date} AND toDate(ts) <= {day:Date} + 1 AND is_bot = 0")
+#: Number the day's visitors that have no number yet (sql/0122_visitor_bitmaps.sql): per site, above the
+#: site's largest number, in anonymous_id order. Only the fold runs it (its lease): one writer, and a rerun
+#: after a half-done insert numbers only the rest.
+NUMBER_SQL = f"""
+INSERT INTO visitor_numbers (site_id, anonymous_id, n)
+SELECT c.site_id, c.anonymous_id,
+       toUInt32(b.base + row_number() OVER (PARTITION BY c.site_id ORDER BY c.anonymous_id)) AS n
+FROM ({_DAY_VISITORS}
+      AND (site_id, anonymous_id) NOT IN (SELECT site_id, anonymous_id FROM visitor_numbers
+                                          WHERE (site_id, anonymous_id) IN ({_DAY_VISITORS}))) AS c
+LEFT JOIN (SELECT site_id, max(n) AS base FROM visitor_numbers GROUP BY site_id) AS b ON c.site_id = b.site_id"""
+#: The numbers of the day's visitors, into DAY_NUMBERS: what the roll-ups join (`{numbers}` in ROLLUP_SQL).
+DAY_NUMBERS_SQL = (f"INSERT INTO {DAY_NUMBERS} (site_id, anonymous_id, n) SELECT site_id, anonymous_id, n "
+                   f"FROM visitor_numbers WHERE (site_id, anonymous_id) IN ({_DAY_VISITORS})")
+
 #: Each roll-up of one day from a table of session facts (`{facts}`: session_facts or its staging twin).
 ROLLUP_SQL: dict[str, str] = {
     "traffic_daily": """
 SELECT site_id, toDate(started_at) AS day, uniqExactState(anonymous_id) AS visitors, count() AS sessions,
        sum(pageviews) AS pageviews, sum(is_bounce) AS bounces,
        sum(toUInt64(toUnixTimestamp64Milli(ended_at) - toUnixTimestamp64Milli(started_at))) AS duration_ms,
-       sum(is_engaged) AS engaged_sessions, sum(engaged_ms) AS engaged_ms
-FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
+       sum(is_engaged) AS engaged_sessions, sum(engaged_ms) AS engaged_ms, groupBitmapState(n) AS visitor_bitmap
+FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id) WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
 GROUP BY site_id, day""",
     "landing_daily": """
 SELECT site_id, toDate(started_at) AS day, entry_path AS landing_path, uniqExactState(anonymous_id) AS visitors,
@@ -140,8 +164,8 @@ GROUP BY site_id, day, landing_path""",
     "channel_daily": """
 SELECT site_id, toDate(started_at) AS day, channel, utm_source, utm_medium, utm_campaign,
        uniqExactState(anonymous_id) AS visitors, count() AS sessions, sum(is_engaged) AS engaged_sessions,
-       sumMap(revenue) AS revenue
-FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
+       sumMap(revenue) AS revenue, groupBitmapState(n) AS visitor_bitmap
+FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id) WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
 GROUP BY site_id, day, channel, utm_source, utm_medium, utm_campaign""",
     # Not from the facts: a visitor's day in an experiment is the day of their first exposure over all of
     # history (variant_exposures), converters those with a lead at or after it (conversions), as 0006's
@@ -175,13 +199,15 @@ GROUP BY site_id, day, experiment_id, variant_id""",
     # The event roll-ups of sql/0121_event_rollups.sql: the human events of the human sessions started on
     # the day ({facts}), from that day and the next (the cut of FACTS_SQL), by the event's own visitor.
     "page_daily": f"""
-SELECT site_id, {{{{day:Date}}}} AS day, path, count() AS pageviews, uniqExactState(anonymous_id) AS visitors
-FROM events
+SELECT site_id, {{{{day:Date}}}} AS day, path, count() AS pageviews, uniqExactState(anonymous_id) AS visitors,
+       groupBitmapState(n) AS visitor_bitmap
+FROM events LEFT JOIN {{numbers}} USING (site_id, anonymous_id)
 WHERE {_DAY_EVENTS} AND type = 'page_view'
 GROUP BY site_id, path""",
     "event_type_daily": f"""
-SELECT site_id, {{{{day:Date}}}} AS day, type, count() AS events, uniqExactState(anonymous_id) AS visitors
-FROM events
+SELECT site_id, {{{{day:Date}}}} AS day, type, count() AS events, uniqExactState(anonymous_id) AS visitors,
+       groupBitmapState(n) AS visitor_bitmap
+FROM events LEFT JOIN {{numbers}} USING (site_id, anonymous_id)
 WHERE {_DAY_EVENTS}
 GROUP BY site_id, type""",
     # one row per distinct key of an event's props, with props[key] (the first value of a repeated key)
@@ -193,13 +219,14 @@ WHERE {_DAY_EVENTS} AND type != 'page_view' AND notEmpty(props)
 GROUP BY site_id, type, key, value""",
 }
 ROLLUP_COLUMNS = {
-    "traffic_daily": "site_id, day, visitors, sessions, pageviews, bounces, duration_ms, engaged_sessions, engaged_ms",
+    "traffic_daily": "site_id, day, visitors, sessions, pageviews, bounces, duration_ms, engaged_sessions, engaged_ms, "
+                     "visitor_bitmap",
     "landing_daily": "site_id, day, landing_path, visitors, sessions, engaged_sessions, revenue",
     "channel_daily": "site_id, day, channel, utm_source, utm_medium, utm_campaign, visitors, sessions, "
-                     "engaged_sessions, revenue",
+                     "engaged_sessions, revenue, visitor_bitmap",
     "variant_daily": "site_id, day, experiment_id, variant_id, visitors, converters",
-    "page_daily": "site_id, day, path, pageviews, visitors",
-    "event_type_daily": "site_id, day, type, events, visitors",
+    "page_daily": "site_id, day, path, pageviews, visitors, visitor_bitmap",
+    "event_type_daily": "site_id, day, type, events, visitors, visitor_bitmap",
     "event_prop_daily": "site_id, day, type, key, value, events, visitors",
 }
 
@@ -227,10 +254,23 @@ def build_day(client: Client, day: dt.date) -> None:
         client.command(f"TRUNCATE TABLE {STAGING_PREFIX}{table}")
     client.command(f"INSERT INTO {STAGING_PREFIX}session_facts ({FACTS_COLUMNS}) {FACTS_SQL}",
                    parameters=params, settings=FOLD_SETTINGS)
+    number_visitors(client, day)
     for table, sql in ROLLUP_SQL.items():
         client.command(f"INSERT INTO {STAGING_PREFIX}{table} ({ROLLUP_COLUMNS[table]}) "
-                       + sql.format(facts=f"{STAGING_PREFIX}session_facts"), parameters=params, settings=FOLD_SETTINGS)
+                       + sql.format(facts=f"{STAGING_PREFIX}session_facts", numbers=DAY_NUMBERS),
+                       parameters=params, settings=FOLD_SETTINGS)
 
+
+
+def number_visitors(client: Client, day: dt.date) -> None:
+    """Give the visitors of `day` without a number one (NUMBER_SQL), and copy the numbers of all of the
+    day's visitors into DAY_NUMBERS for the roll-ups' bitmaps (sql/0122_visitor_bitmaps.sql). The caller
+    holds the fold lease: one writer of visitor_numbers."""
+    params = {"day": day}
+    client.command(f"CREATE TABLE IF NOT EXISTS {DAY_NUMBERS} AS visitor_numbers")
+    client.command(f"TRUNCATE TABLE {DAY_NUMBERS}")
+    client.command(NUMBER_SQL, parameters=params, settings=FOLD_SETTINGS)
+    client.command(DAY_NUMBERS_SQL, parameters=params, settings=FOLD_SETTINGS)
 
 
 def swap_day(client: Client, day: dt.date, into: Mapping[str, str] | None = None) -> None:

@@ -21,8 +21,8 @@ day by day, while the views keep reading `<table>`, the old version, whole:
   fold_next_<table>` switches every reader at once (atomic, Atomic database engine), then the old
   version (now the twin) is dropped.
 
-A reader sees the old version or the new one, never a mix of days. A table without a version comment
-is adopted at the declared version on an installation the fold never ran on (a new table in a fresh
+A reader sees the old version or the new one, never a mix of days. A table without a version comment,
+or with another one, is adopted at the declared version on an installation the fold never ran on (a new
 directory: the fold's history backfill fills it); on one the fold ran on, it is pending (a roll-up added
 to an existing installation is built from history the same way).
 """
@@ -120,9 +120,10 @@ def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create:
 
     A table is pending when it holds another version than the declared one, or when a table it is built
     from (`depends`: table -> tables, earlier in `declared`) is pending: its numbers change with them.
-    Adopts unversioned tables at their declared version when `fresh` (the fold never ran: nothing was
-    built with another definition), drops a twin left by a finished switch or by an earlier declared
-    version, creates a missing twin as an empty copy of the table with the declared version's comment.
+    Adopts every table at its declared version when `fresh` (the fold never ran: nothing was built with
+    another definition, e.g. the version 1 that sql/0120_rollup_versions.sql stamps on a new directory),
+    drops a twin left by a finished switch or by an earlier declared version, creates a missing twin as
+    an empty copy of the table with the declared version's comment.
     """
     found = _tables(client, [*declared, *(NEXT_PREFIX + t for t in declared)])
     shapes = columns(client, found)
@@ -131,7 +132,7 @@ def prepare(client: Client, declared: Mapping[str, int], *, fresh: bool, create:
         if table not in found:
             continue
         stored = version_of(found[table][0])
-        if stored is None and fresh:
+        if stored != version and fresh:  # no row was built by any other definition: nothing to rebuild
             stamp(client, table, version)
             stored = version
         twin = NEXT_PREFIX + table

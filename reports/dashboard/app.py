@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from reports import versions
 from reports.dashboard import queries
 from reports.experiments import LIFT_SQL, build_report
 from reports.query_port import QueryPort, QueryPortError
@@ -73,6 +74,7 @@ class Dashboard:
         self.port = port
         self.config = config or DashboardConfig()
         self._index = _read("index.html")
+        self._bitmaps_live = False
         self._login = _read("login.html").decode()
         self._static: dict[str, tuple[bytes, str, str]] = {}
         for name in STATIC_FILES:
@@ -172,10 +174,36 @@ class Dashboard:
         return Response(body, media_type=media, headers=headers)
 
     async def api_queries(self, request: Request) -> Response:
-        """queries.catalog() as JSON: {name: {"sql", "params"}}."""
+        """queries.catalog() as JSON: {name: {"sql", "params"}}; the queries over the roll-ups' visitor
+        bitmaps once every table of queries.BITMAP_TABLES holds them (`bitmaps_live`), else the queries
+        over their uniqExact states."""
         if not self.port.authenticated(request):
             return self._denied()
-        return Response(orjson.dumps(queries.catalog()), media_type="application/json", headers=_NO_STORE)
+        live = await self.bitmaps_live()
+        return Response(orjson.dumps(queries.catalog(bitmaps=live)), media_type="application/json",
+                        headers=_NO_STORE)
+
+    async def bitmaps_live(self) -> bool:
+        """Whether every roll-up of queries.BITMAP_TABLES holds definition version queries.BITMAP_VERSION or
+        later (reports/versions.py: the table comment), so its visitor bitmaps are filled; a version 1 table
+        (an upgrade whose new version the fold is still building) has empty ones. Kept once true: a table's
+        version only goes up. Also true before the first fold: no roll-up row exists yet, and that fold
+        adopts the declared versions (reports/versions.py `prepare`). False when it cannot be read (the
+        uniqExact queries are right either way)."""
+        if self._bitmaps_live:
+            return True
+        names = ", ".join(f"'{name}'" for name in queries.BITMAP_TABLES)
+        try:
+            body = await self.port.query("SELECT name, comment, (SELECT count() FROM fold_runs) FROM system.tables "
+                                         f"WHERE database = currentDatabase() AND name IN ({names})", fmt="JSONCompact")
+        except QueryPortError:
+            return False
+        rows = orjson.loads(body)["data"]
+        found = {str(name): versions.version_of(str(comment)) for name, comment, _ in rows}
+        never_folded = bool(rows) and int(rows[0][2]) == 0
+        self._bitmaps_live = never_folded or all(
+            (found.get(name) or 0) >= queries.BITMAP_VERSION for name in queries.BITMAP_TABLES)
+        return self._bitmaps_live
 
     async def api_config(self, request: Request) -> Response:
         """{"script_url", "filters", "source_dimensions", "max_funnel_steps"}."""

@@ -4,8 +4,9 @@ The page (static/dashboard.js) fetches this list from `GET /dashboard/api/querie
 query's text unchanged to the query port (`POST /`, `FORMAT JSON`) with its values as query
 parameters (`param_<name>`, ClickHouse's `{name:Type}`): no SQL is ever built from user input,
 and the port's read-only guard and caps apply. The queries read `v_*` views and the `dashboard_*_days`
-views of sql/0121_event_rollups.sql (the day roll-ups with their uniqExact states: not `v_*`, as BI
-formats have no state type); switching a panel to another view (e.g. a roll-up) is a change of this
+views of sql/0121_event_rollups.sql and sql/0122_visitor_bitmaps.sql (the day roll-ups with their
+uniqExact states and visitor bitmaps: not `v_*`, as BI formats have no state type) and `visitor_numbers`
+(0122); switching a panel to another view (e.g. a roll-up) is a change of this
 file alone. docs/dashboards.md "The built-in dashboard" lists them.
 
 Where the time goes (load/bench_dashboard.py, BENCHMARKS.md "Dashboard first render"):
@@ -13,8 +14,10 @@ Where the time goes (load/bench_dashboard.py, BENCHMARKS.md "Dashboard first ren
     filter on, and every session of the day started in the range: every inner day, and a boundary day
     whose sessions all lie inside, such as today for a range that ends now), and v_sessions / v_events
     for the rest (_raw: a boundary day with a session outside the range; every day once a filter is
-    on, the roll-ups having no filter columns). Both are merged exactly (visitors as uniqExact
-    states): the same numbers as v_sessions / v_events alone. The `events` key (site_id, toDate(ts),
+    on, the roll-ups having no filter columns). Both are merged exactly (_Visitors: the roll-ups' visitor
+    bitmaps with the raw rows' visitor numbers, or uniqExact states while a roll-up's bitmaps are being
+    built): the same numbers as v_sessions / v_events alone. The page's ranges are whole UTC days, so
+    with no filter on every day is covered. The `events` key (site_id, toDate(ts),
     …) skips the covered days, so a range of covered days reads no event (_RAW_EVENTS).
   * An event counts with its session: in the range when its session started in it, from the
     session's start day and the next (sql/0121_event_rollups.sql, reports/fold.py FACTS_SQL).
@@ -138,6 +141,52 @@ def _raw(day: str, lower: str = "from_ms", upper: str = "to_ms") -> str:
     return f"(NOT {_NO_FILTER} OR {_partial(day, lower, upper)})"
 
 
+#: The roll-ups whose visitors the dashboard reads as bitmaps (sql/0122_visitor_bitmaps.sql), from their
+#: definition version 2 on (reports/fold.py VERSIONS): `catalog(bitmaps=True)` only when every one holds it.
+BITMAP_TABLES: Final = ("traffic_daily", "channel_daily", "page_daily", "event_type_daily")
+BITMAP_VERSION: Final = 2
+
+
+class _Visitors:
+    """How a panel counts visitors over the UNION of covered roll-up rows and raw rows, exactly.
+
+    bitmaps: a covered row brings its visitors as a Roaring bitmap of visitor numbers (`b`); the raw rows
+    look their visitors' numbers up in visitor_numbers and bring the numbered ones as a bitmap (`b`) and
+    the count of the others (`u`, exact: uniqExact). Visitors = |union of the bitmaps| + sum of `u`: a
+    visitor without a number is in no folded day, so in no covered row and counted once, in `u` (its raw
+    rows are one row per output group). Else (a roll-up still at definition version 1, whose bitmaps are
+    empty) uniqExact states (`v`) on both sides, merged. With a filter on, every row is raw and the look-up
+    reads nothing (_NO_FILTER in its WHERE): every visitor counts in `u`.
+    """
+
+    def __init__(self, bitmaps: bool) -> None:
+        self.bitmaps = bitmaps
+
+    def covered(self) -> str:
+        """The columns of a covered row (of a dashboard_*_days view)."""
+        return "visitor_bitmap AS b, toUInt64(0) AS u" if self.bitmaps else "visitors AS v"
+
+    def raw(self) -> str:
+        """The aggregates of a raw branch (joined with `lookup`)."""
+        return ("groupBitmapStateIf(visitor_n, visitor_n != 0) AS b, uniqExactIf(anonymous_id, visitor_n = 0) AS u"
+                if self.bitmaps else "uniqExactState(anonymous_id) AS v")
+
+    def lookup(self, ids: str) -> str:
+        """The JOIN giving each raw row its visitor number `visitor_n` (0: none), for the visitor ids `ids`
+        (a sub-query) only; nothing when counting with uniqExact states."""
+        if not self.bitmaps:
+            return ""
+        return (f" LEFT JOIN (SELECT anonymous_id, n AS visitor_n FROM visitor_numbers WHERE site_id = {{site:String}}"
+                f" AND {_NO_FILTER} AND anonymous_id IN ({ids})) AS numbered USING anonymous_id")
+
+    def merge(self, condition: str = "") -> str:
+        """The exact visitors of the merged rows (those where `condition` holds)."""
+        if self.bitmaps:
+            return (f"groupBitmapMergeIf(b, {condition}) + sumIf(u, {condition})" if condition
+                    else "groupBitmapMerge(b) + sum(u)")
+        return f"uniqExactMergeIf(v, {condition})" if condition else "uniqExactMerge(v)"
+
+
 #: The sessions of the range the roll-ups do not answer (_raw), as (session_id, start day).
 _RAW_SESSIONS = (f"(SELECT session_id, toDate(started_at) FROM v_sessions WHERE {_sessions_where()}"
                  f" AND {_raw('toDate(started_at)')})")
@@ -151,23 +200,27 @@ _RAW_EVENTS = (f"{_EVENTS_RANGE}"
                f" AND ((session_id, toDate(ts)) IN {_RAW_SESSIONS} OR (session_id, toDate(ts) - 1) IN {_RAW_SESSIONS})")
 
 
-def _rollup_sessions(dimension: str) -> str:
+#: The raw sessions of the range (_raw), their visitors (the ids _Visitors.lookup numbers).
+_RAW_SESSION_IDS = f"SELECT anonymous_id FROM v_sessions WHERE {_sessions_where()} AND {_raw('toDate(started_at)')}"
+
+
+def _rollup_sessions(dimension: str, vis: _Visitors) -> str:
     """Sessions, visitors and revenue per `dimension` value (a dashboard_channel_days column) of the
     filtered sessions in [from, to): the roll-up's covered days and v_sessions for the rest."""
     return f"""
-      SELECT key, sum(n) AS sessions, uniqExactMerge(v) AS visitors, sumMap(rev) AS revenue
-      FROM (SELECT {dimension} AS key, visitors AS v, sessions AS n, revenue AS rev FROM dashboard_channel_days
+      SELECT key, sum(n) AS sessions, {vis.merge()} AS visitors, sumMap(rev) AS revenue
+      FROM (SELECT {dimension} AS key, {vis.covered()}, sessions AS n, revenue AS rev FROM dashboard_channel_days
             WHERE site_id = {{site:String}} AND {_covered('day')}
             UNION ALL
-            SELECT {dimension} AS key, uniqExactState(anonymous_id) AS v, count() AS n, sumMap(revenue) AS rev
-            FROM v_sessions
+            SELECT {dimension} AS key, {vis.raw()}, count() AS n, sumMap(revenue) AS rev
+            FROM v_sessions{vis.lookup(_RAW_SESSION_IDS)}
             WHERE {_sessions_where()} AND {_raw('toDate(started_at)')}
             GROUP BY key)
       GROUP BY key"""
 
 
-def _source_query(dimension: str) -> str:
-    sessions = (_rollup_sessions(dimension) if dimension in ROLLUP_DIMENSIONS else f"""
+def _source_query(dimension: str, vis: _Visitors) -> str:
+    sessions = (_rollup_sessions(dimension, vis) if dimension in ROLLUP_DIMENSIONS else f"""
       SELECT {dimension} AS key, count() AS sessions, uniqExact(anonymous_id) AS visitors, sumMap(revenue) AS revenue
       FROM v_sessions WHERE {_sessions_where()} GROUP BY key""")
     return f"""{f"WITH {_with(_RANGE)}" if dimension in ROLLUP_DIMENSIONS else ""}
@@ -189,6 +242,16 @@ def _event_rollup(columns: str, rollup: str, raw: str, where: str = "", rollup_w
       WHERE site_id = {{site:String}} AND {_covered('day')}{rollup_where}
       UNION ALL
       {raw} AND {_RAW_EVENTS}{where}"""
+
+
+def _event_visitors(key: str, rollup: str, selection: str, vis: _Visitors, rollup_where: str = "") -> str:
+    """`key`, the count `n` and the visitors (_Visitors) of dashboard_<rollup>_days' covered rows and of
+    the raw events of v_events passing `selection`, grouped by `key` (a column of both)."""
+    ids = f"SELECT anonymous_id FROM v_events WHERE {selection} AND {_RAW_EVENTS}"
+    count = "pageviews" if rollup == "page" else "events"
+    return _event_rollup(f"{key}, {count} AS n, {vis.covered()}", rollup,
+                         f"SELECT {key}, count() AS n, {vis.raw()} FROM v_events{vis.lookup(ids)} WHERE {selection}",
+                         f" GROUP BY {key}", rollup_where)
 
 
 #: A funnel on the filtered sessions' events: sql/0110_dashboard_views.sql's v_funnel with the
@@ -224,8 +287,19 @@ WINDOW w AS (ORDER BY step ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ORDER BY step"""
 
 
-#: name -> SQL text. Each returns what the panel of the same name shows.
-QUERIES: Final[dict[str, str]] = {
+#: The sessions of the totals' two periods the roll-ups do not answer.
+_TOTALS_RAW = (f"{_sessions_where('prev_from_ms')}"
+               f" AND ((started_at < {_ms('from_ms')} AND {_raw('toDate(started_at)', 'prev_from_ms', 'from_ms')})"
+               f" OR (started_at >= {_ms('from_ms')} AND {_raw('toDate(started_at)')}))")
+#: The sessions of the traffic chart the roll-ups do not answer (every one for hour buckets).
+_TRAFFIC_RAW = f"{_sessions_where()} AND ({{bucket_s:UInt32}} != 86400 OR {_raw('toDate(started_at)')})"
+
+
+def queries_for(bitmaps: bool) -> dict[str, str]:
+    """name -> SQL text, each returning what the panel of the same name shows; visitors from the roll-ups'
+    bitmaps (`bitmaps`: every table of BITMAP_TABLES at BITMAP_VERSION or later) or uniqExact states."""
+    vis = _Visitors(bitmaps)
+    return {
     # The site picker: every site with human sessions; a site not listed has no events yet (the empty
     # state: "add this script tag").
     "sites": "SELECT site_id FROM v_daily_traffic GROUP BY site_id ORDER BY site_id",
@@ -235,12 +309,11 @@ QUERIES: Final[dict[str, str]] = {
     "totals": f"""
 WITH
     {_with(_RANGE, _PREVIOUS)},
-    (SELECT countIf(occurred_at >= {_ms('from_ms')}) FROM v_leads_last_touch
-     WHERE {_leads_where('prev_from_ms')}) AS leads,
-    (SELECT countIf(occurred_at < {_ms('from_ms')}) FROM v_leads_last_touch
-     WHERE {_leads_where('prev_from_ms')}) AS prev_leads
+    (SELECT (countIf(occurred_at >= {_ms('from_ms')}), countIf(occurred_at < {_ms('from_ms')}))
+     FROM v_leads_last_touch WHERE {_leads_where('prev_from_ms')}) AS lead_counts,
+    tupleElement(lead_counts, 1) AS leads, tupleElement(lead_counts, 2) AS prev_leads
 SELECT
-    uniqExactMergeIf(v, cur) AS visitors, uniqExactMergeIf(v, NOT cur) AS prev_visitors,
+    {vis.merge('cur')} AS visitors, {vis.merge('NOT cur')} AS prev_visitors,
     sumIf(n, cur) AS sessions, sumIf(n, NOT cur) AS prev_sessions,
     sumIf(views, cur) AS pageviews, sumIf(views, NOT cur) AS prev_pageviews,
     if(sessions = 0, NULL, sumIf(bounces, cur) / sessions) AS bounce_rate,
@@ -257,40 +330,36 @@ SELECT
     if(prev_avg_duration_s = 0, NULL, avg_duration_s / prev_avg_duration_s - 1) AS avg_duration_s_change,
     if(prev_leads = 0, NULL, leads / prev_leads - 1) AS leads_change,
     conversion_rate - prev_conversion_rate AS conversion_rate_change
-FROM (SELECT {_covered('day')} AS cur, visitors AS v, sessions AS n, pageviews AS views, bounces, duration_ms AS ms
+FROM (SELECT {_covered('day')} AS cur, {vis.covered()}, sessions AS n, pageviews AS views, bounces, duration_ms AS ms
       FROM dashboard_traffic_days
       WHERE site_id = {{site:String}} AND ({_covered('day', 'prev_from_ms', 'from_ms')} OR {_covered('day')})
       UNION ALL
-      SELECT started_at >= {_ms('from_ms')} AS cur, uniqExactState(anonymous_id) AS v, count() AS n,
+      SELECT started_at >= {_ms('from_ms')} AS cur, {vis.raw()}, count() AS n,
              sum(pageviews) AS views, sum(is_bounce) AS bounces, sum({_DURATION_MS}) AS ms
-      FROM v_sessions
-      WHERE {_sessions_where('prev_from_ms')}
-        AND ((started_at < {_ms('from_ms')} AND {_raw('toDate(started_at)', 'prev_from_ms', 'from_ms')})
-             OR (started_at >= {_ms('from_ms')} AND {_raw('toDate(started_at)')}))
+      FROM v_sessions{vis.lookup(f"SELECT anonymous_id FROM v_sessions WHERE {_TOTALS_RAW}")}
+      WHERE {_TOTALS_RAW}
       GROUP BY cur)""",
     # Traffic over time: buckets of bucket_s seconds (3600 for ranges of 2 days or less, else 86400),
     # epoch seconds UTC at the bucket's start. Day buckets of whole days come from the roll-up.
     "traffic": f"""
 WITH {_with(_RANGE)}
-SELECT t, uniqExactMerge(v) AS visitors, sum(n) AS sessions, sum(views) AS pageviews
-FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, visitors AS v, sessions AS n, pageviews AS views
+SELECT t, {vis.merge()} AS visitors, sum(n) AS sessions, sum(views) AS pageviews
+FROM (SELECT toUnixTimestamp(toDateTime(day, 'UTC')) AS t, {vis.covered()}, sessions AS n, pageviews AS views
       FROM dashboard_traffic_days
       WHERE site_id = {{site:String}} AND {{bucket_s:UInt32}} = 86400 AND {_covered('day')}
       UNION ALL
       SELECT toUnixTimestamp(toStartOfInterval(started_at, toIntervalSecond({{bucket_s:UInt32}}))) AS t,
-             uniqExactState(anonymous_id) AS v, count() AS n, sum(pageviews) AS views
-      FROM v_sessions
-      WHERE {_sessions_where()} AND ({{bucket_s:UInt32}} != 86400 OR {_raw('toDate(started_at)')})
+             {vis.raw()}, count() AS n, sum(pageviews) AS views
+      FROM v_sessions{vis.lookup(f"SELECT anonymous_id FROM v_sessions WHERE {_TRAFFIC_RAW}")}
+      WHERE {_TRAFFIC_RAW}
       GROUP BY t)
 GROUP BY t ORDER BY t""",
-    **{f"sources_{dimension}": _source_query(dimension) for dimension in SOURCE_DIMENSIONS},
+    **{f"sources_{dimension}": _source_query(dimension, vis) for dimension in SOURCE_DIMENSIONS},
     # Top pages: page views of the filtered sessions per path (page_daily for the covered days).
     "pages_top": f"""
 WITH {_with(_RANGE)}
-SELECT path, sum(n) AS pageviews, uniqExactMerge(v) AS visitors
-FROM ({_event_rollup("path, pageviews AS n, visitors AS v", "page",
-                     "SELECT path, count() AS n, uniqExactState(anonymous_id) AS v FROM v_events "
-                     "WHERE type = 'page_view'", " GROUP BY path")})
+SELECT path, sum(n) AS pageviews, {vis.merge()} AS visitors
+FROM ({_event_visitors("path", "page", "type = 'page_view'", vis)})
 GROUP BY path ORDER BY pageviews DESC, path LIMIT 50""",
     # Landing pages with leads (frozen landing_path) and conversion rate = leads / sessions, revenue.
     "pages_landing": f"""
@@ -311,10 +380,8 @@ GROUP BY path ORDER BY sessions DESC, path LIMIT 50""",
     # Custom events: every type but page_view, with unique visitors (event_type_daily for the covered days).
     "events_types": f"""
 WITH {_with(_RANGE)}
-SELECT type, sum(n) AS events, uniqExactMerge(v) AS visitors
-FROM ({_event_rollup("type, events AS n, visitors AS v", "event_type",
-                     "SELECT type, count() AS n, uniqExactState(anonymous_id) AS v FROM v_events "
-                     "WHERE type != 'page_view'", " GROUP BY type", " AND type != 'page_view'")})
+SELECT type, sum(n) AS events, {vis.merge()} AS visitors
+FROM ({_event_visitors("type", "event_type", "type != 'page_view'", vis, " AND type != 'page_view'")})
 GROUP BY type ORDER BY events DESC, type LIMIT 100""",
     # Property keys seen on those events (the breakdown's picker): events carrying the key (once per
     # event, even when its map repeats the key), from event_prop_daily for the covered days.
@@ -349,7 +416,13 @@ FROM v_events WHERE site_id = {site:String} AND ts >= now64(3) - INTERVAL 5 MINU
 SELECT path, uniqExact(anonymous_id) AS visitors
 FROM v_events WHERE site_id = {site:String} AND type = 'page_view' AND ts >= now64(3) - INTERVAL 5 MINUTE
 GROUP BY path ORDER BY visitors DESC, path LIMIT 10""",
-}
+    }
+
+
+#: name -> SQL text of the queries with visitors from the roll-ups' bitmaps (queries_for).
+QUERIES: Final[dict[str, str]] = queries_for(True)
+#: The same with uniqExact states: while a roll-up of BITMAP_TABLES is still at definition version 1.
+QUERIES_V1: Final[dict[str, str]] = queries_for(False)
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):")
 
@@ -359,6 +432,8 @@ def parameters(sql: str) -> list[str]:
     return list(dict.fromkeys(_PARAM.findall(sql)))
 
 
-def catalog() -> dict[str, dict[str, object]]:
-    """What `GET /dashboard/api/queries` serves: {name: {"sql": text, "params": [names]}}."""
-    return {name: {"sql": sql.strip(), "params": parameters(sql)} for name, sql in QUERIES.items()}
+def catalog(bitmaps: bool = True) -> dict[str, dict[str, object]]:
+    """What `GET /dashboard/api/queries` serves: {name: {"sql": text, "params": [names]}} (QUERIES, or
+    QUERIES_V1 without `bitmaps`)."""
+    chosen = QUERIES if bitmaps else QUERIES_V1
+    return {name: {"sql": sql.strip(), "params": parameters(sql)} for name, sql in chosen.items()}

@@ -9,15 +9,23 @@ SETTINGS clause, a failed query) can leak into the next query or into the writer
 connection (caps only: a client's `limit` must not shape what the guard reads) and the *query*
 connection (caps and the client's checked settings). One long-lived *anchor* connection, opened by
 `open()`, keeps the engine up between queries and reads its catalog.
+
+The guard's verdict on a read statement depends on its text alone (parameters are typed literals and
+cannot add a function or a table), so it is kept for the last CHECKED_MAX texts: a dashboard sends the
+same dozen texts on every render, and their formatQuery + EXPLAIN AST cost 10-20 ms each (BENCHMARKS.md
+"Dashboard first render"). A text with an `Identifier` parameter (a table name chosen by a value) is
+checked every time.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import threading
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +52,8 @@ from reports.query_port.sessions import Session
 
 #: The guard connection keeps only these caps: a client's result caps must not limit EXPLAIN AST.
 _GUARD_CAPS = ("max_execution_time", "max_memory_usage", "max_threads")
+#: Read statements whose check is kept, by the client's text (least recently used dropped first).
+CHECKED_MAX = 256
 
 
 @dataclass
@@ -124,6 +134,8 @@ class QueryEngine:
         self._table_functions: frozenset[str] = frozenset()
         self._status_by_code: dict[int, int] = {}
         self._anchor: Any = None
+        self._checked: OrderedDict[str, Statement] = OrderedDict()
+        self._checked_lock = threading.Lock()
 
     @property
     def is_open(self) -> bool:
@@ -171,11 +183,14 @@ class QueryEngine:
         started = time.monotonic_ns()
         guard = query = None
         try:
-            guard = _connect(self._connection_string(self._guard_caps()))
-            statement = check_statement(lambda sql, params: _text(guard, sql, params), job.text, job.params,
-                                        self._table_functions)
-            if statement.kind in ("SET", "USE"):
-                return self._session_statement(guard, job, statement, started)
+            statement = self._checked_before(job.text)
+            if statement is None:
+                guard = _connect(self._connection_string(self._guard_caps()))
+                statement = check_statement(lambda sql, params: _text(guard, sql, params), job.text, job.params,
+                                            self._table_functions)
+                if statement.kind in ("SET", "USE"):
+                    return self._session_statement(guard, job, statement, started)
+                self._keep_checked(job.text, statement)
             query = _connect(self._connection_string({**self.policy.caps(), **job.settings}))
             return self._run(query, job, statement, started)
         except RuntimeError as exc:
@@ -186,6 +201,23 @@ class QueryEngine:
             for conn in (query, guard):
                 if conn is not None:
                     conn.close()
+
+    def _checked_before(self, text: str) -> Statement | None:
+        """The statement of `text` as the guard passed it before, or None."""
+        with self._checked_lock:
+            statement = self._checked.get(text)
+            if statement is not None:
+                self._checked.move_to_end(text)
+            return statement
+
+    def _keep_checked(self, text: str, statement: Statement) -> None:
+        """Keep a read statement the guard passed (not one with an Identifier parameter)."""
+        if ":Identifier}" in text.replace(" ", ""):
+            return
+        with self._checked_lock:
+            self._checked[text] = statement
+            while len(self._checked) > CHECKED_MAX:
+                self._checked.popitem(last=False)
 
     def kill(self, marker: str) -> None:
         """KILL QUERY the statement tagged /* qport:<marker> */, from another connection (chDB shares

@@ -6,8 +6,8 @@ versions (sql/0120_rollup_versions.sql) keeps its folded rows as version 1 and r
 
 Real chDB per test, the real ingest path and fold (tests/integration/test_rollups.py's Store). The
 definition change is what a release does: the table's SQL in reports/fold.py changes and its
-declared version goes up (here with monkeypatch): version 2 of `traffic_daily` counts as a bounce
-every session with exactly one page view, engaged or not.
+declared version goes up (here with monkeypatch): the next version of `traffic_daily` (NEXT_TRAFFIC)
+counts as a bounce every session with exactly one page view, engaged or not.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ OLD_BOUNCES = "sum(is_bounce) AS bounces"
 #: The roll-ups of the release before definition versions (sql/0101_rollups.sql, sql/0103_variant_rollup.sql).
 OLD_TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "variant_daily")
 NEW_BOUNCES = "sum({facts}.pageviews = 1) AS bounces"
+#: The definition versions the code declares (reports/fold.py VERSIONS), and the next ones the tests'
+#: changed definitions of traffic_daily and session_facts declare.
+DECLARED = dict(fold_module.VERSIONS)
+NEXT_TRAFFIC = DECLARED["traffic_daily"] + 1
+NEXT_FACTS = DECLARED["session_facts"] + 1
 
 
 @pytest.fixture
@@ -53,7 +58,15 @@ def traffic_definition_v2(monkeypatch: pytest.MonkeyPatch) -> None:
     sql = fold_module.ROLLUP_SQL["traffic_daily"]
     assert OLD_BOUNCES in sql
     monkeypatch.setitem(fold_module.ROLLUP_SQL, "traffic_daily", sql.replace(OLD_BOUNCES, NEW_BOUNCES))
-    monkeypatch.setitem(fold_module.VERSIONS, "traffic_daily", 2)
+    monkeypatch.setitem(fold_module.VERSIONS, "traffic_daily", NEXT_TRAFFIC)
+
+
+def before_bitmaps(sql: str) -> str:
+    """A roll-up's SQL as it was before visitor bitmaps (sql/0122_visitor_bitmaps.sql)."""
+    for bitmap in (", groupBitmapState(n) AS visitor_bitmap", ",\n       groupBitmapState(n) AS visitor_bitmap",
+                   " LEFT JOIN {numbers} USING (site_id, anonymous_id)"):
+        sql = sql.replace(bitmap, "")
+    return sql
 
 
 def read_traffic(client: Client) -> dict[Any, tuple[Any, ...]]:
@@ -74,7 +87,8 @@ def read_traffic(client: Client) -> dict[Any, tuple[Any, ...]]:
 
 
 def expected_traffic(events: list[Event], version: int) -> dict[Any, tuple[Any, ...]]:
-    """The same numbers from the events alone; a bounce per definition `version`."""
+    """The same numbers from the events alone; a bounce per definition `version` of the bounce (1: the
+    code's, 2: the tests' changed one, NEW_BOUNCES)."""
     groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for s in sessions_of(events):
         groups[(s["site_id"], s["day"])].append(s)
@@ -103,7 +117,7 @@ def test_a_definition_change_is_built_in_the_background_and_switched_in_whole(
     old = read_traffic(client)
     assert old == expected_traffic(store.events, 1)
     assert expected_traffic(store.events, 2) != old  # the change is visible in the numbers
-    assert table_state(client) == ({t: 1 for t in TABLES}, set())
+    assert table_state(client) == (DECLARED, set())
 
     traffic_definition_v2(monkeypatch)
     # (a) the release is deployed, nothing built yet: the old numbers
@@ -119,8 +133,9 @@ def test_a_definition_change_is_built_in_the_background_and_switched_in_whole(
         # (b) half-way through the days: exactly the old numbers, the new version only in the twin
         assert read_traffic(client) == old, f"run {len(runs)}"
         stored, twins = table_state(client)
-        assert stored["traffic_daily"] == 1 and twins == {"fold_next_traffic_daily"}
-        assert versions.stored_versions(client, ["fold_next_traffic_daily"]) == {"fold_next_traffic_daily": 2}
+        assert stored["traffic_daily"] == DECLARED["traffic_daily"] and twins == {"fold_next_traffic_daily"}
+        assert versions.stored_versions(client, ["fold_next_traffic_daily"]) == {
+            "fold_next_traffic_daily": NEXT_TRAFFIC}
         if len(runs) == 2:
             # late events meanwhile, on a day already built into the twin and on one not yet: their days
             # go into the twin; the other roll-ups stay live
@@ -145,7 +160,7 @@ def test_a_definition_change_is_built_in_the_background_and_switched_in_whole(
     assert read_traffic(client) == expected_traffic(store.events, 2)
     # (d) the old version is gone: no twin, the table holds version 2 (and only rows built with it:
     # every day equals the new recount above)
-    assert table_state(client) == ({**{t: 1 for t in TABLES}, "traffic_daily": 2}, set())
+    assert table_state(client) == ({**DECLARED, "traffic_daily": NEXT_TRAFFIC}, set())
     # (e) reconcile compares the live (new) version: clean, nothing pending
     report = reconcile(client)
     assert report.clean and report.pending == [], format_report(report)
@@ -165,8 +180,9 @@ def test_reconcile_reports_a_pending_version_and_repair_builds_it(
     report = reconcile(client)
     assert report.clean, format_report(report)  # the other tables are compared; traffic_daily is not
     assert [(p.table, p.stored, p.declared, p.days_built, p.days_total) for p in report.pending] == [
-        ("traffic_daily", 1, 2, 0, n_days)]
-    assert "PENDING traffic_daily: live version 1, declared 2: building (0 of" in format_report(report)
+        ("traffic_daily", DECLARED["traffic_daily"], NEXT_TRAFFIC, 0, n_days)]
+    assert (f"PENDING traffic_daily: live version {DECLARED['traffic_daily']}, declared {NEXT_TRAFFIC}: "
+            "building (0 of") in format_report(report)
     assert table_state(client)[1] == set()  # a reconcile without --repair creates nothing
 
     assert fold(client, backfill_days=2) is not None
@@ -177,7 +193,7 @@ def test_reconcile_reports_a_pending_version_and_repair_builds_it(
     report = reconcile(client, repair=True)
     assert report.switched == ["traffic_daily"] and report.clean and report.pending == [], format_report(report)
     assert read_traffic(client) == expected_traffic(store.events, 2)
-    assert table_state(client) == ({**{t: 1 for t in TABLES}, "traffic_daily": 2}, set())
+    assert table_state(client) == ({**DECLARED, "traffic_daily": NEXT_TRAFFIC}, set())
     report = reconcile(client)
     assert report.clean and report.pending == []
 
@@ -197,7 +213,10 @@ def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothin
         # the fold of the release before versions: the roll-ups it had (not the event roll-ups of 0121)
         monkeypatch.setattr(fold_module, "TABLES", OLD_TABLES)
         monkeypatch.setattr(fold_module, "ROLLUP_SQL",
-                            {t: sql for t, sql in fold_module.ROLLUP_SQL.items() if t in OLD_TABLES})
+                            {t: before_bitmaps(sql) for t, sql in fold_module.ROLLUP_SQL.items() if t in OLD_TABLES})
+        monkeypatch.setattr(fold_module, "ROLLUP_COLUMNS",
+                            {t: c.replace(", visitor_bitmap", "") for t, c in fold_module.ROLLUP_COLUMNS.items()})
+        monkeypatch.setattr(fold_module, "number_visitors", lambda client_, day: None)
         assert fold(client) is not None
         monkeypatch.undo()
         for table in OLD_TABLES:  # as the fold before versions left them: no version on the tables
@@ -212,12 +231,16 @@ def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothin
         assert "0120_rollup_versions" in applied and "0121_event_rollups" in applied
         assert table_state(client) == ({t: 1 if t in OLD_TABLES else None for t in TABLES}, set())
         # the next run builds the roll-ups added after 0120 from all of history, in one run (they have no
-        # older numbers to serve meanwhile), and leaves the folded ones as they are
+        # older numbers to serve meanwhile), and those whose definition changed since (version 2 of
+        # traffic_daily and channel_daily: visitor bitmaps, sql/0122_visitor_bitmaps.sql) in the same run,
+        # and leaves the other folded ones as they are
         run = fold(client)
-        added = tuple(t for t in TABLES if t not in OLD_TABLES)
+        added = tuple(t for t in TABLES if t not in OLD_TABLES or DECLARED[t] > 1)
+        kept = [t for t in OLD_TABLES if DECLARED[t] == 1]
         assert run is not None and run.days == () and run.switched == added and len(run.backfilled) >= DAYS
-        assert client.query(parts_query, parameters={"t": list(OLD_TABLES)}).result_rows == parts  # not rebuilt
-        assert table_state(client) == ({t: 1 for t in TABLES}, set())
+        assert client.query(parts_query, parameters={"t": kept}).result_rows == [
+            row for row in parts if row[0] in kept]  # not rebuilt
+        assert table_state(client) == (DECLARED, set())
         assert read_traffic(client) == traffic == expected_traffic(store.events, 1)
         assert reconcile(client).clean
         run = fold(client)
@@ -228,7 +251,7 @@ def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothin
         client.command("ALTER TABLE traffic_daily MODIFY COMMENT ''")
         run = fold(client, backfill_days=None)
         assert run is not None and run.switched == ("traffic_daily",) and len(run.backfilled) >= DAYS
-        assert table_state(client) == ({t: 1 for t in TABLES}, set())
+        assert table_state(client) == (DECLARED, set())
         assert read_traffic(client) == traffic
     finally:
         client.close()
@@ -248,7 +271,7 @@ def test_a_new_session_facts_version_rebuilds_the_roll_ups_built_from_it(
     assert bounce in fold_module.FACTS_SQL
     monkeypatch.setattr(fold_module, "FACTS_SQL",
                         fold_module.FACTS_SQL.replace(bounce, "toUInt8(pageviews = 1) AS is_bounce"))
-    monkeypatch.setitem(fold_module.VERSIONS, "session_facts", 2)
+    monkeypatch.setitem(fold_module.VERSIONS, "session_facts", NEXT_FACTS)
 
     run = fold(client, backfill_days=4)
     assert run is not None and run.switched == ()
@@ -267,7 +290,7 @@ def test_a_new_session_facts_version_rebuilds_the_roll_ups_built_from_it(
     assert read_traffic(client) == expected_traffic(store.events, 2)
     assert client.query("SELECT sum(is_bounce) FROM v_sessions").result_rows == [
         (sum(s["pageviews"] == 1 for s in sessions_of(store.events)),)]
-    assert table_state(client) == ({**{t: 1 for t in TABLES}, "session_facts": 2}, set())
+    assert table_state(client) == ({**DECLARED, "session_facts": NEXT_FACTS}, set())
     report = reconcile(client)
     assert report.clean and report.pending == [], format_report(report)
 
@@ -290,13 +313,13 @@ def test_a_test_migration_adds_a_column_to_a_new_definition(
         "ALTER TABLE traffic_daily ADD COLUMN IF NOT EXISTS single_page_sessions UInt64 DEFAULT 0;\n")
     assert migrate(client, sql_dir=sql_dir) == ["0999_test_single_page_sessions"]
     sql = fold_module.ROLLUP_SQL["traffic_daily"]
-    last = "sum(engaged_ms) AS engaged_ms"  # the new column last, as in ROLLUP_COLUMNS
+    last = "groupBitmapState(n) AS visitor_bitmap"  # the new column last, as in ROLLUP_COLUMNS
     assert last in sql
     monkeypatch.setitem(fold_module.ROLLUP_SQL, "traffic_daily",
                         sql.replace(last, last + ", countIf({facts}.pageviews = 1) AS single_page_sessions"))
     monkeypatch.setitem(fold_module.ROLLUP_COLUMNS, "traffic_daily",
                         fold_module.ROLLUP_COLUMNS["traffic_daily"] + ", single_page_sessions")
-    monkeypatch.setitem(fold_module.VERSIONS, "traffic_daily", 2)
+    monkeypatch.setitem(fold_module.VERSIONS, "traffic_daily", NEXT_TRAFFIC)
     single = "SELECT site_id, day, single_page_sessions FROM traffic_daily WHERE single_page_sessions > 0"
     run = fold(client, backfill_days=3)
     assert run is not None and run.switched == ()
@@ -309,7 +332,7 @@ def test_a_test_migration_adds_a_column_to_a_new_definition(
         want[(s["site_id"], s["day"])] += s["pageviews"] == 1
     assert {(r[0], r[1]): r[2] for r in client.query(single).result_rows} == {k: v for k, v in want.items() if v}
     assert read_traffic(client) == old == expected_traffic(store.events, 1)
-    assert table_state(client) == ({**{t: 1 for t in TABLES}, "traffic_daily": 2}, set())
+    assert table_state(client) == ({**DECLARED, "traffic_daily": NEXT_TRAFFIC}, set())
     assert reconcile(client).clean
 
 
@@ -322,7 +345,7 @@ def test_every_table_of_the_fold_declares_its_definition_version() -> None:
 def test_the_fold_component_of_serve_builds_a_new_version_in_the_background(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """serve / the flusher run the fold as a component (Folder): started on a directory whose
-    traffic_daily is at version 1 while the code declares 2, it returns at once and builds version 2
+    traffic_daily is at its version while the code declares the next, it returns at once and builds that
     run by run in its thread (BACKFILL_DAYS_PER_RUN days each) until it switches."""
     client = store.client
     store.insert(generate(random.Random(41), 200))
@@ -332,18 +355,18 @@ def test_the_fold_component_of_serve_builds_a_new_version_in_the_background(
     folder.start()
     try:
         deadline = time.monotonic() + 120
-        while table_state(client)[0]["traffic_daily"] != 2 and time.monotonic() < deadline:
+        while table_state(client)[0]["traffic_daily"] != NEXT_TRAFFIC and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
         folder.stop()
     assert folder.failures == 0
-    assert table_state(client) == ({**{t: 1 for t in TABLES}, "traffic_daily": 2}, set())
+    assert table_state(client) == ({**DECLARED, "traffic_daily": NEXT_TRAFFIC}, set())
     assert read_traffic(client) == expected_traffic(store.events, 2)
 
 
 def test_a_crash_between_exchange_and_drop_leaves_no_old_rows(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """session_facts at version 2 rebuilds channel_daily at the same version 1; the fold dies right after
-    exchanging channel_daily (its old version, comment 1, left in the twin). The next fold must not take
+    """session_facts at its next version rebuilds channel_daily at the same version; the fold dies right
+    after exchanging channel_daily (its old version, same comment, left in the twin). The next fold must not take
     that twin for its build: a row of the old version on a day without events must not come back."""
     client = store.client
     store.insert(generate(random.Random(43), 200))
@@ -353,7 +376,7 @@ def test_a_crash_between_exchange_and_drop_leaves_no_old_rows(store: Store, monk
     bounce = "toUInt8(pageviews = 1 AND NOT is_engaged) AS is_bounce"
     monkeypatch.setattr(fold_module, "FACTS_SQL",
                         fold_module.FACTS_SQL.replace(bounce, "toUInt8(pageviews = 1) AS is_bounce"))
-    monkeypatch.setitem(fold_module.VERSIONS, "session_facts", 2)
+    monkeypatch.setitem(fold_module.VERSIONS, "session_facts", NEXT_FACTS)
     real_switch = versions.switch
 
     def crash(client_: Client, build: versions.Build) -> None:
@@ -373,7 +396,7 @@ def test_a_crash_between_exchange_and_drop_leaves_no_old_rows(store: Store, monk
     built_from_facts = tuple(t for t in TABLES if "{facts}" in fold_module.ROLLUP_SQL.get(t, ""))
     assert run is not None and run.switched == ("session_facts", *built_from_facts)
     assert client.query("SELECT count() FROM channel_daily WHERE day = '2020-01-01'").result_rows == [(0,)]
-    assert table_state(client) == ({**{t: 1 for t in TABLES}, "session_facts": 2}, set())
+    assert table_state(client) == ({**DECLARED, "session_facts": NEXT_FACTS}, set())
     assert read_traffic(client) == expected_traffic(store.events, 2)
     report = reconcile(client)
     assert report.clean and report.pending == [], format_report(report)

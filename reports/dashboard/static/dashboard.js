@@ -26,19 +26,25 @@
     if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
   }
 
+  // The range [from, to) and the start of the period it is compared with, [prev, from). Presets are
+  // whole UTC days, as Umami's and GA's are: "7 days" is today and the 6 days before, compared with the
+  // 7 days before those; "today" so far is compared with yesterday up to the same time. Whole days are
+  // what the day roll-ups answer (reports/dashboard/queries.py: covered days).
   function range() {
     const p = params();
     const kind = p.get("range") || "7d";
     const now = Date.now();
     const to = Math.ceil(now / 60000) * 60000; // the next minute: every query of a render agrees
-    if (kind === "today") return { kind, from: Math.floor(now / DAY) * DAY, to };
-    if (kind === "30d") return { kind, from: to - 30 * DAY, to };
+    const today = Math.floor(now / DAY) * DAY;
+    if (kind === "today") return { kind, from: today, to, prev: today - (to - today) };
     if (kind === "custom" && p.get("from") && p.get("to")) {
       const from = Date.parse(p.get("from") + "T00:00:00Z");
       const end = Date.parse(p.get("to") + "T00:00:00Z") + DAY;
-      if (!isNaN(from) && !isNaN(end) && end > from) return { kind, from, to: end };
+      if (!isNaN(from) && !isNaN(end) && end > from) return { kind, from, to: end, prev: from - (end - from) };
     }
-    return { kind: kind === "custom" ? "custom" : "7d", from: to - 7 * DAY, to };
+    const days = kind === "30d" ? 30 : 7;
+    const from = today - (days - 1) * DAY;
+    return { kind: kind === "30d" ? "30d" : kind === "custom" ? "custom" : "7d", from, to, prev: from - days * DAY };
   }
 
   function filterValues() {
@@ -52,7 +58,7 @@
   function baseValues() {
     const r = range();
     return Object.assign({ site: params().get("site") || "", from_ms: r.from, to_ms: r.to,
-      prev_from_ms: r.from - (r.to - r.from) }, filterValues());
+      prev_from_ms: r.prev }, filterValues());
   }
 
   // -- query port --------------------------------------------------------------------------------

@@ -46,9 +46,10 @@ def wire(value: Any) -> str:
     return tsv(str(value))
 
 
-def run(client: httpx.Client, name: str, given: dict[str, Any]) -> list[dict[str, Any]]:
-    """One panel query as static/dashboard.js sends it: POST /, the SQL as body, param_* in the URL."""
-    spec = queries.catalog()[name]
+def run(client: httpx.Client, name: str, given: dict[str, Any], bitmaps: bool = True) -> list[dict[str, Any]]:
+    """One panel query as static/dashboard.js sends it: POST /, the SQL as body, param_* in the URL
+    (visitors from the roll-ups' bitmaps, or without `bitmaps` their uniqExact states)."""
+    spec = queries.catalog(bitmaps)[name]
     params = {"default_format": "JSON", "output_format_json_quote_64bit_integers": "0",
               **{f"param_{p}": wire(given[p]) for p in spec["params"]}}  # type: ignore[union-attr]
     response = client.post("/", params=params, content=str(spec["sql"]).encode())
@@ -200,11 +201,15 @@ def _day_ms(ms: int) -> int:
     return ms // DAY_MS * DAY_MS
 
 
+@pytest.mark.parametrize("bitmaps", [True, False], ids=["bitmaps", "uniq_states"])
 @pytest.mark.parametrize("shape", ["partial_days", "today", "whole_days", "three_partial_days"])
-def test_session_panels_over_roll_ups_and_partial_days_equal_the_truth(served: Served, shape: str) -> None:
+def test_session_panels_over_roll_ups_and_partial_days_equal_the_truth(served: Served, shape: str,
+                                                                         bitmaps: bool) -> None:
     """Ranges that start and end inside a UTC day: the session panels merge the day roll-ups' whole days
     with v_sessions' partial days (and the previous period's), the event panels read events of the
-    range's sessions; every number equals Python over the model's sessions and events."""
+    range's sessions; every number equals Python over the model's sessions and events. Both variants of
+    the queries: visitors as the roll-ups' bitmaps with the raw rows' visitor numbers looked up, and as
+    uniqExact states (while a roll-up's bitmaps are being built)."""
     now = int(time.time() * 1000)
     human = served.truth.human_sessions()
     # "today" starts at the UTC midnight of the newest session's day: the model's sessions end 30 min
@@ -221,11 +226,11 @@ def test_session_panels_over_roll_ups_and_partial_days_equal_the_truth(served: S
     previous = [s for s in human if prev_from_ms <= s["started_at"] < from_ms]
     assert current, "the model's traffic has sessions in the range"
     with port(served, auth=(USER, SERVE_PASSWORD)) as client:
-        (totals,) = run(client, "totals", given)
-        traffic = run(client, "traffic", given)
-        sources = {d: run(client, f"sources_{d}", given) for d in ("channel", "utm_source", "utm_campaign")}
-        top = run(client, "pages_top", given)
-        types = run(client, "events_types", given)
+        (totals,) = run(client, "totals", given, bitmaps)
+        traffic = run(client, "traffic", given, bitmaps)
+        sources = {d: run(client, f"sources_{d}", given, bitmaps) for d in ("channel", "utm_source", "utm_campaign")}
+        top = run(client, "pages_top", given, bitmaps)
+        types = run(client, "events_types", given, bitmaps)
     for prefix, rows in (("", current), ("prev_", previous)):
         assert totals[prefix + "sessions"] == len(rows)
         assert totals[prefix + "visitors"] == len({s["anonymous_id"] for s in rows})

@@ -96,6 +96,24 @@ def test_files_urls_and_code_are_refused(port: Port, sql: str, code: int) -> Non
     assert not Path("/tmp/qport-should-not-exist.csv").exists()
 
 
+def test_the_guard_verdict_is_kept_per_text_never_per_value(port: Port) -> None:
+    """The port keeps the guard's verdict on a read statement by its text (reports/query_port/engine.py):
+    a refused text is refused every time, a passed text runs with any parameter value, a text one
+    character away is checked anew, and a text with an Identifier parameter is checked every time."""
+    for _ in range(3):
+        refused = post(port, "SELECT length(file('/etc/passwd'))")
+        assert refused.headers["x-clickhouse-exception-code"] == "497" and "root:" not in refused.text
+    text = "SELECT {n:UInt8} + 1 AS x FORMAT TSV"
+    for n, want in (("1", "2\n"), ("41", "42\n"), ("1", "2\n")):
+        answer = post(port, text, params={"param_n": n})
+        assert answer.status_code == 200 and answer.text == want, answer.text
+    assert post(port, text.replace("+ 1", "+ length(file('/etc/passwd'))"), params={"param_n": "1"}).headers[
+        "x-clickhouse-exception-code"] == "497"
+    by_name = "SELECT count() > 0 FROM {t:Identifier} FORMAT TSV"
+    assert post(port, by_name, params={"param_t": "events"}).text == "1\n"
+    assert post(port, by_name, params={"param_t": "no_such_table"}).headers["x-clickhouse-exception-code"] == "60"
+
+
 def test_allowed_table_functions_and_parameterized_views(port: Port) -> None:
     for sql in ("SELECT count() FROM numbers(10)", "SELECT count() FROM values('a UInt8', 1, 2)",
                 "SELECT count() FROM view(SELECT 1)", "SELECT count() FROM merge('clickstream', '^ingest$')",
