@@ -9,11 +9,13 @@ the generated events, not against the fold's own SQL:
 - reconcile finds a bitmap that differs from the recount, and --repair restores it;
 - the dashboard's panel queries give the same rows with the bitmaps as with the uniqExact states, over
   ranges of whole days, partial days and events the fold has not seen yet (raw rows with numbered and
-  unnumbered visitors), with and without a filter.
+  unnumbered visitors), with and without a filter; the page gets the bitmap queries only when every
+  roll-up holds them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 from collections import defaultdict
@@ -27,7 +29,10 @@ from clickhouse_connect.driver.client import Client
 from clickstream.core.clickhouse import connect, migrate
 from reports import fold as fold_module
 from reports.dashboard import queries
+from reports.dashboard.app import Dashboard
 from reports.fold import fold
+from reports.query_port import QueryPort
+from reports.query_port.config import QueryPortConfig
 from reports.reconcile import reconcile
 from tests.integration.test_rollups import DAY0, DAYS, SITES, Event, Store, generate, ms, sessions_of
 
@@ -221,3 +226,25 @@ def test_panels_with_bitmaps_equal_the_panels_with_uniq_states(store: Store, fil
             with_states = panel_rows(client, queries.QUERIES_V1[name], wanted)
             assert panel_rows(client, queries.QUERIES[name], wanted) == with_states, (name, from_ms, to_ms)
             assert with_states, name
+
+
+def test_the_dashboard_reads_the_bitmaps_only_once_every_roll_up_holds_them(store: Store, tmp_path: Path) -> None:
+    """Dashboard.bitmaps_live through a real query port on the store's directory: a directory never
+    folded has no roll-up row (bitmaps served); after a fold every roll-up is at version 2; a roll-up
+    at version 1 (an upgraded installation while the fold builds version 2) gets the uniqExact queries."""
+
+    def live() -> bool:
+        port = QueryPort(QueryPortConfig(password="bitmaps-test"), tmp_path / "clickhouse")
+        port.start()
+        try:
+            return asyncio.run(Dashboard(port).bitmaps_live())
+        finally:
+            port.stop()
+
+    client = store.client
+    assert live()
+    store.insert(generate(random.Random(10), 60))
+    assert fold(client) is not None
+    assert live()
+    client.command("ALTER TABLE channel_daily MODIFY COMMENT 'roll-up definition version 1'")
+    assert not live()
