@@ -67,6 +67,12 @@ def _read(name: str) -> bytes:
     return resource.read_bytes()
 
 
+#: The definition version comments of the roll-ups the bitmap queries read, and whether the fold ever ran.
+_BITMAP_VERSIONS_SQL: Final = (
+    "SELECT name, comment, (SELECT count() FROM fold_runs) FROM system.tables WHERE database = currentDatabase() "
+    "AND name IN (" + ", ".join(f"'{name}'" for name in queries.BITMAP_TABLES) + ")")
+
+
 class Dashboard:
     """The dashboard's routes over `port` (its credentials, logins and query slots)."""
 
@@ -192,10 +198,8 @@ class Dashboard:
         uniqExact queries are right either way)."""
         if self._bitmaps_live:
             return True
-        names = ", ".join(f"'{name}'" for name in queries.BITMAP_TABLES)
         try:
-            body = await self.port.query("SELECT name, comment, (SELECT count() FROM fold_runs) FROM system.tables "
-                                         f"WHERE database = currentDatabase() AND name IN ({names})", fmt="JSONCompact")
+            body = await self.port.query(_BITMAP_VERSIONS_SQL, fmt="JSONCompact")
         except QueryPortError:
             return False
         rows = orjson.loads(body)["data"]
