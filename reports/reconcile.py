@@ -45,7 +45,8 @@ from reports.fold import (
 from reports.query import held_by_another_process
 
 #: The day column of each table and the row values fingerprinted (uniqExact states as their count, visitor
-#: bitmaps as their sorted visitor numbers).
+#: bitmaps as their visitor numbers, sorted: bitmapToArray of a bitmap under 32 numbers, ClickHouse's small
+#: set, lists them in the order they were added, which differs between two builds of the same day).
 DAY_COLUMN = {"session_facts": "toDate(started_at)", "traffic_daily": "day", "landing_daily": "day",
               "channel_daily": "day", "variant_daily": "day", "page_daily": "day", "event_type_daily": "day",
               "event_prop_daily": "day"}
@@ -53,7 +54,8 @@ DAY_COLUMN = {"session_facts": "toDate(started_at)", "traffic_daily": "day", "la
 _COUNTED = {"variant_daily"}
 _VALUES = {"session_facts": FACTS_COLUMNS,
            **{t: c if t in _COUNTED else c.replace("visitors", "finalizeAggregation(visitors)")
-              .replace("visitor_bitmap", "bitmapToArray(visitor_bitmap)") for t, c in ROLLUP_COLUMNS.items()}}
+              .replace("visitor_bitmap", "arraySort(bitmapToArray(visitor_bitmap))")
+              for t, c in ROLLUP_COLUMNS.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
