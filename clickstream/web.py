@@ -10,6 +10,7 @@ component describes its routes (an `openapi()` method), `GET /openapi.json` (cli
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import orjson
@@ -97,6 +98,13 @@ def create_app(
             for comp in components:
                 comp.start()
                 started.append(comp)
+            # What start made (compiled schemas, the User-Agent parser, routes, caches) lives as long
+            # as the process: frozen, it is left out of every later garbage collection. Under load,
+            # the objects of requests in flight outlive the young generations and trigger full
+            # collections, which otherwise walk all of it: ~60 ms pauses of the event loop, the
+            # collector's p99 (BENCHMARKS.md "Collector"). https://docs.python.org/3/library/gc.html#gc.freeze
+            gc.collect()
+            gc.freeze()
             try:
                 yield
             finally:

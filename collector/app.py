@@ -8,9 +8,11 @@ A client that disconnects before its body arrived is counted
 
 Hot path (BENCHMARKS.md "Collector"): `/collect` is a `RawRoute`, served ahead of Starlette's
 middleware for requests without an Origin header; headers are read in one pass; only receiving
-the body awaits, the pipeline (`accept`) is synchronous; the all-accepted 202 is pre-encoded;
-counters are plain ints published at scrape time (collector.metrics); the spool append is one
-`write(2)` of one block record per request.
+the body and the spool write await, the pipeline (`accept`) is synchronous; the all-accepted 202
+is pre-encoded; counters are plain ints published at scrape time (collector.metrics); the spool
+append is one `write(2)` of one block record per turn of the event loop (`TurnGroup`: the requests
+accepted in the same turn share one frame, one CRC and one write, as a database's group commit;
+under load that is tens of requests, which the flusher then reads as one record).
 """
 
 from __future__ import annotations
@@ -50,6 +52,58 @@ from collector.validation import EVENT_SCHEMA, RejectReason
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ACCEPTED_TYPES = ("application/json", "text/plain")
+
+
+class TurnGroup:
+    """The spool appends of the requests accepted in one turn of the event loop, written as one block
+    record (`SpoolWriter.append_group`) by a callback that runs after the turn's other ready tasks.
+
+    `append` returns a future of the position just past the record, which every request of the
+    group awaits before it is acknowledged (the write is a `write(2)`, as before: a 202 is sent only
+    once its rows are in the page cache). A failed write fails every request of its group with the
+    same exception, and none of their rows is spooled (`append_group` writes all or nothing). A
+    group is written at once when it reaches `max_bytes` of rows, which keeps a record far below
+    clickstream.core.spool.MAX_RECORD_BYTES. Only the event loop's thread may call `append`.
+    """
+
+    def __init__(self, spool: SpoolWriter, max_bytes: int = 1 << 20) -> None:
+        self.spool = spool
+        self.max_bytes = max_bytes
+        self._requests: list[tuple[Sequence[bytes], Sequence[bytes], bytes]] = []
+        self._waiters: list[asyncio.Future[SpoolPosition]] = []
+        self._bytes = 0
+
+    def append(self, ids: Sequence[bytes], rows: Sequence[bytes], members: bytes) -> asyncio.Future[SpoolPosition]:
+        """Queue one request's rows (see `SpoolWriter.append_block`); the future resolves to the
+        position after the group's record, or raises what the write raised (SpoolFullError,
+        SpoolError, OSError, ValueError)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[SpoolPosition] = loop.create_future()
+        if not self._requests:
+            loop.call_soon(self.write)
+        self._requests.append((ids, rows, members))
+        self._waiters.append(future)
+        self._bytes += sum(map(len, rows)) + len(rows) * len(members)
+        if self._bytes >= self.max_bytes:
+            self.write()
+        return future
+
+    def write(self) -> None:
+        """Write the queued requests as one record and resolve their futures (nothing queued: no-op)."""
+        requests, waiters = self._requests, self._waiters
+        if not requests:
+            return
+        self._requests, self._waiters, self._bytes = [], [], 0
+        try:
+            position = self.spool.append_group(requests)
+        except Exception as exc:  # handed to every request of the group, each answers it
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for waiter in waiters:
+            if not waiter.done():  # a request cancelled meanwhile: its rows are spooled, not acknowledged
+                waiter.set_result(position)
 
 
 class _CollectEndpoint:
@@ -95,6 +149,7 @@ class Collector:
             fsync_interval_ms=settings.spool_fsync_interval_ms,
             on_fsync=self.metrics.fsync_seconds.observe,
         )
+        self.group = TurnGroup(self.spool)
         self.rejected = RejectedStore(
             settings.rejected_dir,
             max_bytes=settings.rejected_max_bytes,
@@ -196,8 +251,9 @@ class Collector:
         (after uvicorn's proxy-header handling), hashed and never stored; `origin` the browser's
         Origin header (checked against the site allowlist, CLICKSTREAM_SITES). Returns the answer,
         or None when the client disconnected before its body arrived (counted, nothing spooled).
-        Only receiving the body (and, with `spool_fsync_interval_ms=0`, the fsync) awaits; the
-        pipeline in between is synchronous (`accept`).
+        Receiving the body, the spool write of this turn's requests (`append`, `TurnGroup`) and,
+        with `spool_fsync_interval_ms=0`, the fsync await; the pipeline before them is synchronous
+        (`accept`).
         """
         try:
             if not accepted_media_type(content_type):
@@ -216,7 +272,8 @@ class Collector:
             body = message.get("body", b"")
             if message.get("more_body", False) or len(body) > limit:
                 body = await receive_rest(receive, body, limit, code=RejectReason.BODY_TOO_LARGE)
-            outcome, position = self.accept(body, user_agent, client_host, origin)
+            outcome = self.accept(body, user_agent, client_host, origin)
+            position = await self.append(outcome) if outcome.records else None
             if position is not None and self.settings.spool_fsync_interval_ms == 0:
                 try:
                     await asyncio.to_thread(self.spool.sync_to, position)
@@ -235,11 +292,10 @@ class Collector:
             return None
 
     def accept(self, body: bytes, user_agent: str | None, client_host: str | None, origin: str | None = None
-               ) -> tuple[Outcome, SpoolPosition | None]:
-        """Parse, validate and stamp a request body and append its accepted events to the spool as
-        one block record; return the outcome and the spool position after it (None when nothing
-        was accepted). Raises ClickstreamError (the request is refused; a malformed body is kept
-        in rejected/)."""
+               ) -> Outcome:
+        """Parse, validate and stamp a request body; keep its rejected events in rejected/; return
+        the outcome, whose accepted events `append` spools. Raises ClickstreamError (the request is
+        refused; a malformed body is kept in rejected/)."""
         try:
             events = parse_body(body, self.settings.max_batch_events)
         except ClickstreamError as exc:
@@ -268,10 +324,15 @@ class Collector:
         # dead letters first, the spool last: a 503 from either leaves no event of the request spooled
         # (a retry may keep its dead letters twice: replay-rejected and audits key them by event_id)
         self.keep_rejected(outcome.rejected_entries, body)
-        if not outcome.records:
-            return outcome, None
+        return outcome
+
+    async def append(self, outcome: Outcome) -> SpoolPosition:
+        """Spool a request's accepted events with the other requests of this turn of the event loop
+        (`TurnGroup`) and return the position after their block record. Raises Unavailable (503,
+        reason `spool_full` or `spool_unavailable`) when the spool refuses the write: then none of
+        the request's events is spooled."""
         try:
-            position = self.spool.append_block(outcome.ids, outcome.records, outcome.stamp)
+            position = await self.group.append(outcome.ids, outcome.records, outcome.stamp)
         except SpoolFullError:
             raise Unavailable("spool over quota; retry later", code=RejectReason.SPOOL_FULL) from None
         except (OSError, SpoolError) as exc:  # ENOSPC, EIO, closed at shutdown: back-pressure
@@ -279,7 +340,7 @@ class Collector:
             raise Unavailable(f"spool cannot take writes ({exc}); retry later",
                               code=RejectReason.SPOOL_UNAVAILABLE) from None
         self.spool_health.ok()
-        return outcome, position
+        return position
 
     def keep_rejected(self, entries: list[dict[str, Any]], body: bytes) -> None:
         """Keep dead letters in rejected/. Raises Unavailable (503, reason `rejected_unavailable`) when

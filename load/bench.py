@@ -32,6 +32,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "ua-placement": bench_collector.run_ua_placement,
     "flusher": bench_flusher.run,
     "flusher-single": bench_flusher.run_single,
+    "flusher-grouped": bench_flusher.run_grouped,
+    "flusher-single-grouped": bench_flusher.run_single_grouped,
     "dedup": bench_dedup.run,
     "import": bench_import.run,
     "freshness": bench_pipeline.run_freshness,

@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from clickstream.core.spool import SpoolReader
+from clickstream.core.spool import SpoolReader, scan_blocks
 from load.procs import cpu_seconds, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,11 +131,18 @@ def _accepted_total(port: int) -> float:
     return float(match.group(1)) if match else -1.0
 
 
-def _drain(spool: Path) -> None:
-    """Delete sealed segments, as the flusher does once ClickHouse has them."""
+def _drain(spool: Path) -> tuple[int, int]:
+    """Delete sealed segments, as the flusher does once ClickHouse has them; return the block records
+    and rows they held (rows per record: how many requests the collector's group commit,
+    collector.app.TurnGroup, put in one record under this load)."""
     reader = SpoolReader(spool)
+    records = rows = 0
     for segment in reader.sealed_segments():
+        blocks, _ = scan_blocks(segment.path.read_bytes())
+        records += len(blocks)
+        rows += sum(block[2] for block in blocks)
         reader.mark_done(segment.segment_id)
+    return records, rows
 
 
 def machine() -> dict[str, Any]:
@@ -198,7 +205,9 @@ def run() -> dict[str, Any]:
                     if target == "collector":
                         per_request = BATCH if payload != "single" else 1
                         expected_accepted += per_request * (warm["requests"] + measured["requests"])
-                        _drain(work / "data" / "spool")
+                        records, rows = _drain(work / "data" / "spool")
+                        measured["spool_records"], measured["spool_rows"] = records, rows
+                        measured["requests_per_record"] = round(rows / per_request / max(records, 1), 1)
             results["rounds"].append(runs)
         # every 2xx counted by wrk was an acknowledged (spooled) event batch; wrk may count a few
         # requests cut at the end of a run, so allow that many connections' worth of slack
@@ -251,6 +260,9 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             r[f"collector/{payload}"]["cpu_us_per_req"] for r in rounds), 1)
         summary[f"{payload}_cpu_ratio"] = round(
             summary[f"bare_{payload}_cpu_us_per_req"] / summary[f"collector_{payload}_cpu_us_per_req"], 3)
+    for payload in ("single", batch):
+        summary[f"{payload}_requests_per_record"] = round(statistics.median(
+            r[f"collector/{payload}"].get("requests_per_record", 0) for r in rounds), 1)
     summary["collector_batch_events_per_cpu_s"] = round(BATCH * 1e6 / summary[f"collector_{batch}_cpu_us_per_req"])
     summary["single_target_met"] = summary["single_ratio"] >= TARGET_SINGLE_RATIO
     summary["single_cpu_target_met"] = summary["single_cpu_ratio"] >= TARGET_SINGLE_RATIO
@@ -286,7 +298,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"(CPU ratio: {'met' if s['single_cpu_target_met'] else 'NOT met'}); batch >= "
         f"{TARGET_BATCH_EVENTS_PER_CPU_S:,} events per CPU-second: {'met' if s['batch_target_met'] else 'NOT met'}; "
         f"every run free of socket errors and non-2xx answers: {s['all_runs_valid']}. "
-        f"Batch events per CPU-second of the collector: {s['collector_batch_events_per_cpu_s']:,}.",
+        f"Batch events per CPU-second of the collector: {s['collector_batch_events_per_cpu_s']:,}. "
+        f"Requests per spool record (group commit): single {s['single_requests_per_record']}, "
+        f"batch {s[f'{batch}_requests_per_record']}.",
     ]
     return "\n".join(lines)
 

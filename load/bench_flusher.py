@@ -8,7 +8,8 @@ every materialized view):
   loaded from `events`) and evicts one id per event flushed;
 - spool: segments of ~`segment_rows` events as the collector writes them: requests of the traffic
   model (load/model.py) in the driver's batch sizes {1, 1, 1, 5, 10, 50} (or single events only),
-  stamped by `collector.pipeline.process`, one block record per request;
+  stamped by `collector.pipeline.process`, `group` requests per block record (1, or as many as the
+  collector's group commit puts in one at its limit: `GROUP_AT_SATURATION`);
 - then, `per_round` segments at a time, alternating (the side that goes first alternates too, as
   merges started by one side's inserts run on into the next): the flusher flushes them (`Flusher.flush_once`:
   read, CRC check, dedup, byte ranges, `INSERT INTO events_ingest FORMAT JSONEachRow` with a dedup
@@ -48,6 +49,9 @@ from load.model import ModelConfig, generate
 from load.results import write_result
 from reports.fold import fold
 
+#: Requests per block record when the collector runs at its limit (64 connections of single events
+#: on one core: 23.8-26.1 in load/bench_collector.py, BENCHMARKS.md "Collector").
+GROUP_AT_SATURATION = 25
 #: The driver's request sizes (load/driver.py): single-event requests are the common case.
 BATCH_SIZES = (1, 1, 1, 5, 10, 50)
 PARTS_QUERY = ("SELECT table, count() FROM system.parts WHERE database = currentDatabase() AND active "
@@ -72,17 +76,24 @@ def requests_of(n_events: int, seed: int, single: bool) -> list[tuple[list[dict[
     return out
 
 
-def write_segment(writer: SpoolWriter, requests: list[tuple[list[dict[str, Any]], str]], rows: int) -> int:
-    """Append requests (fresh event ids each time) until `rows` events; seal; return the count."""
+def write_segment(writer: SpoolWriter, requests: list[tuple[list[dict[str, Any]], str]], rows: int,
+                  group: int = 1) -> int:
+    """Append requests (fresh event ids each time) until `rows` events, `group` requests per block
+    record as the collector's group commit writes the requests of one event-loop turn
+    (collector.app.TurnGroup); seal; return the count."""
     validator = EventSchemas()
     now = int(time.time() * 1000)
     written = 0
+    pending: list[tuple[list[bytes], list[bytes], bytes]] = []
     while written < rows:
         for batch, agent in requests:
             outcome = process([dict(e) for e in batch], validator, received_at_ms=now, user_agent=agent,
                               ip_hash="0123456789abcdef", max_age_ms=1000 * 3_600_000, max_skew_ms=3_600_000)
-            writer.append_block(outcome.ids, outcome.records, outcome.stamp)
+            pending.append((outcome.ids, outcome.records, outcome.stamp))
             written += len(outcome.records)
+            if len(pending) >= group or written >= rows:
+                writer.append_group(pending)
+                pending = []
             if written >= rows:
                 break
     writer.seal_active()
@@ -111,10 +122,14 @@ def _timed(side: Callable[[], int]) -> tuple[float, float, int]:
 
 
 def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int = 50_000,
-        single: bool = False, seed: int = 3, per_round: int = 4, rollups: bool = True) -> dict[str, Any]:
-    """`rollups=False` drops the fold's dirty-day view (fold_dirty_days_mv, sql/0101_rollups.sql) and runs
-    no fold: the ingest path as it was before the roll-ups, for the side-by-side figure. With them, a
-    fold runs after every round (outside both sides' timings) and its duration is reported."""
+        single: bool = False, seed: int = 3, per_round: int = 4, rollups: bool = True,
+        group: int = 1) -> dict[str, Any]:
+    """`group`: requests per block record (1: one request per turn of the collector's event loop, light
+    traffic; under load the collector's group commit puts tens in one, `requests_per_record` in
+    load/bench_collector.py). `rollups=False` drops the fold's dirty-day view (fold_dirty_days_mv,
+    sql/0101_rollups.sql) and runs no fold: the ingest path as it was before the roll-ups, for the
+    side-by-side figure. With them, a fold runs after every round (outside both sides' timings) and
+    its duration is reported."""
     work = Path(tempfile.mkdtemp(prefix="bench-flusher-"))
     fold_s: list[float] = []
     try:
@@ -138,14 +153,15 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
                              segment_max_age_ms=3_600_000).open()
         reader = SpoolReader(settings.spool_dir)
         flusher_s = baseline_s = flusher_cpu = baseline_cpu = 0.0
-        rows = 0
+        rows = records = 0
         max_parts: dict[str, int] = dict(parts_before)
         for k in range(0, segments, per_round):
             bodies = []
             for _ in range(per_round):
-                write_segment(writer, requests, segment_rows)
+                write_segment(writer, requests, segment_rows, group)
                 segment = reader.sealed_segments()[-1]
                 data = segment.path.read_bytes()
+                records += len(frames(data)[0])
                 bodies.append(b"".join(r.payload.replace(b'"site_id":"', b'"site_id":"b-', 1) + b"\n"
                                        for r in records_of(segment.segment_id, data, frames(data)[0])))
             expected = sum(body.count(b"\n") for body in bodies)
@@ -186,6 +202,7 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
     result = {
         "benchmark": "flusher_vs_jsoneachrow",
         "requests": "single events" if single else f"batch sizes {BATCH_SIZES}",
+        "requests_per_record": group, "spool_records": records,
         "prefill_events": prefill_events, "prefill_s": round(prefill_s, 1), "events_after": int(total),
         "dedup_ids_at_start": memory_at_start, "rows_per_side": rows, "segments": segments,
         "batch_rows": segment_rows,
@@ -204,7 +221,8 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
         "engine": "chDB (embedded ClickHouse), same schema and materialized views, same database",
         "cpus": os.cpu_count(),
     }
-    return write_result(("flusher-single" if single else "flusher") + ("" if rollups else "-no-rollups"), result)
+    name = ("flusher-single" if single else "flusher") + ("" if rollups else "-no-rollups")
+    return write_result(name + (f"-group{group}" if group > 1 else ""), result)
 
 
 def run_rollups_side_by_side(prefill_events: int = 2_000_000, segments: int = 16) -> dict[str, Any]:
@@ -222,6 +240,17 @@ def run_rollups_side_by_side(prefill_events: int = 2_000_000, segments: int = 16
         "flusher_cpu_per_row_without_over_with": round(without["flusher_cpu_us_per_row"]
                                                        / with_rollups["flusher_cpu_us_per_row"], 3),
     })
+
+
+def run_grouped() -> dict[str, Any]:
+    """The driver's batch sizes with `GROUP_AT_SATURATION` requests per block record: the spool the
+    collector writes when it runs at its limit (BENCHMARKS.md "Collector", requests per record)."""
+    return run(group=GROUP_AT_SATURATION)
+
+
+def run_single_grouped() -> dict[str, Any]:
+    """Single-event requests, `GROUP_AT_SATURATION` per block record."""
+    return run(single=True, segments=16, group=GROUP_AT_SATURATION)
 
 
 def run_single() -> dict[str, Any]:

@@ -30,9 +30,10 @@ is detached there and sealed (fsync, rename to `.seg`, directory fsync) by the b
 or the next `sync_to`; `seal_active` and `seal_if_older` seal before they return.
 
 Block records (the format the collector and `clickstream import` write): one framed record per
-request (or per import chunk) whose payload is already what ClickHouse ingests, so the flusher
-checks the CRC and hands byte ranges to `INSERT INTO events_ingest FORMAT JSONEachRow` without a
-Python object per event:
+group of requests (the requests the collector accepted in one turn of its event loop, each row
+completed with its own request's stamps: `group_payload`) or per import chunk, whose payload
+is already what ClickHouse ingests, so the flusher checks the CRC and hands byte ranges to
+`INSERT INTO events_ingest FORMAT JSONEachRow` without a Python object per event:
 
     BLOCK_MAGIC (4 bytes) | n (u32 little-endian) | n event ids (36 ASCII bytes each, lower case)
     | n JSONEachRow rows, each ending with b"\n"
@@ -209,25 +210,41 @@ def block_payload(segment: str | bytes, offset: int, ids: Sequence[bytes], rows:
     `"spool_segment"`, `"spool_offset": offset + i` appended. Raises ValueError for no rows,
     mismatched lengths, an id that is not 36 bytes or a row that is not a one-line JSON object.
     """
-    n = len(rows)
-    if not n or len(ids) != n:
-        raise ValueError(f"a block needs as many event ids as rows (ids {len(ids)}, rows {n})")
-    if b"\n" in members:
-        raise ValueError("members must be on one line")
-    tail = members + (segment if isinstance(segment, bytes) else position_tail(segment))
-    parts = [BLOCK_HEAD.pack(BLOCK_MAGIC, n)]
-    for event_id in ids:
-        if len(event_id) != EVENT_ID_BYTES:
-            raise ValueError(f"event id {event_id!r} is not {EVENT_ID_BYTES} bytes")
-    parts += ids
-    append = parts.append
-    for i, row in enumerate(rows, offset):
-        if row[-1:] != b"}" or b"\n" in row:
-            raise ValueError(f"row {i - offset} is not a one-line JSON object")
-        append(row[:-1])
-        append(tail)
-        append(b"%d}\n" % i)
-    return b"".join(parts)
+    return group_payload(segment, offset, ((ids, rows, members),))
+
+
+def group_payload(segment: str | bytes, offset: int,
+                  requests: Iterable[tuple[Sequence[bytes], Sequence[bytes], bytes]]) -> bytes:
+    """One block record's payload holding the rows of several requests, in order: each request is
+    (ids, rows, members) as in `block_payload`, its rows completed with its own `members`. Row i
+    of the block (counting across requests) is at position (segment, offset + i). Same errors as
+    `block_payload`, for any request."""
+    tail = segment if isinstance(segment, bytes) else position_tail(segment)
+    ids_out: list[bytes] = []
+    body: list[bytes] = []
+    append = body.append
+    i = offset
+    for ids, rows, members in requests:
+        n = len(rows)
+        if not n or len(ids) != n:
+            raise ValueError(f"a block needs as many event ids as rows (ids {len(ids)}, rows {n})")
+        if b"\n" in members:
+            raise ValueError("members must be on one line")
+        for event_id in ids:
+            if len(event_id) != EVENT_ID_BYTES:
+                raise ValueError(f"event id {event_id!r} is not {EVENT_ID_BYTES} bytes")
+        ids_out += ids
+        row_tail = members + tail
+        for row in rows:
+            if row[-1:] != b"}" or b"\n" in row:
+                raise ValueError(f"row {i - offset} is not a one-line JSON object")
+            append(row[:-1])
+            append(row_tail)
+            append(b"%d}\n" % i)
+            i += 1
+    if i == offset:
+        raise ValueError("a block needs at least one row")
+    return b"".join([BLOCK_HEAD.pack(BLOCK_MAGIC, i - offset), *ids_out, *body])
 
 
 class Block(NamedTuple):
@@ -508,11 +525,19 @@ class SpoolWriter:
         Same durability and errors as `append`, plus ValueError for a malformed block
         (`block_payload`).
         """
-        per_row = EVENT_ID_BYTES + 72 + len(members)  # id, position (segment id, offset), stamps
-        estimate = HEADER.size + BLOCK_HEAD.size + sum(map(len, rows)) + len(rows) * per_row
+        return self.append_group(((ids, rows, members),))
+
+    def append_group(self, requests: Sequence[tuple[Sequence[bytes], Sequence[bytes], bytes]]) -> SpoolPosition:
+        """Append the rows of several requests, each (ids, rows, members) as in `append_block`, as one
+        block record (`group_payload`: one frame, one CRC, one `write(2)`), and return the position
+        just past it. Either every request's rows are written or none (same errors as `append_block`).
+        """
+        estimate = HEADER.size + BLOCK_HEAD.size
+        for _, rows, members in requests:
+            estimate += sum(map(len, rows)) + len(rows) * (EVENT_ID_BYTES + 72 + len(members))
         with self._lock:
             self._prepare_locked(estimate)
-            payload = block_payload(self._tail, self._offset, ids, rows, members)
+            payload = group_payload(self._tail, self._offset, requests)
             if len(payload) > MAX_RECORD_BYTES:
                 raise ValueError(f"block of {len(payload)} bytes exceeds {MAX_RECORD_BYTES}")
             return self._write_locked(_pack_header(len(payload), zlib.crc32(payload)) + payload)

@@ -17,7 +17,6 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +43,9 @@ NEXT_FACTS = DECLARED["session_facts"] + 1
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    client = connect(f"chdb://{tmp_path / 'clickhouse'}")
-    try:
-        migrate(client)
-        yield Store(client)
-    finally:
-        client.close()
+def store(chdb_client: Client) -> Store:
+    """The events of a test on a migrated chDB in its temp directory (conftest.chdb_client)."""
+    return Store(chdb_client)
 
 
 def traffic_definition_v2(monkeypatch: pytest.MonkeyPatch) -> None:

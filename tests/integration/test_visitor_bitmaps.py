@@ -19,14 +19,12 @@ import asyncio
 import datetime as dt
 import random
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from clickstream.core.clickhouse import connect, migrate
 from reports import fold as fold_module
 from reports.dashboard import queries
 from reports.dashboard.app import Dashboard
@@ -40,13 +38,9 @@ DAY_MS = 86_400_000
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    client = connect(f"chdb://{tmp_path / 'clickhouse'}")
-    try:
-        migrate(client)
-        yield Store(client)
-    finally:
-        client.close()
+def store(chdb_client: Client) -> Store:
+    """The events of a test on a migrated chDB in its temp directory (conftest.chdb_client)."""
+    return Store(chdb_client)
 
 
 def numbers(client: Client) -> dict[tuple[str, str], int]:
