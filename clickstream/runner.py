@@ -23,11 +23,11 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
-from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from clickstream import workers
+from clickstream.core.clickhouse import connect
 from clickstream.core.cluster import open_configured
 from clickstream.core.component import Component
 from clickstream.core.http import guarded_protocol
@@ -56,7 +56,7 @@ def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Co
     client = open_configured(settings)
     collector = Collector(settings, CollectorMetrics(registry))
     flusher = Flusher(settings, client, writer=collector.spool, metrics=FlusherMetrics(registry))
-    components: list[Component] = [collector, *folders(settings, client), flusher,
+    components: list[Component] = [collector, *folders(settings), flusher,
                                    Stitcher(settings, client, flusher=flusher, registry=registry)]
     port = query_port(settings, registry)
     if port is not None:
@@ -64,15 +64,16 @@ def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Co
     return components
 
 
-def folders(settings: Settings, client: Client) -> list[Component]:
-    """The fold (reports/fold.py) of the process that owns ClickHouse: none on a cluster (the roll-ups
-    would need a fold per shard). Placed before the flushers, it stops after them: the events drained
-    at the stop are folded."""
+def folders(settings: Settings) -> list[Component]:
+    """The fold (reports/fold.py) of the process that owns ClickHouse, on a ClickHouse client of its
+    own (opened here on the migrated database, closed at its stop), so its statements never hold up
+    the flusher's inserts; none on a cluster (the roll-ups would need a fold per shard). Placed before
+    the flushers, it stops after them: the events drained at the stop are folded."""
     if settings.clickhouse_cluster:
         log.warning("CLICKSTREAM_CLICKHOUSE_CLUSTER is set: the fold does not run on a cluster, the roll-up views "
                     "stay empty (reports/fold.py)")
         return []
-    return [Folder(client, settings.fold_interval_s)]
+    return [Folder(connect(settings.resolved_clickhouse_url), settings.fold_interval_s, close_client=True)]
 
 
 def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | None:
@@ -244,7 +245,7 @@ def run_serve(settings: Settings) -> None:
     spools = workers.AllSpools(settings, client, pool, registry)
     # started in this order, stopped in reverse: workers stop first (seal), the query port, the flushers
     # (drain), the fold last (folds what was drained)
-    owned: list[Component] = [*folders(settings, client), spools,
+    owned: list[Component] = [*folders(settings), spools,
                               Stitcher(settings, client, flusher=spools, registry=registry)]
     port = query_port(settings, registry)
     owned += [port] if port is not None else []
@@ -315,5 +316,5 @@ def run_flusher(settings: Settings) -> None:
     flusher = Flusher(settings, client, metrics=FlusherMetrics(registry))
     log.info("flusher on %s", settings.spool_dir)
     # No CORS: nothing here is for browsers. The fold stops after the flusher drained.
-    run_uvicorn(create_app([*folders(settings, client), flusher], registry, cors_allow_origins=()), settings,
+    run_uvicorn(create_app([*folders(settings), flusher], registry, cors_allow_origins=()), settings,
                 registry=registry)

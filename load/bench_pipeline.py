@@ -135,6 +135,7 @@ def run_freshness(rates: tuple[int, ...] = (200, 2000, 20000), duration_s: float
                   prefill_events: int = 10_000_000) -> dict[str, Any]:
     from clickstream.core.clickhouse import connect, migrate
     from load.bench_flusher import prefill
+    from reports.fold import fold
 
     work = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
     runs: list[dict[str, Any]] = []
@@ -142,6 +143,9 @@ def run_freshness(rates: tuple[int, ...] = (200, 2000, 20000), duration_s: float
         client = connect(f"chdb://{(work / 'data' / 'clickhouse').resolve()}")
         migrate(client)
         prefill(client, prefill_events)
+        started = time.perf_counter()
+        fold(client)  # the roll-ups of the prefill, as the flusher benchmark does: serve starts in the steady state
+        fold_backfill_s = time.perf_counter() - started
         client.close()
         server = start("serve", work / "data", {"CLICKSTREAM_SQL_PASSWORD": SQL_PASSWORD}, ready_path="/readyz",
                        timeout=600)
@@ -156,6 +160,7 @@ def run_freshness(rates: tuple[int, ...] = (200, 2000, 20000), duration_s: float
     for run in runs:
         _plot(run)
     result = {"benchmark": "freshness", "prefill_events": prefill_events, "duration_s": duration_s,
+              "fold_backfill_s": round(fold_backfill_s, 1),
               "exit_code": exit_code, "runs": [{k: v for k, v in r.items() if k not in ("timeline", "acks")}
                                                for r in runs],
               "tool": "aiohttp open-loop sender + query port poller (load/bench_pipeline.py)"}

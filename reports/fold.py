@@ -528,11 +528,18 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
 class Folder:
     """The fold as a `serve` / flusher component: a run every `interval_s` in a thread, one at the
     start (the roll-ups of history after an upgrade) and one at `stop` (placed before the flushers in
-    the component list, it stops after them: the last events drained are folded)."""
+    the component list, it stops after them: the last events drained are folded).
 
-    def __init__(self, client: Client, interval_s: float) -> None:
+    Give it a client of its own (clickstream.runner.folders does): a clickhouse-connect client runs
+    one call at a time (on chDB a lock per handle, over HTTP one session), and a fold's statements
+    take seconds on a large history (BENCHMARKS.md "Freshness"), which the flusher's inserts would
+    wait out behind them. With `close_client` the client is closed after the last run at `stop`.
+    """
+
+    def __init__(self, client: Client, interval_s: float, *, close_client: bool = False) -> None:
         self.client = client
         self.interval_s = interval_s
+        self.close_client = close_client
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: FoldRun | None = None
@@ -566,6 +573,8 @@ class Folder:
             self._thread.join()
             self._thread = None
         self.run_once()
+        if self.close_client:
+            self.client.close()
 
     def routes(self) -> Sequence[BaseRoute]:
         return []
