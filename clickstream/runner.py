@@ -64,6 +64,12 @@ def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Co
     return components
 
 
+#: The Linux nice value of the fold's query threads (ClickHouse's `os_thread_priority`): the roll-ups
+#: yield the cores to the collector, the flusher and its inserts, and take what is idle. A no-op
+#: where ClickHouse lacks CAP_SYS_NICE (then the fold runs at the same priority as the rest).
+FOLD_NICE = 19
+
+
 def folders(settings: Settings) -> list[Component]:
     """The fold (reports/fold.py) of the process that owns ClickHouse, on a ClickHouse client of its
     own (opened here on the migrated database, closed at its stop), so its statements never hold up
@@ -73,7 +79,9 @@ def folders(settings: Settings) -> list[Component]:
         log.warning("CLICKSTREAM_CLICKHOUSE_CLUSTER is set: the fold does not run on a cluster, the roll-up views "
                     "stay empty (reports/fold.py)")
         return []
-    return [Folder(connect(settings.resolved_clickhouse_url), settings.fold_interval_s, close_client=True)]
+    client = connect(settings.resolved_clickhouse_url)
+    client.set_client_setting("os_thread_priority", FOLD_NICE)
+    return [Folder(client, settings.fold_interval_s, close_client=True)]
 
 
 def query_port(settings: Settings, registry: CollectorRegistry) -> QueryPort | None:

@@ -33,6 +33,10 @@ def test_a_flush_completes_while_a_fold_statement_runs(tmp_path: Path) -> None:
     (folder,) = folders(settings)
     assert isinstance(folder, Folder)
     assert folder.client is not client
+    # its statements run at the lowest CPU priority (clickstream.runner.FOLD_NICE), the flusher's at the default
+    nice = "SELECT getSetting('os_thread_priority')"
+    assert folder.client.query(nice).result_rows == [(19,)]
+    assert client.query(nice).result_rows == [(0,)]
     collector = Collector(settings)
     collector.start()
     try:
