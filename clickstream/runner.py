@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from clickstream import workers
-from clickstream.core.clickhouse import connect
+from clickstream.core.clickhouse import connect, is_embedded
 from clickstream.core.cluster import open_configured
 from clickstream.core.component import Component
 from clickstream.core.http import guarded_protocol
@@ -64,9 +64,10 @@ def serve_components(settings: Settings, registry: CollectorRegistry) -> list[Co
     return components
 
 
-#: The Linux nice value of the fold's query threads (ClickHouse's `os_thread_priority`): the roll-ups
-#: yield the cores to the collector, the flusher and its inserts, and take what is idle. A no-op
-#: where ClickHouse lacks CAP_SYS_NICE (then the fold runs at the same priority as the rest).
+#: The Linux nice value of the fold's query threads on the embedded engine (ClickHouse's
+#: `os_thread_priority`): the roll-ups yield the cores to the collector, the flusher and its inserts,
+#: and take what is idle. A no-op where the process lacks CAP_SYS_NICE (then the fold runs at the same
+#: priority as the rest). On a ClickHouse server, set it in the settings profile of the user, if wanted.
 FOLD_NICE = 19
 
 
@@ -80,7 +81,8 @@ def folders(settings: Settings) -> list[Component]:
                     "stay empty (reports/fold.py)")
         return []
     client = connect(settings.resolved_clickhouse_url)
-    client.set_client_setting("os_thread_priority", FOLD_NICE)
+    if is_embedded(client):  # on a server, its profile decides (a constraint there would fail every fold)
+        client.set_client_setting("os_thread_priority", FOLD_NICE)
     return [Folder(client, settings.fold_interval_s, close_client=True)]
 
 
