@@ -19,10 +19,12 @@ every materialized view):
 - `segments` segments each: long enough for ClickHouse to merge (active parts are sampled) and for
   hundreds of thousands of evictions from the dedup memory.
 `run_rollups_side_by_side` runs it without and with the roll-ups' ingest path (BENCHMARKS.md).
+Before each side the run waits until no merge runs (`settle`), so neither side's timing holds merges
+the other side or the fold started.
 Reported: rows/s of each side (sum of its wall times) and the ratio flusher / baseline (target
 >= 0.9); the same with the process's CPU time (all threads, chDB's included), which other jobs on
 a shared machine move much less; active parts of `events`/`sessions`/`variant_exposures` before,
-at most during, and after the run.
+at most during, and after the run; and each round's figures (`rounds`).
 """
 
 from __future__ import annotations
@@ -114,6 +116,21 @@ def active_parts(client: Client) -> dict[str, int]:
     return {str(t): int(n) for t, n in client.query(PARTS_QUERY).result_rows}
 
 
+MERGES_QUERY = "SELECT count() FROM system.merges WHERE database = currentDatabase()"
+
+
+def settle(client: Client, timeout_s: float = 600.0) -> float:
+    """Wait until no merge of this database runs (two polls 0.2 s apart), at most `timeout_s`;
+    return the seconds waited. Run before each side, so that neither pays, in its timing, for the
+    merges the other side's inserts (or the fold) started."""
+    started = time.perf_counter()
+    quiet = 0
+    while quiet < 2 and time.perf_counter() - started < timeout_s:
+        quiet = quiet + 1 if client.query(MERGES_QUERY).result_rows[0][0] == 0 else 0
+        time.sleep(0.2)
+    return time.perf_counter() - started
+
+
 def _timed(side: Callable[[], int]) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds of this process, what `side` returned) of one call."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -123,8 +140,10 @@ def _timed(side: Callable[[], int]) -> tuple[float, float, int]:
 
 def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int = 50_000,
         single: bool = False, seed: int = 3, per_round: int = 4, rollups: bool = True,
-        group: int = 1) -> dict[str, Any]:
-    """`group`: requests per block record (1: one request per turn of the collector's event loop, light
+        group: int = 1, settle_merges: bool = True) -> dict[str, Any]:
+    """`settle_merges`: before each side, wait until no merge runs (`settle`); without it, the merges
+    one side (or the fold) started run on into the next side's timing. `group`: requests per block
+    record (1: one request per turn of the collector's event loop, light
     traffic; under load the collector's group commit puts tens in one, `requests_per_record` in
     load/bench_collector.py). `rollups=False` drops the fold's dirty-day view (fold_dirty_days_mv,
     sql/0101_rollups.sql) and runs no fold: the ingest path as it was before the roll-ups, for the
@@ -154,6 +173,7 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
         reader = SpoolReader(settings.spool_dir)
         flusher_s = baseline_s = flusher_cpu = baseline_cpu = 0.0
         rows = records = 0
+        rounds: list[dict[str, Any]] = []
         max_parts: dict[str, int] = dict(parts_before)
         for k in range(0, segments, per_round):
             bodies = []
@@ -176,10 +196,23 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
 
             # The side that goes first alternates round by round: the merges that a round's inserts
             # (and the fold) start run on into whichever side comes next, and count in its CPU time.
+            waited = 0.0
+
+            def quiet() -> None:
+                nonlocal waited
+                if settle_merges:
+                    waited += settle(client)
+
             if (k // per_round) % 2 == 0:
-                (f_wall, f_cpu, flushed), (b_wall, b_cpu, _) = _timed(flush), _timed(baseline)
+                quiet()
+                f_wall, f_cpu, flushed = _timed(flush)
+                quiet()
+                b_wall, b_cpu, _ = _timed(baseline)
             else:
-                (b_wall, b_cpu, _), (f_wall, f_cpu, flushed) = _timed(baseline), _timed(flush)
+                quiet()
+                b_wall, b_cpu, _ = _timed(baseline)
+                quiet()
+                f_wall, f_cpu, flushed = _timed(flush)
             flusher_cpu += f_cpu
             baseline_cpu += b_cpu
             if flushed != expected:
@@ -187,6 +220,11 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
             flusher_s += f_wall
             baseline_s += b_wall
             rows += flushed
+            rounds.append({"flusher_first": (k // per_round) % 2 == 0, "rows": flushed,
+                              "flusher_s": round(f_wall, 3), "baseline_s": round(b_wall, 3),
+                              "flusher_cpu_us_per_row": round(f_cpu / flushed * 1e6, 2),
+                              "baseline_cpu_us_per_row": round(b_cpu / flushed * 1e6, 2),
+                              "dedup_ids": len(flusher.memory), "settle_s": round(waited, 1)})
             for table, n in active_parts(client).items():
                 max_parts[table] = max(max_parts.get(table, 0), n)
             if rollups:
@@ -215,8 +253,12 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
         "baseline_cpu_us_per_row": round(baseline_cpu / rows * 1e6, 2),
         "cpu_ratio": round(baseline_cpu / flusher_cpu, 3),
         "rollups": rollups,
+        "settle_merges": settle_merges,
         "fold_backfill_s": round(fold_s[0], 2) if fold_s else None,
         "fold_per_round_s": [round(f, 2) for f in fold_s[1:]],
+        # each round: who went first, wall seconds and CPU per row of each side, ids in the dedup
+        # memory after it (shows what changes as a run crosses the memory's rotation, merges, folds)
+        "rounds": rounds,
         "active_parts_before": parts_before, "active_parts_max": max_parts, "active_parts_after": parts_after,
         "engine": "chDB (embedded ClickHouse), same schema and materialized views, same database",
         "cpus": os.cpu_count(),
