@@ -255,23 +255,27 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
         flusher = Flusher(settings, client)
         flusher.start()  # streams: inserts each segment as soon as the import seals it
     started = time.perf_counter()
+    flushed_s = fold_s = None
     try:
         result = import_file(settings, file, user_agent=user_agent or DEFAULT_USER_AGENT, fmt=fmt,
                              site_id=site_id, workers=workers, progress=progress)
     finally:
         if flusher is not None:
             flusher.stop()  # drains what is left (or, after an error, what was sealed)
+            flushed_s = time.perf_counter() - started
         if client is not None:
             if not settings.clickhouse_cluster:
                 from reports.fold import fold
 
                 fold(client)  # the roll-ups of the imported days (reports/fold.py)
+                fold_s = time.perf_counter() - started - (flushed_s or 0.0)
             client.close()
     summary = result.as_json()
-    if flusher is not None:
-        seconds = time.perf_counter() - started
-        summary.update(flushed_rows=flusher.rows_flushed, seconds_with_flush=round(seconds, 2),
-                       events_per_s_with_flush=round(result.accepted / seconds))
+    if flusher is not None and flushed_s is not None:
+        summary.update(flushed_rows=flusher.rows_flushed, seconds_with_flush=round(flushed_s, 2),
+                       events_per_s_with_flush=round(result.accepted / flushed_s))
+        if fold_s is not None:  # the roll-ups' rebuild of the imported days, after the flush
+            summary.update(fold_seconds=round(fold_s, 2))
     click.echo(json.dumps(summary))
     if result.rejected:
         sys.exit(1 if not result.accepted else 0)

@@ -44,6 +44,8 @@ def test_import_history_twice_is_stored_once(tmp_path: Path) -> None:
     # an event sent before consent has no ids, and history has no request to derive them from
     assert summary["rejected"] == {"malformed_json": 1, "schema_violation": 1, "ts_too_old": 1, "consent_pending": 1}
     assert summary["flushed_rows"] == 3
+    # the flush's and the fold's times are apart: the fold rebuilds the imported days' roll-ups after it
+    assert summary["seconds_with_flush"] > 0 and summary["fold_seconds"] >= 0
     second = run_import(data_dir, path, "--flush")  # the same file again: the same event ids
     assert second.returncode == 0, second.stderr[-2000:]
 
@@ -51,9 +53,12 @@ def test_import_history_twice_is_stored_once(tmp_path: Path) -> None:
     try:
         rows = client.query("SELECT session_id, count(), any(browser) FROM events GROUP BY session_id "
                             "ORDER BY session_id").result_rows
+        # folded by the import: every imported session is in its day's roll-up
+        (folded,) = client.query("SELECT sum(sessions) FROM traffic_daily").result_rows[0]
     finally:
         client.close()
     assert [(r[0], r[1]) for r in rows] == [("hist-1", 1), ("hist-2", 1), ("hist-3", 1)]
+    assert folded == 3
     assert dict((r[0], r[2]) for r in rows)["hist-3"] == "Firefox"
     kept = [e for e in RejectedStore(data_dir / "rejected").read_all()]
     assert sorted(e["reason"] for e in kept) == sorted(["malformed_json", "schema_violation", "ts_too_old",
