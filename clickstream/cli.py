@@ -267,11 +267,12 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
             if not settings.clickhouse_cluster:
                 from reports.fold import fold
 
+                fold_started = time.perf_counter()
                 fold(client)  # the roll-ups of the imported days (reports/fold.py)
-                fold_s = time.perf_counter() - started - (flushed_s or 0.0)
+                fold_s = time.perf_counter() - fold_started
             client.close()
     summary = result.as_json()
-    if flusher is not None and flushed_s is not None:
+    if flusher is not None and flushed_s is not None:  # flushed_s is set whenever a flusher ran
         summary.update(flushed_rows=flusher.rows_flushed, seconds_with_flush=round(flushed_s, 2),
                        events_per_s_with_flush=round(result.accepted / flushed_s))
         if fold_s is not None:  # the roll-ups' rebuild of the imported days, after the flush

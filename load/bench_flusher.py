@@ -194,25 +194,17 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
                                       settings={**INSERT_SETTINGS, "insert_deduplication_token": f"baseline-{k}-{i}"})
                 return 0
 
-            # The side that goes first alternates round by round: the merges that a round's inserts
-            # (and the fold) start run on into whichever side comes next, and count in its CPU time.
+            # The side that goes first alternates round by round, and with `settle_merges` each side
+            # starts once no merge runs: otherwise the merges that a round's inserts (and the fold)
+            # start run on into whichever side comes next, and count in its CPU time.
+            flusher_first = (k // per_round) % 2 == 0
             waited = 0.0
-
-            def quiet() -> None:
-                nonlocal waited
+            timed: dict[str, tuple[float, float, int]] = {}
+            for name in ("flusher", "baseline") if flusher_first else ("baseline", "flusher"):
                 if settle_merges:
                     waited += settle(client)
-
-            if (k // per_round) % 2 == 0:
-                quiet()
-                f_wall, f_cpu, flushed = _timed(flush)
-                quiet()
-                b_wall, b_cpu, _ = _timed(baseline)
-            else:
-                quiet()
-                b_wall, b_cpu, _ = _timed(baseline)
-                quiet()
-                f_wall, f_cpu, flushed = _timed(flush)
+                timed[name] = _timed(flush if name == "flusher" else baseline)
+            (f_wall, f_cpu, flushed), (b_wall, b_cpu, _) = timed["flusher"], timed["baseline"]
             flusher_cpu += f_cpu
             baseline_cpu += b_cpu
             if flushed != expected:
@@ -220,11 +212,11 @@ def run(prefill_events: int = 10_000_000, segments: int = 32, segment_rows: int 
             flusher_s += f_wall
             baseline_s += b_wall
             rows += flushed
-            rounds.append({"flusher_first": (k // per_round) % 2 == 0, "rows": flushed,
-                              "flusher_s": round(f_wall, 3), "baseline_s": round(b_wall, 3),
-                              "flusher_cpu_us_per_row": round(f_cpu / flushed * 1e6, 2),
-                              "baseline_cpu_us_per_row": round(b_cpu / flushed * 1e6, 2),
-                              "dedup_ids": len(flusher.memory), "settle_s": round(waited, 1)})
+            rounds.append({"flusher_first": flusher_first, "rows": flushed,
+                           "flusher_s": round(f_wall, 3), "baseline_s": round(b_wall, 3),
+                           "flusher_cpu_us_per_row": round(f_cpu / flushed * 1e6, 2),
+                           "baseline_cpu_us_per_row": round(b_cpu / flushed * 1e6, 2),
+                           "dedup_ids": len(flusher.memory), "settle_s": round(waited, 1)})
             for table, n in active_parts(client).items():
                 max_parts[table] = max(max_parts.get(table, 0), n)
             if rollups:
