@@ -14,7 +14,8 @@ What a day is: the UTC day a session started. Rebuilding day D:
 The same SQL is the recount `clickstream reconcile` compares with (reports/reconcile.py), so a
 folded day equals a recount by construction; late events, imports, retries and crashes only make
 days dirty again. Which days: the marks `fold_dirty_days_mv` writes for every insert into `events`
-(the day of each event and the day before), and for `variant_daily` the marks `fold_dirty_visitors_mv`
+(the site and the day of each event and the day before; a day is rebuilt for the sites that marked it,
+`build_day`), and for `variant_daily` the marks `fold_dirty_visitors_mv`
 writes for every lead (the first-exposure days of its visitor, `lead_days`) and the later exposure days
 of visitors an earlier exposure moved (`moved_days`); a run rebuilds the days of the parts it read and
 then drops exactly those parts.
@@ -41,7 +42,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -85,6 +86,11 @@ FACTS_COLUMNS = ("site_id, session_id, anonymous_id, started_at, ended_at, pagev
                  "utm_source, utm_medium, utm_campaign, utm_term, utm_content, referrer_host, channel, variants, "
                  "is_bot, engaged_ms, max_scroll_depth, passive_events, revenue, is_engaged, is_bounce")
 
+#: The sites a build covers: every site when {all_sites:Bool} is true, else those in {sites:Array(String)}
+#: (a day rebuilt for the sites whose events marked it, `build_day`). The parameters are literals when
+#: the query is analysed, so the primary key's site_id applies (checked with EXPLAIN indexes = 1).
+SITES = "({all_sites:Bool} OR site_id IN {sites:Array(String)})"
+
 #: One final row per session started on {day:Date}; its events are those of that day and the next.
 FACTS_SQL = f"""
 SELECT
@@ -116,7 +122,7 @@ FROM
         sumMapIf(map(upper(props['currency']), assumeNotNull(toDecimal128OrNull(props['revenue'], 6))),
                  toDecimal128OrNull(props['revenue'], 6) IS NOT NULL) AS revenue
     FROM events
-    WHERE toDate(ts) >= {{day:Date}} - 1 AND toDate(ts) <= {{day:Date}} + 1
+    WHERE toDate(ts) >= {{day:Date}} - 1 AND toDate(ts) <= {{day:Date}} + 1 AND {SITES}
     GROUP BY site_id, session_id
     HAVING toDate(started_at) = {{day:Date}}
 )
@@ -124,14 +130,14 @@ FROM
 
 #: The events of the roll-ups of sql/0121_event_rollups.sql for {day:Date}: human events of that day and
 #: the next whose session (site_id, session_id) is a human session started on the day in `{facts}`.
-_DAY_EVENTS = ("toDate(ts) >= {{day:Date}} AND toDate(ts) <= {{day:Date}} + 1 AND is_bot = 0 "
+_DAY_EVENTS = ("toDate(ts) >= {{day:Date}} AND toDate(ts) <= {{day:Date}} + 1 AND is_bot = 0 AND {sites} "
                "AND (site_id, session_id) IN (SELECT site_id, session_id FROM {facts} "
-               "WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0)")
+               "WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites})")
 
 #: The visitors a roll-up of {day:Date} can hold: those of the human events of that day and the next
 #: (a session started on the day has its events there; the event roll-ups count the event's own visitor).
 _DAY_VISITORS = ("SELECT DISTINCT site_id, anonymous_id FROM events "
-                 "WHERE toDate(ts) >= {day:Date} AND toDate(ts) <= {day:Date} + 1 AND is_bot = 0")
+                 f"WHERE toDate(ts) >= {{day:Date}} AND toDate(ts) <= {{day:Date}} + 1 AND is_bot = 0 AND {SITES}")
 #: Number the day's visitors that have no number yet (sql/0122_visitor_bitmaps.sql): per site, above the
 #: site's largest number, in anonymous_id order. Only the fold runs it (its lease): one writer, and a rerun
 #: after a half-done insert numbers only the rest.
@@ -154,18 +160,20 @@ SELECT site_id, toDate(started_at) AS day, uniqExactState(anonymous_id) AS visit
        sum(pageviews) AS pageviews, sum(is_bounce) AS bounces,
        sum(toUInt64(toUnixTimestamp64Milli(ended_at) - toUnixTimestamp64Milli(started_at))) AS duration_ms,
        sum(is_engaged) AS engaged_sessions, sum(engaged_ms) AS engaged_ms, groupBitmapState(n) AS visitor_bitmap
-FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id) WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
+FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id)
+WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites}
 GROUP BY site_id, day""",
     "landing_daily": """
 SELECT site_id, toDate(started_at) AS day, entry_path AS landing_path, uniqExactState(anonymous_id) AS visitors,
        count() AS sessions, sum(is_engaged) AS engaged_sessions, sumMap(revenue) AS revenue
-FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND pageviews > 0
+FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites} AND pageviews > 0
 GROUP BY site_id, day, landing_path""",
     "channel_daily": """
 SELECT site_id, toDate(started_at) AS day, channel, utm_source, utm_medium, utm_campaign,
        uniqExactState(anonymous_id) AS visitors, count() AS sessions, sum(is_engaged) AS engaged_sessions,
        sumMap(revenue) AS revenue, groupBitmapState(n) AS visitor_bitmap
-FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id) WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0
+FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id)
+WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites}
 GROUP BY site_id, day, channel, utm_source, utm_medium, utm_campaign""",
     # Not from the facts: a visitor's day in an experiment is the day of their first exposure over all of
     # history (variant_exposures), converters those with a lead at or after it (conversions), as 0006's
@@ -183,7 +191,7 @@ FROM
           FROM variant_exposures
           WHERE (site_id, experiment_id, anonymous_id) IN
                 (SELECT site_id, experiment_id, anonymous_id FROM variant_exposures
-                 WHERE toDate(first_exposed_at) = {{day:Date}}))
+                 WHERE toDate(first_exposed_at) = {{day:Date}} AND {sites}))
     GROUP BY site_id, experiment_id, anonymous_id
     HAVING toDate(first_at) = {{day:Date}}
 ) AS e
@@ -192,7 +200,8 @@ LEFT JOIN
     SELECT site_id, anonymous_id, max(last_lead_at) AS last_lead_at
     FROM conversions
     WHERE (site_id, anonymous_id) IN
-          (SELECT site_id, anonymous_id FROM variant_exposures WHERE toDate(first_exposed_at) = {{day:Date}})
+          (SELECT site_id, anonymous_id FROM variant_exposures
+           WHERE toDate(first_exposed_at) = {{day:Date}} AND {sites})
     GROUP BY site_id, anonymous_id
 ) AS c ON e.site_id = c.site_id AND e.anonymous_id = c.anonymous_id
 GROUP BY site_id, day, experiment_id, variant_id""",
@@ -246,27 +255,43 @@ def rebuild_day(client: Client, day: dt.date) -> None:
     rebuild_versioned(client, day, prepare_versions(client))
 
 
-def build_day(client: Client, day: dt.date) -> None:
-    """Recompute `day` of every roll-up from `events` into the staging tables (the recount)."""
-    params = {"day": day}
+def build_day(client: Client, day: dt.date, sites: Collection[str] | None = None,
+              into: Mapping[str, str] | None = None) -> None:
+    """Recompute `day` of every roll-up from `events` into the staging tables (the recount).
+
+    `sites`: rebuild only these sites' rows of the day (None: every site). The other sites' rows are
+    the ones the day holds now in each table's target (`into`: table -> where its day goes, as in
+    `swap_day`; a table mapped to "" gets the day in full): its partition is copied into the staging
+    table (`REPLACE PARTITION`, hard links: no rows are read), those sites' rows are deleted there
+    (a lightweight DELETE: a mask) and recomputed. Every row of a roll-up belongs to one site and is
+    computed from that site's events only (FACTS_SQL, ROLLUP_SQL, NUMBER_SQL), so the day equals a
+    full recount; an import of one site's history no longer rebuilds the days of every other site
+    (BENCHMARKS.md "Import").
+    """
+    params: dict[str, Any] = {"day": day, "all_sites": sites is None, "sites": sorted(sites or ())}
     for table in TABLES:
         client.command(f"CREATE TABLE IF NOT EXISTS {STAGING_PREFIX}{table} AS {table}")
         client.command(f"TRUNCATE TABLE {STAGING_PREFIX}{table}")
+        target = table if into is None else into.get(table, table)
+        if sites is not None and target:
+            client.command(f"ALTER TABLE {STAGING_PREFIX}{table} REPLACE PARTITION ID '{partition_id(day)}' "
+                           f"FROM {target}", settings={"allow_replace_partition_from_empty_source": 1})
+            client.command(f"DELETE FROM {STAGING_PREFIX}{table} WHERE site_id IN {{sites:Array(String)}}",
+                           parameters=params, settings={"lightweight_deletes_sync": 2})
     client.command(f"INSERT INTO {STAGING_PREFIX}session_facts ({FACTS_COLUMNS}) {FACTS_SQL}",
                    parameters=params, settings=FOLD_SETTINGS)
-    number_visitors(client, day)
+    number_visitors(client, day, sites)
     for table, sql in ROLLUP_SQL.items():
         client.command(f"INSERT INTO {STAGING_PREFIX}{table} ({ROLLUP_COLUMNS[table]}) "
-                       + sql.format(facts=f"{STAGING_PREFIX}session_facts", numbers=DAY_NUMBERS),
+                       + sql.format(facts=f"{STAGING_PREFIX}session_facts", numbers=DAY_NUMBERS, sites=SITES),
                        parameters=params, settings=FOLD_SETTINGS)
 
 
-
-def number_visitors(client: Client, day: dt.date) -> None:
-    """Give the visitors of `day` without a number one (NUMBER_SQL), and copy the numbers of all of the
-    day's visitors into DAY_NUMBERS for the roll-ups' bitmaps (sql/0122_visitor_bitmaps.sql). The caller
-    holds the fold lease: one writer of visitor_numbers."""
-    params = {"day": day}
+def number_visitors(client: Client, day: dt.date, sites: Collection[str] | None = None) -> None:
+    """Give the visitors of `day` (of `sites`; None: every site) without a number one (NUMBER_SQL), and
+    copy the numbers of all of those visitors into DAY_NUMBERS for the roll-ups' bitmaps
+    (sql/0122_visitor_bitmaps.sql). The caller holds the fold lease: one writer of visitor_numbers."""
+    params: dict[str, Any] = {"day": day, "all_sites": sites is None, "sites": sorted(sites or ())}
     client.command(f"CREATE TABLE IF NOT EXISTS {DAY_NUMBERS} AS visitor_numbers")
     client.command(f"TRUNCATE TABLE {DAY_NUMBERS}")
     client.command(NUMBER_SQL, parameters=params, settings=FOLD_SETTINGS)
@@ -305,11 +330,13 @@ def prepare_versions(client: Client, *, create: bool = True) -> dict[str, versio
 
 
 def rebuild_versioned(client: Client, day: dt.date, builds: Mapping[str, versions.Build], *,
-                      live: bool = True) -> None:
+                      live: bool = True, sites: Collection[str] | None = None) -> None:
     """Rebuild `day`: into each table, or its twin when a new definition version is being built;
-    without `live`, into the twins only (a day of the backfill)."""
-    build_day(client, day)
+    without `live`, into the twins only (a day of the backfill). `sites`: only these sites' rows
+    (`build_day`); ignored while a new definition version is being built (a twin may not hold the
+    day's other sites yet), when the day is rebuilt in full."""
     into = {t: (builds[t].twin if t in builds else (t if live else "")) for t in TABLES}
+    build_day(client, day, None if builds else sites, into)
     swap_day(client, day, into)
     versions.record(client, builds, day)
 
@@ -335,10 +362,29 @@ def backfill(client: Client, builds: Mapping[str, versions.Build], limit: int | 
     return done, switched
 
 
-def dirty_parts(client: Client) -> dict[str, list[dt.date]]:
-    """Part name of `fold_dirty_days` -> the days it marks."""
-    rows = client.query("SELECT _part, arraySort(groupUniqArray(day)) FROM fold_dirty_days GROUP BY _part").result_rows
-    return {str(part): list(days) for part, days in rows}
+#: A mark's site_id for "every site": the marks written before sql/0123_fold_site_marks.sql.
+ALL_SITES = ""
+
+
+def dirty_parts(client: Client) -> dict[str, list[tuple[dt.date, str]]]:
+    """Part name of `fold_dirty_days` -> the (day, site_id) it marks (site_id ALL_SITES: every site)."""
+    rows = client.query("SELECT _part, arraySort(groupUniqArray((day, site_id))) FROM fold_dirty_days "
+                        "GROUP BY _part").result_rows
+    return {str(part): [(day, str(site)) for day, site in marks] for part, marks in rows}
+
+
+def dirty_sites(parts: Mapping[str, Sequence[tuple[dt.date, str]]]) -> dict[dt.date, set[str] | None]:
+    """day -> the sites whose marks in `parts` name it, or None when one names every site."""
+    out: dict[dt.date, set[str] | None] = {}
+    for marks in parts.values():
+        for day, site in marks:
+            if site == ALL_SITES:
+                out[day] = None
+            elif day not in out:
+                out[day] = {site}
+            elif (known := out[day]) is not None:
+                known.add(site)
+    return out
 
 
 def history_days(client: Client) -> set[dt.date]:
@@ -494,17 +540,23 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
             return None
         started = time.perf_counter()
         watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
-        parts: dict[str, list[dt.date]] = {}
+        parts: dict[str, list[tuple[dt.date, str]]] = {}
         visitor_parts: list[str] = []
         normal = days is None
+        # the sites of a day only its events' marks name (else every site: a lead's or an exposure's
+        # days, the backfill of history, or `days` given)
+        only: dict[dt.date, set[str] | None] = {}
         if days is None:
             parts = dirty_parts(client)
             visitor_parts = dirty_visitor_parts(client)
-            marked = {d for ds in parts.values() for d in ds} | history_days(client) | lead_days(client, visitor_parts)
-            days = sorted(marked | moved_days(client, marked))
+            only = dirty_sites(parts)
+            full = history_days(client) | lead_days(client, visitor_parts)
+            full |= moved_days(client, set(only) | full)
+            only.update(dict.fromkeys(full))
+            days = sorted(only)
         builds = prepare_versions(client)
         for day in days:
-            rebuild_versioned(client, day, builds)
+            rebuild_versioned(client, day, builds, sites=only.get(day))
             if progress is not None:
                 progress(day)
         drop_parts(client, parts)

@@ -193,6 +193,12 @@ def test_reconcile_reports_a_pending_version_and_repair_builds_it(
     assert report.clean and report.pending == []
 
 
+def old_dirty_parts(client: Client) -> dict[str, list[tuple[dt.date, str]]]:
+    """fold_dirty_days' marks as the schema before sql/0123_fold_site_marks.sql has them: days only (every site)."""
+    rows = client.query("SELECT _part, groupUniqArray(day) FROM fold_dirty_days GROUP BY _part").result_rows
+    return {str(part): [(day, fold_module.ALL_SITES) for day in days] for part, days in rows}
+
+
 def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = tmp_path / "sql-before"
@@ -211,7 +217,8 @@ def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothin
                             {t: before_bitmaps(sql) for t, sql in fold_module.ROLLUP_SQL.items() if t in OLD_TABLES})
         monkeypatch.setattr(fold_module, "ROLLUP_COLUMNS",
                             {t: c.replace(", visitor_bitmap", "") for t, c in fold_module.ROLLUP_COLUMNS.items()})
-        monkeypatch.setattr(fold_module, "number_visitors", lambda client_, day: None)
+        monkeypatch.setattr(fold_module, "number_visitors", lambda client_, day, sites=None: None)
+        monkeypatch.setattr(fold_module, "dirty_parts", old_dirty_parts)  # marks without a site (before 0123)
         assert fold(client) is not None
         monkeypatch.undo()
         for table in OLD_TABLES:  # as the fold before versions left them: no version on the tables

@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import random
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,9 @@ def test_a_numbering_cut_short_is_completed_without_second_numbers(
     real = fold_module.number_visitors
     calls = 0
 
-    def killed(client_: Client, day: dt.date) -> None:
+    def killed(client_: Client, day: dt.date, sites: Collection[str] | None = None) -> None:
         nonlocal calls
-        real(client_, day)
+        real(client_, day, sites)
         calls += 1
         if calls == 3:
             raise RuntimeError("killed between the numbering and the roll-ups")
