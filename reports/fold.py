@@ -522,6 +522,36 @@ def locked(client: Client) -> Iterator[str | None]:
                 lease.release(holder)
 
 
+#: The tables an insert into `events_ingest` writes (events and the targets of their materialized views,
+#: sql/0002, 0003, 0007, 0030): after a large insert, their merges are what a fold competes with.
+INGEST_TABLES = ("events", "sessions", "variant_exposures", "session_engagement")
+
+
+@contextlib.contextmanager
+def merges_paused(client: Client, tables: Sequence[str] = INGEST_TABLES) -> Iterator[None]:
+    """On the embedded engine, stop the background merges of `tables` for the block (`SYSTEM STOP
+    MERGES`, a running merge is cancelled) and start them again after it; elsewhere, do nothing.
+
+    For a fold run right after a large insert (`clickstream import --flush`): the merges of the new parts
+    of `events` take both cores of a small machine, and the fold's reads wait behind them (a fold of 32
+    imported days: 78.6 s right after the flush, 26.9 s once the merges had finished; BENCHMARKS.md
+    "Import"). The merges are deferred, not skipped: they run when merges start again, or when the
+    directory is next opened. Only the embedded engine, where this process is ClickHouse's only user:
+    on a server other writers keep inserting, and their parts must keep merging. The fold's own tables
+    are not among `tables`: its lightweight DELETE is a mutation, which stopped merges would hold up.
+    """
+    if not is_embedded(client):
+        yield
+        return
+    for table in tables:
+        client.command(f"SYSTEM STOP MERGES {table}")
+    try:
+        yield
+    finally:
+        for table in tables:
+            client.command(f"SYSTEM START MERGES {table}")
+
+
 def fold(client: Client, days: Sequence[dt.date] | None = None,
          progress: Callable[[dt.date], None] | None = None,
          backfill_days: int | None = versions.BACKFILL_DAYS_PER_RUN) -> FoldRun | None:

@@ -2,7 +2,8 @@
 reports/fold.py `build_day`): that site's rows equal a full recount and the independent computation of
 tests/integration/test_rollups.py, and the other sites' rows of the day are the ones stored before. A
 row planted for another site shows it: it survives the fold, where a rebuild of every site removes it.
-A mark written before 0123 (site_id '') rebuilds the day for every site.
+A mark written before 0123 (site_id '') rebuilds the day for every site. `merges_paused` (what
+`import --flush` folds in) stops the ingest tables' merges, not the fold's own mutations.
 
 Real chDB (a temp directory), the real ingest path and the real fold.
 """
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from clickstream.core.clickhouse import connect, migrate
-from reports.fold import fold
+from reports.fold import fold, merges_paused
 from reports.reconcile import Difference, reconcile
 from tests.integration.test_rollups import DAY0, SITES, Event, Store, check_views, generate, ms
 
@@ -96,5 +98,25 @@ def test_a_mark_without_a_site_rebuilds_the_day_for_every_site(store: Store) -> 
     run = fold(client)
     assert run is not None and run.days == (DAY,)
     assert planted(client) == 0
+    assert reconcile(client).clean
+    check_views(store)
+
+
+def test_a_fold_with_the_ingest_tables_merges_paused(store: Store) -> None:
+    client = store.client
+
+    def events_parts() -> int:
+        return int(client.query("SELECT count() FROM system.parts WHERE database = currentDatabase() AND active "
+                                "AND table = 'events'").result_rows[0][0])
+
+    with merges_paused(client):
+        store.insert(late_events(store))  # a second part of events, which cannot merge now
+        assert events_parts() > 1
+        with pytest.raises(DatabaseError, match="Cancelled merging parts"):
+            client.command("OPTIMIZE TABLE events FINAL")
+        run = fold(client)  # its lightweight DELETEs (mutations of the staging tables) still run
+        assert run is not None and run.days == (DAY - dt.timedelta(days=1), DAY)
+    client.command("OPTIMIZE TABLE events FINAL")  # merging again
+    assert events_parts() == 1  # one partition (a month) in this test's events
     assert reconcile(client).clean
     check_views(store)
