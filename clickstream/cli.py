@@ -265,11 +265,10 @@ def import_(file: Path, fmt: str, site_id: str | None, user_agent: str | None, w
             flushed_s = time.perf_counter() - started
         if client is not None:
             if not settings.clickhouse_cluster:
-                from reports.fold import fold, merges_paused
+                from reports.fold import fold
 
                 fold_started = time.perf_counter()
-                with merges_paused(client):  # the new parts' merges would take the cores from the fold
-                    fold(client)  # the roll-ups of the imported days (reports/fold.py)
+                fold(client)  # the roll-ups of the imported days (reports/fold.py)
                 fold_s = time.perf_counter() - fold_started
             client.close()
     summary = result.as_json()

@@ -522,23 +522,23 @@ def locked(client: Client) -> Iterator[str | None]:
                 lease.release(holder)
 
 
-#: The tables an insert into `events_ingest` writes (events and the targets of their materialized views,
-#: sql/0002, 0003, 0007, 0030): after a large insert, their merges are what a fold competes with.
-INGEST_TABLES = ("events", "sessions", "variant_exposures", "session_engagement")
+#: The marks tables: a fold drops the parts it read by name (`drop_parts`), so their merges stop during a run
+#: (`merges_paused`): a part merged meanwhile keeps its marks, and its days would be rebuilt again by the
+#: next run, in full (BENCHMARKS.md "Import": the 4 prefilled days of 10 M events, ~40 s, in the fold of an
+#: import that followed).
+MARK_TABLES = ("fold_dirty_days", "fold_dirty_visitors")
 
 
 @contextlib.contextmanager
-def merges_paused(client: Client, tables: Sequence[str] = INGEST_TABLES) -> Iterator[None]:
+def merges_paused(client: Client, tables: Sequence[str]) -> Iterator[None]:
     """On the embedded engine, stop the background merges of `tables` for the block (`SYSTEM STOP
-    MERGES`, a running merge is cancelled) and start them again after it; elsewhere, do nothing.
+    MERGES`; a running merge is cancelled) and start them again after it; elsewhere, do nothing.
 
-    For a fold run right after a large insert (`clickstream import --flush`): the merges of the new parts
-    of `events` take both cores of a small machine, and the fold's reads wait behind them (a fold of 32
-    imported days: 78.6 s right after the flush, 26.9 s once the merges had finished; BENCHMARKS.md
-    "Import"). The merges are deferred, not skipped: they run when merges start again, or when the
-    directory is next opened. Only the embedded engine, where this process is ClickHouse's only user:
-    on a server other writers keep inserting, and their parts must keep merging. The fold's own tables
-    are not among `tables`: its lightweight DELETE is a mutation, which stopped merges would hold up.
+    Only the embedded engine: the state lives in this process, which is ClickHouse's only user, so a
+    process killed in the block leaves nothing stopped. On a server, a fold killed in the block would
+    leave the marks tables' merges stopped for every writer, and their parts (one per insert into
+    `events`) would pile up until inserts fail. Do not nest blocks over the same table: the inner one
+    starts its merges again.
     """
     if not is_embedded(client):
         yield
@@ -568,43 +568,50 @@ def fold(client: Client, days: Sequence[dt.date] | None = None,
         if holder is None:
             log.info("fold: another process is folding; skipped")
             return None
-        started = time.perf_counter()
-        watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
-        parts: dict[str, list[tuple[dt.date, str]]] = {}
-        visitor_parts: list[str] = []
-        normal = days is None
-        # the sites of a day only its events' marks name (else every site: a lead's or an exposure's
-        # days, the backfill of history, or `days` given)
-        only: dict[dt.date, set[str] | None] = {}
-        if days is None:
-            parts = dirty_parts(client)
-            visitor_parts = dirty_visitor_parts(client)
-            only = dirty_sites(parts)
-            full = history_days(client) | lead_days(client, visitor_parts)
-            full |= moved_days(client, set(only) | full)
-            only.update(dict.fromkeys(full))
-            days = sorted(only)
-        builds = prepare_versions(client)
-        for day in days:
-            rebuild_versioned(client, day, builds, sites=only.get(day))
-            if progress is not None:
-                progress(day)
-        drop_parts(client, parts)
-        drop_parts(client, visitor_parts, "fold_dirty_visitors")
-        # A roll-up with no version yet on an installation the fold already ran on is a table a migration
-        # just added (0120 stamped every earlier one): it has no old numbers to keep serving, so it is
-        # built from all of history in this run rather than a few days a run.
-        limit = None if any(b.stored is None for b in builds.values()) else backfill_days
-        backfilled, switched = backfill(client, builds, limit, progress) if normal else ([], [])
-        run = FoldRun(tuple(days), watermark, time.perf_counter() - started, tuple(backfilled), tuple(switched))
-        client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
-                      column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
-        if days:
-            log.info("fold: %d day(s) rebuilt in %.2f s (%s .. %s)", len(days), run.seconds, days[0], days[-1])
-        if builds:
-            log.info("fold: %d day(s) of history built for new definition versions of %s; switched: %s",
-                     len(backfilled), ", ".join(builds), ", ".join(switched) or "none yet")
-        return run
+        with merges_paused(client, MARK_TABLES):
+            return _run(client, holder, days, progress, backfill_days)
+
+
+def _run(client: Client, holder: str, days: Sequence[dt.date] | None,
+         progress: Callable[[dt.date], None] | None, backfill_days: int | None) -> FoldRun:
+    """The body of `fold`, under its lease."""
+    started = time.perf_counter()
+    watermark = client.query("SELECT now64(6, 'UTC')").result_rows[0][0]
+    parts: dict[str, list[tuple[dt.date, str]]] = {}
+    visitor_parts: list[str] = []
+    normal = days is None
+    # the sites of a day only its events' marks name (else every site: a lead's or an exposure's
+    # days, the backfill of history, or `days` given)
+    only: dict[dt.date, set[str] | None] = {}
+    if days is None:
+        parts = dirty_parts(client)
+        visitor_parts = dirty_visitor_parts(client)
+        only = dirty_sites(parts)
+        full = history_days(client) | lead_days(client, visitor_parts)
+        full |= moved_days(client, set(only) | full)
+        only.update(dict.fromkeys(full))
+        days = sorted(only)
+    builds = prepare_versions(client)
+    for day in days:
+        rebuild_versioned(client, day, builds, sites=only.get(day))
+        if progress is not None:
+            progress(day)
+    drop_parts(client, parts)
+    drop_parts(client, visitor_parts, "fold_dirty_visitors")
+    # A roll-up with no version yet on an installation the fold already ran on is a table a migration
+    # just added (0120 stamped every earlier one): it has no old numbers to keep serving, so it is
+    # built from all of history in this run rather than a few days a run.
+    limit = None if any(b.stored is None for b in builds.values()) else backfill_days
+    backfilled, switched = backfill(client, builds, limit, progress) if normal else ([], [])
+    run = FoldRun(tuple(days), watermark, time.perf_counter() - started, tuple(backfilled), tuple(switched))
+    client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
+                  column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
+    if days:
+        log.info("fold: %d day(s) rebuilt in %.2f s (%s .. %s)", len(days), run.seconds, days[0], days[-1])
+    if builds:
+        log.info("fold: %d day(s) of history built for new definition versions of %s; switched: %s",
+                 len(backfilled), ", ".join(builds), ", ".join(switched) or "none yet")
+    return run
 
 
 class Folder:

@@ -2,8 +2,9 @@
 reports/fold.py `build_day`): that site's rows equal a full recount and the independent computation of
 tests/integration/test_rollups.py, and the other sites' rows of the day are the ones stored before. A
 row planted for another site shows it: it survives the fold, where a rebuild of every site removes it.
-A mark written before 0123 (site_id '') rebuilds the day for every site. `merges_paused` (what
-`import --flush` folds in) stops the ingest tables' merges, not the fold's own mutations.
+A mark written before 0123 (site_id '') rebuilds the day for every site. `merges_paused` (a fold pauses
+the merges of its marks tables, MARK_TABLES) stops the merges of the tables named, not the fold's own
+mutations, and a fold in the block drops exactly the marks it read.
 
 Real chDB (a temp directory), the real ingest path and the real fold.
 """
@@ -20,7 +21,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from clickstream.core.clickhouse import connect, migrate
-from reports.fold import fold, merges_paused
+from reports.fold import MARK_TABLES, fold, merges_paused
 from reports.reconcile import Difference, reconcile
 from tests.integration.test_rollups import DAY0, SITES, Event, Store, check_views, generate, ms
 
@@ -102,21 +103,26 @@ def test_a_mark_without_a_site_rebuilds_the_day_for_every_site(store: Store) -> 
     check_views(store)
 
 
-def test_a_fold_with_the_ingest_tables_merges_paused(store: Store) -> None:
+def test_merges_paused_stops_the_tables_merges_and_a_fold_runs_in_the_block(store: Store) -> None:
     client = store.client
 
-    def events_parts() -> int:
+    def active_parts(table: str) -> int:
         return int(client.query("SELECT count() FROM system.parts WHERE database = currentDatabase() AND active "
-                                "AND table = 'events'").result_rows[0][0])
+                                "AND table = {t:String}", parameters={"t": table}).result_rows[0][0])
 
-    with merges_paused(client):
-        store.insert(late_events(store))  # a second part of events, which cannot merge now
-        assert events_parts() > 1
-        with pytest.raises(DatabaseError, match="Cancelled merging parts"):
-            client.command("OPTIMIZE TABLE events FINAL")
+    with merges_paused(client, ("events", *MARK_TABLES)):
+        late = late_events(store)
+        store.insert(late[:2])  # two more parts of events and of the marks, which cannot merge now
+        store.insert(late[2:])
+        for table in ("events", "fold_dirty_days"):
+            assert active_parts(table) > 1
+            with pytest.raises(DatabaseError, match="Cancelled merging parts"):
+                client.command(f"OPTIMIZE TABLE {table} FINAL")
+    with merges_paused(client, ("events",)):
         run = fold(client)  # its lightweight DELETEs (mutations of the staging tables) still run
         assert run is not None and run.days == (DAY - dt.timedelta(days=1), DAY)
+        assert marks(client) == set()  # it dropped every part it read
     client.command("OPTIMIZE TABLE events FINAL")  # merging again
-    assert events_parts() == 1  # one partition (a month) in this test's events
+    assert active_parts("events") == 1  # one partition (a month) in this test's events
     assert reconcile(client).clean
     check_views(store)
