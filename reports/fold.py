@@ -414,20 +414,23 @@ def lead_days(client: Client, parts: Sequence[str]) -> set[dt.date]:
     return {day for (day,) in rows}
 
 
-def moved_days(client: Client, days: Iterable[dt.date]) -> set[dt.date]:
-    """Days after the earliest of `days`, not in `days`, with an exposure of a visitor whose first
-    exposure is now on one of `days`: where such a visitor was counted before a late, earlier exposure
-    moved them (their old first exposure is one of these), sql/0103_variant_rollup.sql."""
+def moved_days(client: Client, days: Iterable[dt.date], sites: Collection[str] | None = None) -> set[dt.date]:
+    """Days after the earliest of `days`, not in `days`, with an exposure of a visitor (of `sites`; None:
+    every site) whose first exposure is now on one of `days`: where such a visitor was counted before a
+    late, earlier exposure moved them (their old first exposure is one of these),
+    sql/0103_variant_rollup.sql. A site whose events marked none of `days` has no new exposure there, so
+    none of its visitors moved: the fold passes the sites of the marks when no day is marked for every site."""
     wanted = sorted(set(days))
     if not wanted:
         return set()
     rows = client.query(
         "SELECT DISTINCT toDate(ts) FROM events WHERE is_bot = 0 AND notEmpty(variants) AND toDate(ts) > {lo:Date} "
-        "AND (site_id, anonymous_id) IN (SELECT site_id, anonymous_id FROM variant_exposures "
+        f"AND {SITES} AND (site_id, anonymous_id) IN (SELECT site_id, anonymous_id FROM variant_exposures "
         "WHERE (site_id, experiment_id, anonymous_id) IN (SELECT site_id, experiment_id, anonymous_id "
-        "FROM variant_exposures WHERE toDate(first_exposed_at) IN {days:Array(Date)}) "
+        f"FROM variant_exposures WHERE toDate(first_exposed_at) IN {{days:Array(Date)}} AND {SITES}) "
         "GROUP BY site_id, experiment_id, anonymous_id HAVING toDate(min(first_exposed_at)) IN {days:Array(Date)})",
-        parameters={"lo": wanted[0], "days": wanted}).result_rows
+        parameters={"lo": wanted[0], "days": wanted, "all_sites": sites is None, "sites": sorted(sites or ())}
+    ).result_rows
     return {day for (day,) in rows} - set(wanted)
 
 
@@ -588,7 +591,8 @@ def _run(client: Client, holder: str, days: Sequence[dt.date] | None,
         visitor_parts = dirty_visitor_parts(client)
         only = dirty_sites(parts)
         full = history_days(client) | lead_days(client, visitor_parts)
-        full |= moved_days(client, set(only) | full)
+        marked_sites = None if full or None in only.values() else {s for v in only.values() if v for s in v}
+        full |= moved_days(client, set(only) | full, marked_sites)
         only.update(dict.fromkeys(full))
         days = sorted(only)
     builds = prepare_versions(client)
