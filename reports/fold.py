@@ -91,6 +91,11 @@ FACTS_COLUMNS = ("site_id, session_id, anonymous_id, started_at, ended_at, pagev
 #: the query is analysed, so the primary key's site_id applies (checked with EXPLAIN indexes = 1).
 SITES = "({all_sites:Bool} OR site_id IN {sites:Array(String)})"
 
+
+def site_params(sites: Collection[str] | None) -> dict[str, Any]:
+    """The parameters of SITES for `sites` (None: every site)."""
+    return {"all_sites": sites is None, "sites": sorted(sites or ())}
+
 #: One final row per session started on {day:Date}; its events are those of that day and the next.
 FACTS_SQL = f"""
 SELECT
@@ -261,14 +266,14 @@ def build_day(client: Client, day: dt.date, sites: Collection[str] | None = None
 
     `sites`: rebuild only these sites' rows of the day (None: every site). The other sites' rows are
     the ones the day holds now in each table's target (`into`: table -> where its day goes, as in
-    `swap_day`; a table mapped to "" gets the day in full): its partition is copied into the staging
-    table (`REPLACE PARTITION`, hard links: no rows are read), those sites' rows are deleted there
-    (a lightweight DELETE: a mask) and recomputed. Every row of a roll-up belongs to one site and is
-    computed from that site's events only (FACTS_SQL, ROLLUP_SQL, NUMBER_SQL), so the day equals a
-    full recount; an import of one site's history no longer rebuilds the days of every other site
-    (BENCHMARKS.md "Import").
+    `swap_day`; a table mapped to "" is not swapped, so nothing is copied for it): its partition is
+    copied into the staging table (`REPLACE PARTITION`, hard links: no rows are read), those sites'
+    rows are deleted there (a lightweight DELETE: a mask) and recomputed. Every row of a roll-up
+    belongs to one site and is computed from that site's events only (FACTS_SQL, ROLLUP_SQL,
+    NUMBER_SQL), so the day equals a full recount; an import of one site's history no longer rebuilds
+    the days of every other site (BENCHMARKS.md "Import").
     """
-    params: dict[str, Any] = {"day": day, "all_sites": sites is None, "sites": sorted(sites or ())}
+    params: dict[str, Any] = {"day": day, **site_params(sites)}
     for table in TABLES:
         client.command(f"CREATE TABLE IF NOT EXISTS {STAGING_PREFIX}{table} AS {table}")
         client.command(f"TRUNCATE TABLE {STAGING_PREFIX}{table}")
@@ -291,7 +296,7 @@ def number_visitors(client: Client, day: dt.date, sites: Collection[str] | None 
     """Give the visitors of `day` (of `sites`; None: every site) without a number one (NUMBER_SQL), and
     copy the numbers of all of those visitors into DAY_NUMBERS for the roll-ups' bitmaps
     (sql/0122_visitor_bitmaps.sql). The caller holds the fold lease: one writer of visitor_numbers."""
-    params: dict[str, Any] = {"day": day, "all_sites": sites is None, "sites": sorted(sites or ())}
+    params: dict[str, Any] = {"day": day, **site_params(sites)}
     client.command(f"CREATE TABLE IF NOT EXISTS {DAY_NUMBERS} AS visitor_numbers")
     client.command(f"TRUNCATE TABLE {DAY_NUMBERS}")
     client.command(NUMBER_SQL, parameters=params, settings=FOLD_SETTINGS)
@@ -429,7 +434,7 @@ def moved_days(client: Client, days: Iterable[dt.date], sites: Collection[str] |
         "WHERE (site_id, experiment_id, anonymous_id) IN (SELECT site_id, experiment_id, anonymous_id "
         f"FROM variant_exposures WHERE toDate(first_exposed_at) IN {{days:Array(Date)}} AND {SITES}) "
         "GROUP BY site_id, experiment_id, anonymous_id HAVING toDate(min(first_exposed_at)) IN {days:Array(Date)})",
-        parameters={"lo": wanted[0], "days": wanted, "all_sites": sites is None, "sites": sorted(sites or ())}
+        parameters={"lo": wanted[0], "days": wanted, **site_params(sites)}
     ).result_rows
     return {day for (day,) in rows} - set(wanted)
 
