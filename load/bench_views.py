@@ -12,9 +12,10 @@ For the largest site and the last 7 days, the last 30 days and all time: each vi
 (and v_variant_lift_range, the cohort of visitors first exposed in the range)
 (sql/README.md "Dashboard queries") and a query computing the same numbers from `events` (+
 `lead_events`); both answers compared (must be equal), each run RUNS times: median and p95 latency,
-rows read (ClickHouse's summary of the query), raw ÷ view. Plus the storage of every roll-up
-(system.parts, bytes on disk). Sizes: `python -m load.bench_views 1000000 10000000` (`make bench`),
-100 M with `make bench-large`.
+rows read (ClickHouse's summary of the query), raw ÷ view; and the same view queries on 0102's form of
+the views (reports/views.py: uniqExact states merged, leads joined), median and equal answers. Plus
+the storage of every roll-up (system.parts, bytes on disk). Sizes: `python -m load.bench_views 1000000
+10000000` (`make bench`), 100 M with `make bench-large`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from clickhouse_connect.driver.client import Client
 
 from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
 from load.results import write_result
+from reports import views
 from reports.fold import fold
 
 SITES = ("big.example", "mid.example", "small.example")
@@ -268,12 +270,25 @@ def run_size(n_events: int) -> dict[str, Any]:
                 view_sql = on_view.format(**fmt)
                 v, r = _measure(client, view_sql), _measure(client, on_events.format(**fmt), runs=3)
                 out["views"][f"{view} {label}"] = _row(v, r)
+        # the same view queries on 0102's form of the views (uniqExact states merged, leads joined from
+        # lead_events: reports/views.py), same data, then the views put back on the roll-ups
+        for _, _, before in views.forms().values():
+            client.command(before)
+        for view, on_view, _ in QUERIES:
+            for label, (first, last) in ranges.items():
+                b = _measure(client, on_view.format(site=SITE, first=first, last=last))
+                row = out["views"][f"{view} {label}"]
+                row["before_form_median_ms"] = b["median_ms"]
+                row["before_form_same_answer"] = b["rows"] == row.pop("_rows")
+        views.sync(client)
         v, r = _measure(client, LIFT[1].format(site=SITE)), _measure(client, LIFT[2].format(site=SITE), runs=3)
         out["views"]["v_variant_lift all"] = _row(v, r)
         for label, (first, last) in ranges.items():
             fmt = {"site": SITE, "first": first, "last": last}
             v, r = _measure(client, LIFT_RANGE[1].format(**fmt)), _measure(client, LIFT_RANGE[2].format(**fmt), runs=3)
             out["views"][f"v_variant_lift_range {label}"] = _row(v, r)
+        for row in out["views"].values():
+            row.pop("_rows", None)
         client.close()
         return out
     finally:
@@ -284,7 +299,7 @@ def _row(view: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
     return {"view_median_ms": view["median_ms"], "view_p95_ms": view["p95_ms"], "view_read_rows": view["read_rows"],
             "raw_median_ms": raw["median_ms"], "raw_p95_ms": raw["p95_ms"], "raw_read_rows": raw["read_rows"],
             "raw_over_view": round(raw["median_ms"] / max(view["median_ms"], 1e-3), 1),
-            "same_answer": view["rows"] == raw["rows"], "answer_rows": len(view["rows"])}
+            "same_answer": view["rows"] == raw["rows"], "answer_rows": len(view["rows"]), "_rows": view["rows"]}
 
 
 def run(sizes: tuple[int, ...] = (1_000_000, 10_000_000)) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from starlette.routing import BaseRoute
 
 from clickstream.core.clickhouse import is_embedded
 from clickstream.core.component import Check
-from reports import versions
+from reports import versions, views
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,12 @@ TABLES = ("session_facts", "traffic_daily", "landing_daily", "channel_daily", "v
 #: The roll-ups built from session_facts (`{facts}` in ROLLUP_SQL) are rebuilt with it when FACTS_SQL's
 #: version goes up (their own version stays). A table missing here is at version 1.
 #: Version 2 of traffic_daily, channel_daily, page_daily and event_type_daily adds `visitor_bitmap`, the
-#: visitors as a Roaring bitmap of their numbers (sql/0122_visitor_bitmaps.sql); the other columns are
-#: those of version 1.
-VERSIONS: dict[str, int] = {"session_facts": 1, "traffic_daily": 2, "landing_daily": 1, "channel_daily": 2,
+#: visitors as a Roaring bitmap of their numbers (sql/0122_visitor_bitmaps.sql), and so does version 2 of
+#: landing_daily, which also adds `leads` (the leads of the day by their landing path), as version 3 of
+#: channel_daily does (by their last touch; sql/0124_rollup_leads.sql); the other columns are those of
+#: version 1. The dashboard views read these columns once a roll-up holds them (reports/views.py, after
+#: every run).
+VERSIONS: dict[str, int] = {"session_facts": 1, "traffic_daily": 2, "landing_daily": 2, "channel_daily": 3,
                             "variant_daily": 1, "page_daily": 2, "event_type_daily": 2, "event_prop_daily": 1}
 STAGING_PREFIX = "fold_staging_"
 #: The numbers of the visitors of the day being built (a copy of visitor_numbers' rows for them).
@@ -168,17 +171,42 @@ SELECT site_id, toDate(started_at) AS day, uniqExactState(anonymous_id) AS visit
 FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id)
 WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites}
 GROUP BY site_id, day""",
+    # Sessions by entry path, and (rows with sessions = 0 when no session of the day has it) the leads
+    # that occurred on the day by their frozen landing_path (sql/0124_rollup_leads.sql).
     "landing_daily": """
-SELECT site_id, toDate(started_at) AS day, entry_path AS landing_path, uniqExactState(anonymous_id) AS visitors,
-       count() AS sessions, sum(is_engaged) AS engaged_sessions, sumMap(revenue) AS revenue
-FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites} AND pageviews > 0
+SELECT site_id, day, landing_path, uniqExactStateIf(anonymous_id, is_session) AS visitors,
+       countIf(is_session) AS sessions, sumIf(is_engaged, is_session) AS engaged_sessions,
+       sumMapIf(revenue, is_session) AS revenue, groupBitmapStateIf(n, is_session) AS visitor_bitmap,
+       uniqExactStateIf(lead_id, NOT is_session) AS leads
+FROM
+(
+    SELECT site_id, toDate(started_at) AS day, entry_path AS landing_path, anonymous_id, is_engaged, revenue, n,
+           '' AS lead_id, true AS is_session
+    FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id)
+    WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites} AND pageviews > 0
+    UNION ALL
+    SELECT site_id, toDate(occurred_at), landing_path, '', 0, map(), 0, lead_id, false
+    FROM lead_events WHERE toDate(occurred_at) = {{day:Date}} AND {sites}
+)
 GROUP BY site_id, day, landing_path""",
+    # Sessions by first touch, and the leads that occurred on the day by their frozen last touch (as
+    # v_channels has always counted them; sql/0124_rollup_leads.sql).
     "channel_daily": """
-SELECT site_id, toDate(started_at) AS day, channel, utm_source, utm_medium, utm_campaign,
-       uniqExactState(anonymous_id) AS visitors, count() AS sessions, sum(is_engaged) AS engaged_sessions,
-       sumMap(revenue) AS revenue, groupBitmapState(n) AS visitor_bitmap
-FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id)
-WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites}
+SELECT site_id, day, channel, utm_source, utm_medium, utm_campaign,
+       uniqExactStateIf(anonymous_id, is_session) AS visitors, countIf(is_session) AS sessions,
+       sumIf(is_engaged, is_session) AS engaged_sessions, sumMapIf(revenue, is_session) AS revenue,
+       groupBitmapStateIf(n, is_session) AS visitor_bitmap, uniqExactStateIf(lead_id, NOT is_session) AS leads
+FROM
+(
+    SELECT site_id, toDate(started_at) AS day, channel, utm_source, utm_medium, utm_campaign, anonymous_id,
+           is_engaged, revenue, n, '' AS lead_id, true AS is_session
+    FROM {facts} LEFT JOIN {numbers} USING (site_id, anonymous_id)
+    WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites}
+    UNION ALL
+    SELECT site_id, toDate(occurred_at), last_touch.channel, last_touch.utm_source, last_touch.utm_medium,
+           last_touch.utm_campaign, '', 0, map(), 0, lead_id, false
+    FROM lead_events WHERE toDate(occurred_at) = {{day:Date}} AND {sites}
+)
 GROUP BY site_id, day, channel, utm_source, utm_medium, utm_campaign""",
     # Not from the facts: a visitor's day in an experiment is the day of their first exposure over all of
     # history (variant_exposures), converters those with a lead at or after it (conversions), as 0006's
@@ -235,9 +263,9 @@ GROUP BY site_id, type, key, value""",
 ROLLUP_COLUMNS = {
     "traffic_daily": "site_id, day, visitors, sessions, pageviews, bounces, duration_ms, engaged_sessions, engaged_ms, "
                      "visitor_bitmap",
-    "landing_daily": "site_id, day, landing_path, visitors, sessions, engaged_sessions, revenue",
+    "landing_daily": "site_id, day, landing_path, visitors, sessions, engaged_sessions, revenue, visitor_bitmap, leads",
     "channel_daily": "site_id, day, channel, utm_source, utm_medium, utm_campaign, visitors, sessions, "
-                     "engaged_sessions, revenue, visitor_bitmap",
+                     "engaged_sessions, revenue, visitor_bitmap, leads",
     "variant_daily": "site_id, day, experiment_id, variant_id, visitors, converters",
     "page_daily": "site_id, day, path, pageviews, visitors, visitor_bitmap",
     "event_type_daily": "site_id, day, type, events, visitors, visitor_bitmap",
@@ -393,11 +421,12 @@ def dirty_sites(parts: Mapping[str, Sequence[tuple[dt.date, str]]]) -> dict[dt.d
 
 
 def history_days(client: Client) -> set[dt.date]:
-    """Every day of `events` (and the day before each) when the fold never ran (the backfill of an
-    upgraded installation), else nothing."""
+    """Every day of `events` (and the day before each) and of leads when the fold never ran (the backfill
+    of an upgraded installation), else nothing."""
     if client.query("SELECT count() FROM fold_runs").result_rows[0][0]:
         return set()
-    rows = client.query("SELECT DISTINCT arrayJoin([toDate(ts), toDate(ts) - 1]) FROM events").result_rows
+    rows = client.query("SELECT DISTINCT arrayJoin([toDate(ts), toDate(ts) - 1]) FROM events UNION DISTINCT "
+                        "SELECT DISTINCT toDate(occurred_at) FROM lead_events").result_rows
     return {day for (day,) in rows}
 
 
@@ -613,6 +642,7 @@ def _run(client: Client, holder: str, days: Sequence[dt.date] | None,
     limit = None if any(b.stored is None for b in builds.values()) else backfill_days
     backfilled, switched = backfill(client, builds, limit, progress) if normal else ([], [])
     run = FoldRun(tuple(days), watermark, time.perf_counter() - started, tuple(backfilled), tuple(switched))
+    views.sync(client)  # the dashboard views on bitmaps once their roll-ups hold them (a switch above)
     client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
                   column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
     if days:

@@ -44,9 +44,10 @@ from reports.fold import (
 )
 from reports.query import held_by_another_process
 
-#: The day column of each table and the row values fingerprinted (uniqExact states as their count, visitor
-#: bitmaps as their visitor numbers, sorted: bitmapToArray of a bitmap under 32 numbers, ClickHouse's small
-#: set, lists them in the order they were added, which differs between two builds of the same day).
+#: The day column of each table and the row values fingerprinted (uniqExact states of visitors and leads as
+#: their count: a state's bytes follow the order its hash set was filled in; visitor bitmaps as their
+#: visitor numbers, sorted: bitmapToArray of a bitmap under 32 numbers, ClickHouse's small set, lists them
+#: in the order they were added, which differs between two builds of the same day).
 DAY_COLUMN = {"session_facts": "toDate(started_at)", "traffic_daily": "day", "landing_daily": "day",
               "channel_daily": "day", "variant_daily": "day", "page_daily": "day", "event_type_daily": "day",
               "event_prop_daily": "day"}
@@ -55,6 +56,7 @@ _COUNTED = {"variant_daily"}
 _VALUES = {"session_facts": FACTS_COLUMNS,
            **{t: c if t in _COUNTED else c.replace("visitors", "finalizeAggregation(visitors)")
               .replace("visitor_bitmap", "arraySort(bitmapToArray(visitor_bitmap))")
+              .replace("leads", "finalizeAggregation(leads)")
               for t, c in ROLLUP_COLUMNS.items()}}
 
 
@@ -131,6 +133,7 @@ def days_between(client: Client, first: dt.date | None, last: dt.date | None) ->
             "SELECT toDate(started_at) FROM session_facts UNION ALL SELECT day FROM traffic_daily UNION ALL "
             "SELECT day FROM landing_daily UNION ALL SELECT day FROM channel_daily UNION ALL "
             "SELECT day FROM variant_daily UNION ALL SELECT toDate(first_exposed_at) FROM variant_exposures "
+            "UNION ALL SELECT toDate(occurred_at) FROM lead_events "
             "UNION ALL SELECT day FROM page_daily UNION ALL SELECT day FROM event_type_daily "
             "UNION ALL SELECT day FROM event_prop_daily)"
         ).result_rows[0]

@@ -17,9 +17,9 @@ day by day, while the views keep reading `<table>`, the old version, whole:
   the twin was made (a twin recreated after a crash or a second change is a new build: nothing is taken
   from an earlier one; a table named like a twin without a start row, e.g. the old version a crash left
   between exchange and drop, is dropped, not resumed);
-- when every day of `events` (and of `variant_exposures`) is in the twin, `EXCHANGE TABLES <table> AND
-  fold_next_<table>` switches every reader at once (atomic, Atomic database engine), then the old
-  version (now the twin) is dropped.
+- when every day of `events` (and of `variant_exposures` and `lead_events`) is in the twin,
+  `EXCHANGE TABLES <table> AND fold_next_<table>` switches every reader at once (atomic, Atomic
+  database engine), then the old version (now the twin) is dropped.
 
 A reader sees the old version or the new one, never a mix of days. A table without a version comment,
 or with another one, is adopted at the declared version on an installation the fold never ran on (a new
@@ -171,9 +171,10 @@ def _started(client: Client, build_id: uuid.UUID) -> bool:
 
 
 def history_days(client: Client) -> set[dt.date]:
-    """Every day a roll-up can have rows for: the UTC days of `events` and of first exposures."""
+    """Every day a roll-up can have rows for: the UTC days of `events`, of first exposures and of leads."""
     rows = client.query("SELECT DISTINCT toDate(ts) FROM events UNION DISTINCT "
-                        "SELECT DISTINCT toDate(first_exposed_at) FROM variant_exposures").result_rows
+                        "SELECT DISTINCT toDate(first_exposed_at) FROM variant_exposures UNION DISTINCT "
+                        "SELECT DISTINCT toDate(occurred_at) FROM lead_events").result_rows
     return {day for (day,) in rows}
 
 

@@ -44,7 +44,7 @@ def sql_dir(tmp_path: Path, name: str, upto: int = 9999, extra: dict[str, str] |
     folder = tmp_path / name
     folder.mkdir()
     for path in (ROOT / "sql").glob("*.sql"):
-        if int(path.name[:4]) < upto:
+        if path.name[:4].isdigit() and int(path.name[:4]) < upto:  # migrations only
             shutil.copy(path, folder / path.name)
     for file_name, text in (extra or {}).items():
         (folder / file_name).write_text(text)

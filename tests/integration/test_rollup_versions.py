@@ -56,8 +56,27 @@ def traffic_definition_v2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(fold_module.VERSIONS, "traffic_daily", NEXT_TRAFFIC)
 
 
-def before_bitmaps(sql: str) -> str:
-    """A roll-up's SQL as it was before visitor bitmaps (sql/0122_visitor_bitmaps.sql)."""
+#: landing_daily and channel_daily at definition version 1, before visitor bitmaps and leads
+#: (sql/0122_visitor_bitmaps.sql, sql/0124_rollup_leads.sql).
+V1_SQL = {
+    "landing_daily": """
+SELECT site_id, toDate(started_at) AS day, entry_path AS landing_path, uniqExactState(anonymous_id) AS visitors,
+       count() AS sessions, sum(is_engaged) AS engaged_sessions, sumMap(revenue) AS revenue
+FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites} AND pageviews > 0
+GROUP BY site_id, day, landing_path""",
+    "channel_daily": """
+SELECT site_id, toDate(started_at) AS day, channel, utm_source, utm_medium, utm_campaign,
+       uniqExactState(anonymous_id) AS visitors, count() AS sessions, sum(is_engaged) AS engaged_sessions,
+       sumMap(revenue) AS revenue
+FROM {facts} WHERE toDate(started_at) = {{day:Date}} AND is_bot = 0 AND {sites}
+GROUP BY site_id, day, channel, utm_source, utm_medium, utm_campaign""",
+}
+
+
+def before_bitmaps(table: str, sql: str) -> str:
+    """A roll-up's SQL as it was before visitor bitmaps (sql/0122_visitor_bitmaps.sql) and leads."""
+    if table in V1_SQL:
+        return V1_SQL[table]
     for bitmap in (", groupBitmapState(n) AS visitor_bitmap", ",\n       groupBitmapState(n) AS visitor_bitmap",
                    " LEFT JOIN {numbers} USING (site_id, anonymous_id)"):
         sql = sql.replace(bitmap, "")
@@ -214,9 +233,10 @@ def test_an_existing_installation_keeps_its_rows_as_version_1_and_refolds_nothin
         # the fold of the release before versions: the roll-ups it had (not the event roll-ups of 0121)
         monkeypatch.setattr(fold_module, "TABLES", OLD_TABLES)
         monkeypatch.setattr(fold_module, "ROLLUP_SQL",
-                            {t: before_bitmaps(sql) for t, sql in fold_module.ROLLUP_SQL.items() if t in OLD_TABLES})
+                            {t: before_bitmaps(t, sql) for t, sql in fold_module.ROLLUP_SQL.items() if t in OLD_TABLES})
         monkeypatch.setattr(fold_module, "ROLLUP_COLUMNS",
-                            {t: c.replace(", visitor_bitmap", "") for t, c in fold_module.ROLLUP_COLUMNS.items()})
+                            {t: c.replace(", visitor_bitmap", "").replace(", leads", "")
+                             for t, c in fold_module.ROLLUP_COLUMNS.items()})
         monkeypatch.setattr(fold_module, "number_visitors", lambda client_, day, sites=None: None)
         monkeypatch.setattr(fold_module, "dirty_parts", old_dirty_parts)  # marks without a site (before 0123)
         assert fold(client) is not None
