@@ -377,8 +377,9 @@ def rebuild_versioned(client: Client, day: dt.date, builds: Mapping[str, version
 def backfill(client: Client, builds: Mapping[str, versions.Build], limit: int | None,
              progress: Callable[[dt.date], None] | None = None) -> tuple[list[dt.date], list[str]]:
     """Build up to `limit` (None: all) missing days into the twins of `builds`, then switch them all
-    when none lacks a day (the roll-ups before session_facts, versions.switch). Returns the days built
-    and the tables switched (in TABLES order)."""
+    when none lacks a day (the roll-ups before session_facts, versions.switch) and put the dashboard
+    views in the form the switched roll-ups allow (reports/views.py). Returns the days built and the
+    tables switched (in TABLES order)."""
     if not builds:
         return [], []
     todo = versions.remaining_days(client, builds)
@@ -392,6 +393,7 @@ def backfill(client: Client, builds: Mapping[str, versions.Build], limit: int | 
     switched = [table for table in TABLES if table in builds]
     for table in reversed(switched):
         versions.switch(client, builds[table])
+    views.sync(client)  # the views on what the switched roll-ups now hold (`reconcile --repair` too)
     return done, switched
 
 

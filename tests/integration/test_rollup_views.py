@@ -6,7 +6,8 @@ and a lead that arrives after a fold (its day is marked and rebuilt: sql/0124_ro
 
 `sync` puts each view in the form its roll-up allows: a roll-up at an earlier definition version (an
 upgraded installation, before the fold switched the new version in) gets 0102's form back, so its empty
-bitmaps and lead states are never read. Real chDB (a temp directory), the real ingest path and fold.
+bitmaps and lead states are never read; `reconcile --repair`, which builds and switches the version,
+puts the views on the roll-up at once. Real chDB (a temp directory), the real ingest path and fold.
 """
 
 from __future__ import annotations
@@ -153,3 +154,10 @@ def test_a_rollup_at_an_earlier_version_keeps_the_views_that_read_it_on_the_join
     versions.stamp(client, "channel_daily", 3)
     assert views.sync(client) == ["v_channels", "v_channels_range"]
     assert answers(client) != want  # now read from the roll-up's emptied lead states: the form changed
+    versions.stamp(client, "channel_daily", 2)
+    assert views.sync(client) == ["v_channels", "v_channels_range"]
+    # `reconcile --repair` builds version 3 from history and switches it in: the views follow at once
+    report = reconcile(client, repair=True)
+    assert report.switched == ["channel_daily"] and report.clean
+    assert all(views.reads_rollups_only(client).values())
+    assert answers(client) == want
