@@ -644,7 +644,9 @@ def _run(client: Client, holder: str, days: Sequence[dt.date] | None,
     limit = None if any(b.stored is None for b in builds.values()) else backfill_days
     backfilled, switched = backfill(client, builds, limit, progress) if normal else ([], [])
     run = FoldRun(tuple(days), watermark, time.perf_counter() - started, tuple(backfilled), tuple(switched))
-    views.sync(client)  # the dashboard views on bitmaps once their roll-ups hold them (a switch above)
+    # the views on the roll-ups once they hold what the views read: a switch syncs in `backfill`; this
+    # covers the roll-ups a first run adopted at their declared version (versions.prepare)
+    views.sync(client)
     client.insert("fold_runs", [[watermark, dt.datetime.now(dt.UTC), list(days), holder]],
                   column_names=["watermark", "finished_at", "days", "holder"], settings=FOLD_SETTINGS)
     if days:
