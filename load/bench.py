@@ -18,6 +18,7 @@ from load import (
     bench_engagement,
     bench_flusher,
     bench_import,
+    bench_partitions,
     bench_pipeline,
     bench_query_port,
     bench_rollup_versions,
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "dashboard": bench_dashboard.run,
     "flusher-rollups": bench_flusher.run_rollups_side_by_side,
     "rollup-versions": bench_rollup_versions.run,
+    "partitions": bench_partitions.run,
 }
 #: Left out of `make bench` (all of BENCHMARKS): `make bench-large`.
 LARGE: dict[str, Callable[[], dict[str, Any]]] = {

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
-from load.bench_views import DAYS, LEADS_ALL, QUERIES, SITE, _generate, _measure
+from clickstream.core.clickhouse import connect, migrate
+from load.bench_views import DAYS, QUERIES, SITE, _measure, load_history, ranges
 from load.results import write_result
 from reports import fold as fold_module
 from reports.fold import fold
@@ -36,11 +36,9 @@ NEW_BOUNCES = "sum({facts}.pageviews = 1) AS bounces"
 
 
 def _views(client: Any, today: dt.date, first_day: dt.date) -> dict[str, dict[str, Any]]:
-    ranges = {"7d": (today - dt.timedelta(days=6), today), "30d": (today - dt.timedelta(days=29), today),
-              "all": (first_day - dt.timedelta(days=1), today)}
     out = {}
     for view, on_view, _ in QUERIES:
-        for label, (first, last) in ranges.items():
+        for label, (first, last) in ranges(first_day, today).items():
             out[f"{view} {label}"] = _measure(client, on_view.format(site=SITE, first=first, last=last))
     return out
 
@@ -51,11 +49,7 @@ def run_size(n_events: int) -> dict[str, Any]:
     try:
         client = connect(f"chdb://{work / 'clickhouse'}")
         migrate(client)
-        today = dt.datetime.now(dt.UTC).date()
-        first_day = today - dt.timedelta(days=DAYS - 1)
-        start_ms = int(dt.datetime.combine(first_day, dt.time(), dt.UTC).timestamp() * 1000)
-        _generate(client, n_events, start_ms, DAYS - 1, "00000000000000001-bench")
-        client.command(LEADS_ALL, settings=INSERT_SETTINGS)
+        first_day, today = load_history(client, n_events)
         started = time.perf_counter()
         full = fold(client)
         fold_all_s = time.perf_counter() - started

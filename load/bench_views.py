@@ -223,6 +223,23 @@ def _generate(client: Client, n_events: int, start_ms: int, days: int, segment: 
                        settings={**INSERT_SETTINGS, "insert_deduplication_token": f"{segment}-{start}"})
 
 
+def load_history(client: Client, n_events: int) -> tuple[dt.date, dt.date]:
+    """Load `n_events` synthetic events (GENERATE_SITES) over the DAYS days ending today, and their leads
+    (LEADS_ALL), into a migrated database. Returns (first day, today), UTC."""
+    today = dt.datetime.now(dt.UTC).date()
+    first_day = today - dt.timedelta(days=DAYS - 1)
+    start_ms = int(dt.datetime.combine(first_day, dt.time(), dt.UTC).timestamp() * 1000)
+    _generate(client, n_events, start_ms, DAYS - 1, "00000000000000001-bench")
+    client.command(LEADS_ALL, settings=INSERT_SETTINGS)
+    return first_day, today
+
+
+def ranges(first_day: dt.date, today: dt.date) -> dict[str, tuple[dt.date, dt.date]]:
+    """The dashboard ranges measured: label -> (first, last day), the last 7 and 30 days and all of history."""
+    return {"7d": (today - dt.timedelta(days=6), today), "30d": (today - dt.timedelta(days=29), today),
+            "all": (first_day - dt.timedelta(days=1), today)}
+
+
 def storage(client: Client) -> dict[str, dict[str, int]]:
     """Rows and bytes on disk of events and every roll-up (active parts)."""
     rows = client.query(
@@ -237,12 +254,8 @@ def run_size(n_events: int) -> dict[str, Any]:
     try:
         client = connect(f"chdb://{work / 'clickhouse'}")
         migrate(client)
-        today = dt.datetime.now(dt.UTC).date()
-        first_day = today - dt.timedelta(days=DAYS - 1)
-        start_ms = int(dt.datetime.combine(first_day, dt.time(), dt.UTC).timestamp() * 1000)
         started = time.perf_counter()
-        _generate(client, n_events, start_ms, DAYS - 1, "00000000000000001-bench")
-        client.command(LEADS_ALL, settings=INSERT_SETTINGS)
+        first_day, today = load_history(client, n_events)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         full = fold(client)
@@ -262,10 +275,9 @@ def run_size(n_events: int) -> dict[str, Any]:
             "fold_incremental_days": [str(d) for d in incremental.days] if incremental else None,
             "storage": storage(client), "views": {},
         }
-        ranges = {"7d": (today - dt.timedelta(days=6), today), "30d": (today - dt.timedelta(days=29), today),
-                  "all": (first_day - dt.timedelta(days=1), today)}
+        measured = ranges(first_day, today)
         for view, on_view, on_events in QUERIES:
-            for label, (first, last) in ranges.items():
+            for label, (first, last) in measured.items():
                 fmt = {"site": SITE, "first": first, "last": last}
                 view_sql = on_view.format(**fmt)
                 v, r = _measure(client, view_sql), _measure(client, on_events.format(**fmt), runs=3)
@@ -275,7 +287,7 @@ def run_size(n_events: int) -> dict[str, Any]:
         for _, _, before in views.forms().values():
             client.command(before)
         for view, on_view, _ in QUERIES:
-            for label, (first, last) in ranges.items():
+            for label, (first, last) in measured.items():
                 b = _measure(client, on_view.format(site=SITE, first=first, last=last))
                 row = out["views"][f"{view} {label}"]
                 row["before_form_median_ms"] = b["median_ms"]
@@ -283,7 +295,7 @@ def run_size(n_events: int) -> dict[str, Any]:
         views.sync(client)
         v, r = _measure(client, LIFT[1].format(site=SITE)), _measure(client, LIFT[2].format(site=SITE), runs=3)
         out["views"]["v_variant_lift all"] = _row(v, r)
-        for label, (first, last) in ranges.items():
+        for label, (first, last) in measured.items():
             fmt = {"site": SITE, "first": first, "last": last}
             v, r = _measure(client, LIFT_RANGE[1].format(**fmt)), _measure(client, LIFT_RANGE[2].format(**fmt), runs=3)
             out["views"][f"v_variant_lift_range {label}"] = _row(v, r)
