@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "flusher-single": bench_flusher.run_single,
     "flusher-grouped": bench_flusher.run_grouped,
     "flusher-single-grouped": bench_flusher.run_single_grouped,
+    "flusher-transport": bench_flusher.run_transport,
     "dedup": bench_dedup.run,
     "import": bench_import.run,
     "freshness": bench_pipeline.run_freshness,

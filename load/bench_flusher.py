@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,9 +41,9 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from clickstream.core.clickhouse import INSERT_SETTINGS, connect, migrate
+from clickstream.core.clickhouse import INSERT_SETTINGS, ClickHouseSink, connect, migrate
 from clickstream.core.settings import Settings
-from clickstream.core.spool import SpoolReader, SpoolWriter, frames, records_of
+from clickstream.core.spool import SpoolReader, SpoolWriter, frames, records_of, scan_blocks
 from collector.pipeline import process
 from collector.schemas import EventSchemas
 from flusher.loop import Flusher
@@ -274,6 +275,63 @@ def run_rollups_side_by_side(prefill_events: int = 2_000_000, segments: int = 16
         "flusher_cpu_per_row_without_over_with": round(without["flusher_cpu_us_per_row"]
                                                        / with_rollups["flusher_cpu_us_per_row"], 3),
     })
+
+
+#: A Null table with the columns of `events_ingest` and no materialized view: what `run_transport` inserts
+#: into, so that its timings hold the hand-over and ClickHouse's parse of the rows, not the views or merges.
+TRANSPORT_TABLE = "bench_ingest_null"
+
+
+def run_transport(segment_rows: int = 50_000, rounds: int = 30, seed: int = 3) -> dict[str, Any]:
+    """How the flusher hands a batch to embedded ClickHouse, A/B in one run: the byte ranges of a real
+    segment's block rows (`GROUP_AT_SATURATION` requests per record) written as they are (`ClickHouseSink`
+    with a sequence: `writev(2)` into a temporary file, `INSERT … FROM INFILE`) against the same ranges
+    joined into one buffer and sent with `raw_insert` (what the flusher did before: clickhouse-connect's
+    chDB backend writes that buffer to a temporary file and runs the same `INSERT … FROM INFILE`).
+
+    Into TRANSPORT_TABLE, alternating which goes first, `rounds` rounds (the first two of each side
+    dropped as warm-up); medians of wall and process CPU time (all threads, chDB's included) per row."""
+    work = Path(tempfile.mkdtemp(prefix="bench-transport-"))
+    try:
+        client = connect(f"chdb://{work / 'clickhouse'}")
+        migrate(client)
+        client.command(f"CREATE TABLE {TRANSPORT_TABLE} AS events_ingest ENGINE = Null")
+        settings = Settings(data_dir=work)
+        writer = SpoolWriter(settings.spool_dir, fsync_interval_ms=0, segment_max_bytes=1 << 30,
+                             segment_max_age_ms=3_600_000).open()
+        rows = write_segment(writer, requests_of(20_000, seed, False), segment_rows, GROUP_AT_SATURATION)
+        writer.close()
+        data = SpoolReader(settings.spool_dir).sealed_segments()[-1].path.read_bytes()
+        view = memoryview(data)
+        ranges = [view[rows_start:end] for _, end, _, _, rows_start in scan_blocks(data)[0]]
+        sink = ClickHouseSink(client)
+        sides: dict[str, Callable[[int], object]] = {
+            "ranges (writev, this version)": lambda i: sink.insert(TRANSPORT_TABLE, ranges, f"ranges-{i}"),
+            "joined (raw_insert, before)": lambda i: client.raw_insert(
+                TRANSPORT_TABLE, None, b"".join(ranges), fmt="JSONEachRow",
+                settings={**INSERT_SETTINGS, "insert_deduplication_token": f"joined-{i}"}),
+        }
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+        for i in range(rounds):
+            for name in sides if i % 2 == 0 else reversed(list(sides)):
+                started_wall, started_cpu = time.perf_counter(), time.process_time()
+                sides[name](i)
+                times[name].append((time.perf_counter() - started_wall, time.process_time() - started_cpu))
+        out: dict[str, Any] = {"benchmark": "flusher_transport", "rows_per_batch": rows, "ranges": len(ranges),
+                               "bytes_per_batch": sum(r.nbytes for r in ranges), "rounds": rounds, "sides": {}}
+        for name, measured in times.items():
+            kept = measured[2:]
+            out["sides"][name] = {
+                "wall_ms": round(statistics.median(w for w, _ in kept) * 1000, 1),
+                "cpu_us_per_row": round(statistics.median(c for _, c in kept) * 1e6 / rows, 3),
+            }
+        first, second = (out["sides"][n] for n in sides)
+        out["cpu_saved_us_per_row"] = round(second["cpu_us_per_row"] - first["cpu_us_per_row"], 3)
+        out["wall_ratio_before_over_this"] = round(second["wall_ms"] / first["wall_ms"], 3)
+        client.close()
+        return write_result("flusher-transport", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_grouped() -> dict[str, Any]:

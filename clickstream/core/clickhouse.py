@@ -7,11 +7,14 @@ ClickHouse in this process (chDB locks its directory: one process per directory)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import re
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Protocol
@@ -289,18 +292,69 @@ def describe(client: Client, url: str) -> str:
     return f"ClickHouse {version} ({parts.scheme}://{parts.hostname}:{parts.port})"
 
 
+#: The rows of one insert, JSONEachRow lines: one buffer, or byte ranges in order (the flusher's block
+#: rows, flusher/loop.py), each holding whole lines.
+Rows = bytes | Sequence[bytes | memoryview]
+#: Buffers per `writev(2)` call (POSIX IOV_MAX; Linux: 1024).
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+
+
 class Sink(Protocol):
     """Where the flusher writes: one JSONEachRow batch, deduplicated by `token`."""
 
-    def insert(self, table: str, rows: bytes, token: str) -> None: ...
+    def insert(self, table: str, rows: Rows, token: str) -> None: ...
 
 
 class ClickHouseSink:
-    """The real sink: `INSERT INTO table FORMAT JSONEachRow` with a dedup token, synchronously."""
+    """The real sink: `INSERT INTO table FORMAT JSONEachRow` with a dedup token, synchronously.
+
+    Byte ranges on the embedded engine are written to a temporary file with `writev(2)` and inserted
+    with `INSERT … FROM INFILE … SETTINGS … FORMAT JSONEachRow`, which is what clickhouse-connect's chDB
+    backend does with one buffer (`execute_raw_insert` in clickhouse_connect/driver/_backend/
+    chdb_backend.py: a temporary file, the settings inline), without first joining the ranges into one
+    (BENCHMARKS.md "Flusher"). Over HTTP, and for one buffer, `raw_insert`.
+    """
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self.embedded = is_embedded(client)
 
-    def insert(self, table: str, rows: bytes, token: str) -> None:
-        self.client.raw_insert(table, None, rows, fmt="JSONEachRow",
-                               settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+    def insert(self, table: str, rows: Rows, token: str) -> None:
+        settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
+        if isinstance(rows, bytes):
+            self.client.raw_insert(table, None, rows, fmt="JSONEachRow", settings=settings)
+        elif self.embedded:
+            self._insert_file(table, rows, settings)
+        else:
+            self.client.raw_insert(table, None, b"".join(rows), fmt="JSONEachRow", settings=settings)
+
+    def _insert_file(self, table: str, rows: Sequence[bytes | memoryview], settings: Mapping[str, Any]) -> None:
+        fd, path = tempfile.mkstemp(prefix="clickstream-insert-", suffix=".jsonl")
+        try:
+            try:
+                write_all(fd, rows)
+            finally:
+                os.close(fd)
+            inline = ", ".join(f"{name} = {sql_string(str(value))}" for name, value in settings.items())
+            self.client.command(f"INSERT INTO {table} FROM INFILE {sql_string(path)} SETTINGS {inline} "
+                                "FORMAT JSONEachRow")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def sql_string(value: str) -> str:
+    """`value` as a ClickHouse string literal (backslash and single quote escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
+    """Write `buffers` to `fd` in order, IOV_MAX at a time with `writev(2)`; a short write (a signal, a
+    full disk) is completed with `write(2)`. Raises OSError (e.g. ENOSPC)."""
+    for start in range(0, len(buffers), IOV_MAX):
+        chunk = buffers[start : start + IOV_MAX]
+        written = os.writev(fd, chunk)
+        if written < sum(memoryview(b).nbytes for b in chunk):
+            rest = memoryview(b"".join(chunk))[written:]
+            while rest:
+                rest = rest[os.write(fd, rest):]

@@ -17,7 +17,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from clickstream.core.clickhouse import ClickHouseSink, connect, migrate
+from clickstream.core.clickhouse import ClickHouseSink, Rows, connect, migrate
 from clickstream.core.settings import Settings
 from clickstream.core.spool import SpoolReader, SpoolWriter
 from collector.pipeline import event_id_key, ingest_row, process, request_stamp
@@ -221,7 +221,7 @@ class FlakySink:
         self.down.set()
         self.failures = 0
 
-    def insert(self, table: str, rows: bytes, token: str) -> None:
+    def insert(self, table: str, rows: Rows, token: str) -> None:
         if self.down.is_set():
             self.failures += 1
             raise OperationalError("connection refused (ClickHouse down in this test)")
