@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
@@ -309,10 +310,10 @@ class ClickHouseSink:
     """The real sink: `INSERT INTO table FORMAT JSONEachRow` with a dedup token, synchronously.
 
     Byte ranges on the embedded engine are written to a temporary file with `writev(2)` and inserted
-    with `INSERT … FROM INFILE … SETTINGS … FORMAT JSONEachRow`, which is what clickhouse-connect's chDB
-    backend does with one buffer (`execute_raw_insert` in clickhouse_connect/driver/_backend/
-    chdb_backend.py: a temporary file, the settings inline), without first joining the ranges into one
-    (BENCHMARKS.md "Flusher"). Over HTTP, and for one buffer, `raw_insert`.
+    with `INSERT … FROM INFILE … FORMAT JSONEachRow`, which is what clickhouse-connect's chDB backend
+    does with one buffer (`execute_raw_insert` in clickhouse_connect/driver/_backend/chdb_backend.py),
+    without first joining the ranges into one (BENCHMARKS.md "Flusher"). Over HTTP, and for one buffer,
+    `raw_insert`.
     """
 
     def __init__(self, client: Client) -> None:
@@ -335,9 +336,10 @@ class ClickHouseSink:
                 write_all(fd, rows)
             finally:
                 os.close(fd)
-            inline = ", ".join(f"{name} = {sql_string(str(value))}" for name, value in settings.items())
-            self.client.command(f"INSERT INTO {table} FROM INFILE {sql_string(path)} SETTINGS {inline} "
-                                "FORMAT JSONEachRow")
+            # the settings as clickhouse-connect applies a call's settings on chDB: set for this
+            # statement only, under the connection's lock, and restored after it
+            self.client.command(f"INSERT INTO {quote_identifier(table)} FROM INFILE {sql_string(path)} "
+                                "FORMAT JSONEachRow", settings=dict(settings))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -106,6 +106,8 @@ SAFE_CALLS = frozenset({"int", "float", "quote_identifier", "len"})
 #: (file, interpolated expression) -> why it cannot carry a request's value.
 TRUSTED: dict[tuple[str, str], str] = {
     ("clickstream/core/clickhouse.py", "database"): "the database of CLICKSTREAM_CLICKHOUSE_URL (operator's setting)",
+    ("clickstream/core/clickhouse.py", "sql_string(path)"): "the insert file's path, made by tempfile.mkstemp in "
+                                                          "this process (ClickHouseSink)",
     ("stitcher/outbox.py", "name"): "Target(target).value: an enum member name",
     ("stitcher/outbox.py", "column"): "f'{Target(target).value}_state': an enum member name",
     ("reports/query_port/engine.py", "job.marker"): "a uuid4 hex made by the server for KILL QUERY",
