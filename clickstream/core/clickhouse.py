@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import clickhouse_connect
-from clickhouse_connect.driver.binding import quote_identifier
+from clickhouse_connect.driver.binding import format_str, quote_identifier
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
@@ -297,7 +297,7 @@ def describe(client: Client, url: str) -> str:
 #: rows, flusher/loop.py), each holding whole lines.
 Rows = bytes | Sequence[bytes | memoryview]
 #: Buffers per `writev(2)` call (POSIX IOV_MAX; Linux: 1024).
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
 class Sink(Protocol):
@@ -338,16 +338,11 @@ class ClickHouseSink:
                 os.close(fd)
             # the settings as clickhouse-connect applies a call's settings on chDB: set for this
             # statement only, under the connection's lock, and restored after it
-            self.client.command(f"INSERT INTO {quote_identifier(table)} FROM INFILE {sql_string(path)} "
+            self.client.command(f"INSERT INTO {quote_identifier(table)} FROM INFILE {format_str(path)} "
                                 "FORMAT JSONEachRow", settings=dict(settings))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-
-
-def sql_string(value: str) -> str:
-    """`value` as a ClickHouse string literal (backslash and single quote escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:

@@ -106,7 +106,7 @@ SAFE_CALLS = frozenset({"int", "float", "quote_identifier", "len"})
 #: (file, interpolated expression) -> why it cannot carry a request's value.
 TRUSTED: dict[tuple[str, str], str] = {
     ("clickstream/core/clickhouse.py", "database"): "the database of CLICKSTREAM_CLICKHOUSE_URL (operator's setting)",
-    ("clickstream/core/clickhouse.py", "sql_string(path)"): "the insert file's path, made by tempfile.mkstemp in "
+    ("clickstream/core/clickhouse.py", "format_str(path)"): "the insert file's path, made by tempfile.mkstemp in "
                                                           "this process (ClickHouseSink)",
     ("stitcher/outbox.py", "name"): "Target(target).value: an enum member name",
     ("stitcher/outbox.py", "column"): "f'{Target(target).value}_state': an enum member name",

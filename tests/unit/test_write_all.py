@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clickstream.core import clickhouse
-from clickstream.core.clickhouse import IOV_MAX, sql_string, write_all
+from clickstream.core.clickhouse import IOV_MAX, write_all
 
 
 def _ranges(chunks: list[bytes]) -> list[bytes | memoryview]:
@@ -50,6 +50,3 @@ def test_short_writes_are_completed(monkeypatch: pytest.MonkeyPatch) -> None:
     chunks = [bytes([i % 251]) * (i + 1) for i in range(2 * IOV_MAX + 3)]
     assert _written(_ranges(chunks)) == b"".join(chunks)
 
-
-def test_sql_string_escapes_quotes_and_backslashes() -> None:
-    assert sql_string("/tmp/a'b\\c.jsonl") == "'/tmp/a\\'b\\\\c.jsonl'"
