@@ -16,7 +16,9 @@ the core, so `cpu_ratio` (bare CPU per request / collector CPU per request) is r
 
 Targets: single events >= 0.85 x the bare endpoint's requests/s (also reported as CPU per request,
 the steadier measure on a shared machine); 50-event batches >= 120,000 events per CPU-second of
-the collector. A run with non-2xx answers or socket errors is marked invalid.
+the collector. A run with non-2xx answers or socket errors is marked invalid. The same run also
+reports the batch's ceiling on this machine (`batch_ceiling`): the bare endpoint's CPU per request
+plus the prescribed work of 50 events (`prescribed_work`: parse, validate, dump, write), nothing else.
 Results: a JSON file in load/results/ (gitignored) and a Markdown table on stdout.
 """
 
@@ -219,6 +221,8 @@ def run() -> dict[str, Any]:
             proc.wait(timeout=60)
         shutil.rmtree(work / "data", ignore_errors=True)
     results["summary"] = summarize(results["rounds"])
+    results["prescribed_us_per_event"] = prescribed_work(now_ms)
+    results["summary"].update(batch_ceiling(results["summary"], results["prescribed_us_per_event"]))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"collector-{started:%Y%m%dT%H%M%SZ}.json"
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
@@ -270,6 +274,69 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def prescribed_work(now_ms: int, requests: int = 2_000, repeats: int = 5) -> dict[str, float]:
+    """CPU µs per event of the work a 50-event batch cannot do without, measured in this process with
+    the collector's own libraries and calls, nothing else (no HTTP, no stamping, no spool framing):
+
+    - `parse`: orjson decoding the body (collector.pipeline.parse_body);
+    - `validate`: the JSON Schema check of the batch, one jsonschema-rs call for the 50 events
+      (collector.schemas.EventSchemas.batch_version);
+    - `dump`: orjson encoding each accepted event, a spool row (collector.pipeline.process);
+    - `write`: one `pwrite(2)` of the batch's rows at the start of a file (the spool append, without
+      its fsync, which a background thread does once per 20 ms for all requests; over pages already
+      cached, so it is a lower bound of an append).
+
+    `total` is their sum. Each step's median over `repeats` runs of `requests` batches, CPU time of
+    this process (time.process_time).
+    """
+    from collector.pipeline import parse_body
+    from collector.schemas import EventSchemas
+
+    schemas = EventSchemas()
+    body = orjson.dumps([beacon_event(now_ms, n) for n in range(BATCH)])
+    events = parse_body(body, BATCH)
+    if schemas.batch_version(events) is None:
+        raise RuntimeError("the benchmark batch does not validate")
+    rows = b"\n".join(map(orjson.dumps, events)) + b"\n"
+    fd, path = tempfile.mkstemp(prefix="bench-prescribed-")
+
+    def write() -> None:
+        os.pwrite(fd, rows, 0)
+
+    steps: dict[str, Any] = {
+        "parse": lambda: parse_body(body, BATCH),
+        "validate": lambda: schemas.batch_version(events),
+        "dump": lambda: list(map(orjson.dumps, events)),
+        "write": write,
+    }
+    out: dict[str, float] = {}
+    try:
+        for name, step in steps.items():
+            times = []
+            for _ in range(repeats):
+                started = time.process_time()
+                for _ in range(requests):
+                    step()
+                times.append((time.process_time() - started) / requests / BATCH * 1e6)
+            out[name] = round(statistics.median(times), 3)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    out["total"] = round(sum(out.values()), 3)
+    return out
+
+
+def batch_ceiling(summary: dict[str, Any], prescribed: dict[str, float]) -> dict[str, Any]:
+    """The most 50-event batch events per CPU-second a collector could reach on this machine: the
+    bare endpoint's CPU per request (the framework's floor: uvicorn, Starlette, the body read, a
+    202; same run) plus the prescribed work of its 50 events (`prescribed_work`), and nothing else."""
+    floor_us = summary[f"bare_batch{BATCH}_cpu_us_per_req"] + BATCH * prescribed["total"]
+    ceiling = round(BATCH * 1e6 / floor_us)
+    return {"batch_floor_cpu_us_per_req": round(floor_us, 1), "batch_ceiling_events_per_cpu_s": ceiling,
+            "batch_target_reachable": ceiling >= TARGET_BATCH_EVENTS_PER_CPU_S,
+            "collector_batch_share_of_ceiling": round(summary["collector_batch_events_per_cpu_s"] / ceiling, 3)}
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The BENCHMARKS.md table of one run (medians over its rounds)."""
     s, m = results["summary"], results["machine"]
@@ -302,6 +369,17 @@ def markdown(results: dict[str, Any]) -> str:
         f"Requests per spool record (group commit): single {s['single_requests_per_record']}, "
         f"batch {s[f'{batch}_requests_per_record']}.",
     ]
+    if "prescribed_us_per_event" in results:
+        w = results["prescribed_us_per_event"]
+        lines += ["",
+                  f"Ceiling of a {BATCH}-event batch on this machine: the bare endpoint's "
+                  f"{s[f'bare_{batch}_cpu_us_per_req']:.0f} µs per request plus the prescribed work, "
+                  f"{w['total']:.2f} µs per event (parse {w['parse']:.2f}, validate {w['validate']:.2f}, "
+                  f"dump {w['dump']:.2f}, write {w['write']:.2f}): {s['batch_floor_cpu_us_per_req']:.0f} µs per "
+                  f"request, **{s['batch_ceiling_events_per_cpu_s']:,} events per CPU-second** "
+                  f"(target {TARGET_BATCH_EVENTS_PER_CPU_S:,}: "
+                  f"{'reachable' if s['batch_target_reachable'] else 'NOT reachable'} here); the collector "
+                  f"reaches {s['collector_batch_share_of_ceiling']:.2f} of it."]
     return "\n".join(lines)
 
 
