@@ -14,9 +14,10 @@ sites, generated inside ClickHouse so the materialized views run, then one full 
 site and the last 7 days, the last 30 days and all time: each view query of load/bench_views.py
 `QUERIES` on the views over roll-ups (v_sessions aside: it reads session_facts), ROUNDS rounds, each
 form in turn, RUNS timed runs after one warm-up run per query and round; median over all rounds. Also
-the fixed costs on the same tables: reading 7 rows (`SELECT sessions FROM traffic_daily WHERE … ORDER BY day` for 7
-days), its plan alone (`EXPLAIN`), `v_daily_traffic`'s 7-day query written on `traffic_daily` without the
-view, and `SELECT 1`. The answers of both forms are compared (must be equal; not for the plan).
+the fixed costs on the same tables: reading 7 rows (`SELECT sessions FROM traffic_daily WHERE … ORDER BY day`
+for 7 days), its plan alone (`EXPLAIN`), `v_daily_traffic`'s and `v_traffic_range`'s 7-day queries written on
+`traffic_daily` without the view, and `SELECT 1`. The answers of both forms are compared (must be equal; not for
+the plan).
 
 Command: `python -m load.bench partitions` (1 M events) or `python -m load.bench_partitions 10000000`.
 """
@@ -130,6 +131,9 @@ def run_size(n_events: int) -> dict[str, Any]:
             f"SELECT day, groupBitmapMerge(visitor_bitmap) AS visitors, sum(sessions) AS sessions, sum(pageviews), "
             f"round(sum(bounces) / sessions, 9) FROM traffic_daily WHERE site_id = '{SITE}' "
             f"AND day BETWEEN '{first}' AND '{last}' GROUP BY site_id, day ORDER BY day")
+        queries["v_traffic_range 7d, the same SELECT on traffic_daily (no parameterized view)"] = (
+            f"SELECT groupBitmapMerge(visitor_bitmap), sum(sessions), sum(pageviews), sum(engaged_sessions) "
+            f"FROM traffic_daily WHERE site_id = '{SITE}' AND day >= '{first}' AND day <= '{last}'")
         queries["EXPLAIN of the 7-row read (plan only)"] = "EXPLAIN " + queries["7 rows of traffic_daily"]
         queries["SELECT 1"] = "SELECT 1"
         result = {"events": n_events, "active_parts": parts, "queries": measure(client, queries)}
