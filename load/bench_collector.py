@@ -35,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +305,7 @@ def prescribed_work(now_ms: int, requests: int = 2_000, repeats: int = 5) -> dic
     def write() -> None:
         os.pwrite(fd, rows, 0)
 
-    steps: dict[str, Any] = {
+    steps: dict[str, Callable[[], object]] = {
         "parse": lambda: parse_body(body, BATCH),
         "validate": lambda: schemas.batch_version(events),
         "dump": lambda: list(map(orjson.dumps, events)),
@@ -312,13 +314,8 @@ def prescribed_work(now_ms: int, requests: int = 2_000, repeats: int = 5) -> dic
     out: dict[str, float] = {}
     try:
         for name, step in steps.items():
-            times = []
-            for _ in range(repeats):
-                started = time.process_time()
-                for _ in range(requests):
-                    step()
-                times.append((time.process_time() - started) / requests / BATCH * 1e6)
-            out[name] = round(statistics.median(times), 3)
+            times = timeit.repeat(step, timer=time.process_time, number=requests, repeat=repeats)
+            out[name] = round(statistics.median(times) / requests / BATCH * 1e6, 3)
     finally:
         os.close(fd)
         os.unlink(path)
@@ -369,17 +366,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"Requests per spool record (group commit): single {s['single_requests_per_record']}, "
         f"batch {s[f'{batch}_requests_per_record']}.",
     ]
-    if "prescribed_us_per_event" in results:
-        w = results["prescribed_us_per_event"]
-        lines += ["",
-                  f"Ceiling of a {BATCH}-event batch on this machine: the bare endpoint's "
-                  f"{s[f'bare_{batch}_cpu_us_per_req']:.0f} µs per request plus the prescribed work, "
-                  f"{w['total']:.2f} µs per event (parse {w['parse']:.2f}, validate {w['validate']:.2f}, "
-                  f"dump {w['dump']:.2f}, write {w['write']:.2f}): {s['batch_floor_cpu_us_per_req']:.0f} µs per "
-                  f"request, **{s['batch_ceiling_events_per_cpu_s']:,} events per CPU-second** "
-                  f"(target {TARGET_BATCH_EVENTS_PER_CPU_S:,}: "
-                  f"{'reachable' if s['batch_target_reachable'] else 'NOT reachable'} here); the collector "
-                  f"reaches {s['collector_batch_share_of_ceiling']:.2f} of it."]
+    w = results["prescribed_us_per_event"]
+    lines += ["",
+              f"Ceiling of a {BATCH}-event batch on this machine: the bare endpoint's "
+              f"{s[f'bare_{batch}_cpu_us_per_req']:.0f} µs per request plus the prescribed work, "
+              f"{w['total']:.2f} µs per event (parse {w['parse']:.2f}, validate {w['validate']:.2f}, "
+              f"dump {w['dump']:.2f}, write {w['write']:.2f}): {s['batch_floor_cpu_us_per_req']:.0f} µs per "
+              f"request, **{s['batch_ceiling_events_per_cpu_s']:,} events per CPU-second** "
+              f"(target {TARGET_BATCH_EVENTS_PER_CPU_S:,}: "
+              f"{'reachable' if s['batch_target_reachable'] else 'NOT reachable'} here); the collector "
+              f"reaches {s['collector_batch_share_of_ceiling']:.2f} of it."]
     return "\n".join(lines)
 
 
@@ -392,8 +388,6 @@ def run_ua_placement(events: int = 200_000) -> dict[str, Any]:
     memoised look-up and one concatenation per request, `collector.pipeline.request_stamp`) vs the
     flusher completing each record as it did before block records (`flusher.legacy`: keys, memoised
     fields, line; per event), both with a warm memo of 50 User-Agents. Reported in µs."""
-    import timeit
-
     from collector.pipeline import process, request_stamp
     from collector.schemas import EventSchemas
     from flusher import legacy

@@ -49,4 +49,3 @@ def test_short_writes_are_completed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clickhouse.os, "writev", short_writev)
     chunks = [bytes([i % 251]) * (i + 1) for i in range(2 * IOV_MAX + 3)]
     assert _written(_ranges(chunks)) == b"".join(chunks)
-
